@@ -1,0 +1,233 @@
+"""The D2C-SR generator: a divergence tree of branch modules and a convergence net (paper Sec. 3).
+
+Shapes: input ``x`` is ``(N, 3, h, w)`` in ``[0, img_range]``-scaled RGB; every leaf prediction and the
+fused output are ``(N, 3, s*h, s*w)``; the convergence weights are ``(N, P, s*h, s*w)`` with
+``P = width ** depth`` leaves.
+
+Parameter layout (used by checkpoints and by :mod:`d2csr.convert`):
+
+- ``head``: 3x3 conv ``num_in_ch -> num_feat`` (after the mean shift ``sub_mean``);
+- ``nodes.k``: the tree's branch modules in breadth-first order (level 1 left to right, then level 2, ...);
+  node ``k`` of level ``l`` (0-based within the level) is fed by node ``k // width`` of level ``l - 1``;
+- ``res_convs.i.j``: leaf ``i``'s multi-branch deep residual convs; ``j = 0`` adds the leaf's parent,
+  ``j = depth - 1`` adds the head feature;
+- ``tails.i``: leaf ``i``'s upsampler and output conv;
+- ``fusion``: the :class:`ConvergenceNet`.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+from basicsr.archs.arch_util import Upsample
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from .branch_modules import build_branch_module
+
+SUPPORTED_SCALES = (2, 3, 4, 8)
+MEAN_SHIFTS = ('fixed', 'learnable', 'none')
+
+
+class ConvergenceNet(nn.Module):
+    """Per-pixel fusion weights of the ``P`` divergent predictions (paper eq. 8, authors' ``C_Net``).
+
+    Three 3x3 convs without bias, a ReLU after each (the last included, as the authors do), then a
+    softmax over the ``P`` channels.
+
+    Args:
+        num_branches (int): ``P``.
+        num_ch (int): channels of one prediction (3 for RGB).
+        num_feat (int): hidden channels.
+
+    Shapes: ``forward(stacked)`` takes ``(N, P*num_ch, H, W)`` and returns weights ``(N, P, H, W)``.
+    """
+
+    def __init__(self, num_branches=4, num_ch=3, num_feat=64):
+        super().__init__()
+        self.fusion = nn.Sequential(
+            nn.Conv2d(num_branches * num_ch, num_feat, 3, 1, 1, bias=False), nn.ReLU(inplace=True),
+            nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False), nn.ReLU(inplace=True),
+            nn.Conv2d(num_feat, num_branches, 3, 1, 1, bias=False), nn.ReLU(inplace=True))
+
+    def forward(self, stacked):
+        return torch.softmax(self.fusion(stacked), dim=1)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'network_g:{name} must be an integer >= 1, got {value!r}')
+
+
+@ARCH_REGISTRY.register()
+class D2CSR(nn.Module):
+    """D2C-SR: divergence tree + convergence net as one ``network_g``.
+
+    Args:
+        num_in_ch (int): input channels. Default: 3.
+        num_out_ch (int): output channels. Default: 3.
+        num_feat (int): feature channels ``F``. Default: 64.
+        num_group (int): residual groups per branch module (``G``, RCAN backbone). Default: 2.
+        num_block (int): RCAB blocks per residual group (``B``, RCAN backbone). Default: 4.
+        squeeze_factor (int): channel-attention squeeze factor (RCAN backbone). Default: 16.
+        upscale (int): 2, 3, 4 or 8. Default: 4.
+        depth (int): tree depth ``L`` >= 1. Default: 2.
+        width (int): children per node ``C`` >= 1. Default: 2.
+        deep_residual (bool): multi-branch deep residual structure (paper Sec. 3.2); off for the
+            Table 5 ablation, where a leaf's feature goes to its tail unchanged. Default: True.
+        img_range (float): image range the network works in. Default: 1.0.
+        rgb_mean (sequence): mean subtracted at the input and added at the output.
+        mean_shift (str): ``'fixed'`` (BasicSR's RCAN: ``(x - mean) * img_range``), ``'learnable'``
+            (1x1 convs ``sub_mean`` / ``add_mean`` as in the authors' code, initialised to the fixed
+            shift; needed to load their checkpoints) or ``'none'``. Default: ``'fixed'``.
+        backbone (str): branch module type, see :mod:`d2csr.archs.branch_modules`. Default: ``'rcan'``.
+        backbone_opt (dict): options of a non-RCAN backbone's branch module.
+        fusion_feat (int): hidden channels of the convergence net. Default: 64.
+        bicubic_skip (bool): add the bicubic upsampled input to every branch (not in the paper; makes
+            small, short trainings start from bicubic quality). Default: False.
+    """
+
+    def __init__(self,
+                 num_in_ch=3,
+                 num_out_ch=3,
+                 num_feat=64,
+                 num_group=2,
+                 num_block=4,
+                 squeeze_factor=16,
+                 upscale=4,
+                 depth=2,
+                 width=2,
+                 deep_residual=True,
+                 img_range=1.0,
+                 rgb_mean=(0.4488, 0.4371, 0.4040),
+                 mean_shift='fixed',
+                 backbone='rcan',
+                 backbone_opt=None,
+                 fusion_feat=64,
+                 bicubic_skip=False):
+        super().__init__()
+        for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
+                            ('depth', depth), ('width', width), ('fusion_feat', fusion_feat)):
+            _positive_int(name, value)
+        if upscale not in SUPPORTED_SCALES:
+            raise ValueError(f'network_g:upscale must be one of {SUPPORTED_SCALES}, got {upscale!r}')
+        if mean_shift not in MEAN_SHIFTS:
+            raise ValueError(f'network_g:mean_shift must be one of {MEAN_SHIFTS}, got {mean_shift!r}')
+        if mean_shift != 'none' and not (len(rgb_mean) == num_in_ch == num_out_ch):
+            raise ValueError(f'network_g:rgb_mean has {len(rgb_mean)} values but the network has '
+                             f'{num_in_ch} input / {num_out_ch} output channels; set mean_shift: none '
+                             'or give one mean per channel')
+        if backbone == 'rcan':
+            branch_opt = dict(num_group=num_group, num_block=num_block, squeeze_factor=squeeze_factor)
+            branch_opt.update(backbone_opt or {})
+        else:
+            branch_opt = dict(backbone_opt or {})
+
+        self.upscale = upscale
+        self.depth = depth
+        self.width = width
+        self.num_branches = width**depth
+        self.deep_residual = deep_residual
+        self.img_range = img_range
+        self.mean_shift = mean_shift
+        self.bicubic_skip = bicubic_skip
+
+        if mean_shift == 'learnable':
+            self.sub_mean = nn.Conv2d(num_in_ch, num_in_ch, 1)
+            self.add_mean = nn.Conv2d(num_out_ch, num_out_ch, 1)
+            mean = torch.tensor(rgb_mean, dtype=torch.float32)
+            with torch.no_grad():
+                self.sub_mean.weight.copy_(torch.eye(num_in_ch).view(num_in_ch, num_in_ch, 1, 1) * img_range)
+                self.sub_mean.bias.copy_(-mean * img_range)
+                self.add_mean.weight.copy_(torch.eye(num_out_ch).view(num_out_ch, num_out_ch, 1, 1) / img_range)
+                self.add_mean.bias.copy_(mean)
+        elif mean_shift == 'fixed':
+            self.register_buffer('mean', torch.tensor(rgb_mean, dtype=torch.float32).view(1, -1, 1, 1),
+                                 persistent=False)
+
+        self.head = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        num_nodes = sum(width**level for level in range(1, depth + 1))
+        self.nodes = nn.ModuleList(build_branch_module(backbone, num_feat, **branch_opt) for _ in range(num_nodes))
+        if deep_residual:
+            self.res_convs = nn.ModuleList(
+                nn.ModuleList(nn.Conv2d(num_feat, num_feat, 3, 1, 1) for _ in range(depth))
+                for _ in range(self.num_branches))
+        self.tails = nn.ModuleList(
+            nn.Sequential(Upsample(upscale, num_feat), nn.Conv2d(num_feat, num_out_ch, 3, 1, 1))
+            for _ in range(self.num_branches))
+        self.fusion = ConvergenceNet(self.num_branches, num_out_ch, fusion_feat)
+
+    # ----------------------------------------------------------------------------------------------
+    # tree structure helpers
+    def level_offset(self, level):
+        """Index in ``self.nodes`` of the first node of ``level`` (1-based levels)."""
+        return sum(self.width**j for j in range(1, level))
+
+    def leaf_ancestors(self, leaf):
+        """Node indices within each level of ``leaf``'s ancestors, from its parent up to the head (level 0)."""
+        return [leaf // self.width**(self.depth - level) for level in range(self.depth - 1, -1, -1)]
+
+    def divergence_parameters(self):
+        """Parameters of the divergence tree (everything except the convergence net)."""
+        return [p for name, p in self.named_parameters() if not name.startswith('fusion.')]
+
+    def convergence_parameters(self):
+        return list(self.fusion.parameters())
+
+    # ----------------------------------------------------------------------------------------------
+    def _sub_mean(self, x):
+        if self.mean_shift == 'learnable':
+            return self.sub_mean(x)
+        if self.mean_shift == 'fixed':
+            return (x - self.mean) * self.img_range
+        return x * self.img_range
+
+    def _add_mean(self, x):
+        if self.mean_shift == 'learnable':
+            return self.add_mean(x)
+        if self.mean_shift == 'fixed':
+            return x / self.img_range + self.mean
+        return x / self.img_range
+
+    def forward_branches(self, x):
+        """``(N, C, h, w)`` -> list of ``P`` leaf predictions ``(N, C, s*h, s*w)``, depth-first left to right."""
+        head = self.head(self._sub_mean(x))
+        levels = [[head]]
+        for level in range(1, self.depth + 1):
+            offset = self.level_offset(level)
+            parents = levels[-1]
+            levels.append([self.nodes[offset + k](parents[k // self.width]) for k in range(self.width**level)])
+        skip = F.interpolate(x, scale_factor=self.upscale, mode='bicubic', align_corners=False) \
+            if self.bicubic_skip else None
+        outputs = []
+        for leaf, y in enumerate(levels[-1]):
+            if self.deep_residual:
+                for j, node in enumerate(self.leaf_ancestors(leaf)):
+                    y = self.res_convs[leaf][j](y) + levels[self.depth - 1 - j][node]
+            out = self._add_mean(self.tails[leaf](y))
+            outputs.append(out + skip if skip is not None else out)
+        return outputs
+
+    def fuse(self, branches):
+        """List of ``P`` predictions ``(N, C, H, W)`` -> ``(sr (N, C, H, W), weights (N, P, H, W))``."""
+        weights = self.fusion(torch.cat(branches, dim=1))
+        sr = sum(branch * weights[:, i:i + 1] for i, branch in enumerate(branches))
+        return sr, weights
+
+    def tree_is_frozen(self):
+        return not any(p.requires_grad for p in self.divergence_parameters())
+
+    def forward(self, x, mode='fused'):
+        """``(N, C, h, w)`` -> fused SR ``(N, C, s*h, s*w)``.
+
+        ``mode='branches'`` returns :meth:`forward_branches` instead (the divergence stage); with
+        ``mode='converge'`` (or whenever the tree is frozen) the tree runs without autograd and only the
+        convergence net is differentiated. Going through ``forward`` keeps DistributedDataParallel's hooks.
+        """
+        if mode == 'branches':
+            return self.forward_branches(x)
+        if mode not in ('fused', 'converge'):
+            raise ValueError(f"D2CSR.forward: mode must be 'fused', 'branches' or 'converge', got {mode!r}")
+        if mode == 'converge' or (torch.is_grad_enabled() and self.tree_is_frozen()):
+            with torch.no_grad():
+                branches = self.forward_branches(x)
+        else:
+            branches = self.forward_branches(x)
+        return self.fuse(branches)[0]

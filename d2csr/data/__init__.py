@@ -1,0 +1,1 @@
+"""Data sets registered into ``basicsr.utils.registry.DATASET_REGISTRY``."""

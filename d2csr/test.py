@@ -1,0 +1,12 @@
+"""Test D2C-SR with BasicSR's pipeline: ``python d2csr/test.py -opt options/test_D2C_x4.yml``."""
+import os.path as osp
+
+import d2csr  # noqa: F401  (compatibility shims, then registers archs, data, losses, models)
+from basicsr.test import test_pipeline
+
+from d2csr.utils import check_options_file
+
+if __name__ == '__main__':
+    check_options_file()
+    root_path = osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
+    test_pipeline(root_path)

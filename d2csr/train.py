@@ -1,0 +1,15 @@
+"""Train D2C-SR with BasicSR's pipeline: ``python d2csr/train.py -opt options/train_D2C_div_x4.yml``.
+
+Accepts exactly BasicSR's flags (``--launcher``, ``--auto_resume``, ``--debug``, ``--force_yml``).
+"""
+import os.path as osp
+
+import d2csr  # noqa: F401  (compatibility shims, then registers archs, data, losses, models)
+from basicsr.train import train_pipeline
+
+from d2csr.utils import check_options_file
+
+if __name__ == '__main__':
+    check_options_file()
+    root_path = osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
+    train_pipeline(root_path)

@@ -1,0 +1,18 @@
+"""Small helpers shared by the entry points."""
+import os.path as osp
+import sys
+
+
+def check_options_file(argv=None):
+    """Exit with a clear message when ``-opt`` names a file that does not exist.
+
+    BasicSR's own parser does the real parsing afterwards; this only turns a bare ``FileNotFoundError``
+    deep in BasicSR into a message that names the path.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == '-opt' and i + 1 < len(argv):
+            path = argv[i + 1]
+            if not osp.isfile(path):
+                sys.exit(f'error: options file {path!r} does not exist (-opt expects a YAML file such as '
+                         'options/train_D2C_div_x4.yml).')
