@@ -1,0 +1,105 @@
+"""D2CSR: shapes, parameter counts, tree order, fusion weights and option validation."""
+import pytest
+import torch
+
+from d2csr.archs import D2CSR
+
+# Authors' model (REFERENCE.md section 2): tree parameters without the two 1x1 mean-shift convs.
+AUTHORS_TREE_PARAMS = {2: 5_132_620, 3: 5_871_180, 4: 5_723_468, 8: 6_314_316}
+AUTHORS_CONVERGENCE_PARAMS = 46_080
+
+
+def count(params):
+    return sum(p.numel() for p in params)
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4, 8])
+def test_default_parameter_counts_equal_the_authors_model(scale):
+    net = D2CSR(upscale=scale)
+    assert count(net.divergence_parameters()) == AUTHORS_TREE_PARAMS[scale]
+    assert count(net.convergence_parameters()) == AUTHORS_CONVERGENCE_PARAMS
+    learnable = D2CSR(upscale=scale, mean_shift='learnable')
+    assert count(learnable.parameters()) == AUTHORS_TREE_PARAMS[scale] + AUTHORS_CONVERGENCE_PARAMS + 24
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4, 8])
+@pytest.mark.parametrize('depth,width', [(1, 1), (1, 3), (2, 2), (3, 2), (2, 3)])
+def test_shapes_for_scales_and_trees(scale, depth, width):
+    torch.manual_seed(0)
+    net = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=scale, depth=depth, width=width)
+    x = torch.rand(2, 3, 6, 5)
+    branches = net.forward_branches(x)
+    assert len(branches) == width**depth == net.num_branches
+    for b in branches:
+        assert b.shape == (2, 3, 6 * scale, 5 * scale)
+    sr, weights = net.fuse(branches)
+    assert sr.shape == (2, 3, 6 * scale, 5 * scale)
+    assert weights.shape == (2, width**depth, 6 * scale, 5 * scale)
+    torch.testing.assert_close(weights.sum(1), torch.ones(2, 6 * scale, 5 * scale))
+    torch.testing.assert_close(net(x), sr)
+
+
+def test_fused_output_is_the_weighted_sum_of_branches():
+    torch.manual_seed(0)
+    net = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    x = torch.rand(1, 3, 8, 8)
+    branches = net.forward_branches(x)
+    sr, w = net.fuse(branches)
+    manual = sum(b * w[:, i:i + 1] for i, b in enumerate(branches))
+    torch.testing.assert_close(sr, manual)
+    assert not torch.allclose(branches[0], branches[1])  # weights are not shared
+
+
+def test_leaf_order_is_depth_first_left_to_right():
+    """Perturbing node 'body12' (breadth-first index 3) changes only leaf 2 (authors' order 11, 12, 21, 22)."""
+    torch.manual_seed(0)
+    net = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    x = torch.rand(1, 3, 8, 8)
+    before = [b.detach() for b in net.forward_branches(x)]
+    with torch.no_grad():
+        net.nodes[3][-1].bias.add_(1.0)
+    after = net.forward_branches(x)
+    changed = [not torch.equal(a, b) for a, b in zip(before, after)]
+    assert changed == [False, True, False, False]
+    with torch.no_grad():
+        net.nodes[0][-1].bias.add_(1.0)  # 'body1' feeds leaves 11 and 12
+    changed = [not torch.equal(a, b) for a, b in zip(before, net.forward_branches(x))]
+    assert changed == [True, True, False, False]
+
+
+def test_deep_residual_switch_removes_res_convs():
+    on = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    off = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2, deep_residual=False)
+    assert count(on.parameters()) - count(off.parameters()) == 4 * 2 * (8 * 8 * 9 + 8)
+    assert off(torch.rand(1, 3, 4, 4)).shape == (1, 3, 8, 8)
+
+
+def test_learnable_mean_shift_starts_as_the_fixed_shift():
+    torch.manual_seed(0)
+    fixed = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    learn = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2, mean_shift='learnable')
+    learn.load_state_dict(fixed.state_dict(), strict=False)
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(learn(x), fixed(x), rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_tree_runs_without_autograd():
+    net = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    for p in net.divergence_parameters():
+        p.requires_grad_(False)
+    out = net(torch.rand(1, 3, 8, 8))
+    out.mean().backward()
+    assert all(p.grad is not None for p in net.convergence_parameters())
+
+
+@pytest.mark.parametrize('kwargs,name', [
+    (dict(depth=0), 'depth'),
+    (dict(width=0), 'width'),
+    (dict(upscale=5), 'upscale'),
+    (dict(num_feat=60, squeeze_factor=16), 'squeeze_factor'),
+    (dict(mean_shift='wrong'), 'mean_shift'),
+    (dict(backbone='nope'), 'backbone'),
+])
+def test_invalid_options_raise_value_error_naming_the_option(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        D2CSR(**kwargs)

@@ -1,0 +1,118 @@
+"""Divergence / convergence losses against the authors' numbers, gradients and the alpha schedule."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import OFFICIAL_FIXTURE
+from d2csr.losses import ConvergenceLoss, DivergenceLoss, DivergenceWeightSchedule
+from d2csr.losses.d2c_loss import tree_pair_depths
+
+
+def load_fixture():
+    branches = torch.from_numpy(np.load(OFFICIAL_FIXTURE / 'branches.npy'))
+    target = torch.from_numpy(np.load(OFFICIAL_FIXTURE / 'target.npy'))
+    config = json.loads((OFFICIAL_FIXTURE / 'config.json').read_text())
+    return list(branches), target, config
+
+
+def test_reproduces_the_authors_loss_values():
+    branches, target, config = load_fixture()
+    official = config['official_triplet_loss']
+    loss = DivergenceLoss(alpha=1.0, margins=[official['margin_diff'], official['margin_same']],
+                          theta=official['decay_rate'], gray='mean', norm='batch')
+    terms = loss.terms(branches, target)
+    assert terms['l_branch'].item() == pytest.approx(config['official_l2_sum_of_branch_mse'], rel=1e-4)
+    assert terms['l_triplet'].item() == pytest.approx(official['value'], rel=1e-4)
+    expected_total = config['official_l2_sum_of_branch_mse'] + official['value']
+    assert loss(branches, target).item() == pytest.approx(expected_total, rel=1e-4)
+
+
+def naive_triplet(branches, target, margins, theta, gray, norm, depth=2, width=2):
+    """Eq. 3-5 written out pair by pair, as a second implementation."""
+    def g(img):
+        if gray == 'y':
+            img = (img * torch.tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1) / 255).sum(1, keepdim=True)
+        else:
+            img = img.mean(1, keepdim=True)
+        dims = (1, 2, 3) if norm == 'image' else (0, 1, 2, 3)
+        return (img - img.mean(dims, keepdim=True)) / img.std(dims, keepdim=True, unbiased=False)
+
+    res = [(g(b) - g(target)).abs() for b in branches]
+    num, total = len(res), 0.0
+    for i in range(num):
+        for j in range(num):
+            if i == j:
+                continue
+            level = 1 + sum(int(i // width**(depth - l) == j // width**(depth - l)) for l in range(1, depth))
+            d_ap = (res[i]**2).mean()
+            d_an = ((res[i] - res[j])**2).mean()
+            total = total + theta**(level - 1) * torch.clamp(d_ap - d_an + margins[level - 1], min=0)
+    return total / (num * (num - 1))
+
+
+@pytest.mark.parametrize('gray,norm', [('y', 'image'), ('mean', 'batch'), ('y', 'batch')])
+@pytest.mark.parametrize('depth,width', [(2, 2), (1, 3), (3, 2)])
+def test_triplet_matches_the_equations(gray, norm, depth, width):
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 12, 12)
+    branches = [target + 0.1 * torch.randn_like(target) for _ in range(width**depth)]
+    margins = [0.05 * (k + 1) for k in range(depth)]
+    loss = DivergenceLoss(alpha=1.0, margins=margins, theta=0.7, gray=gray, norm=norm, depth=depth, width=width)
+    expected = naive_triplet(branches, target, margins, 0.7, gray, norm, depth, width)
+    torch.testing.assert_close(loss.triplet(branches, target), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_triplet_term_carries_gradient():
+    """The authors' loop detaches it (.item()); here it must push every branch."""
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 16, 16)
+    branches = [(target + 0.05 * torch.randn_like(target)).requires_grad_() for _ in range(4)]
+    loss = DivergenceLoss(alpha=1.0, margins=[0.5, 0.5])
+    loss.triplet(branches, target).backward()
+    for b in branches:
+        assert b.grad is not None and b.grad.abs().sum() > 0
+
+
+def test_alpha_zero_gives_plain_sum_of_mse():
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 8, 8)
+    branches = [torch.rand(1, 3, 8, 8) for _ in range(4)]
+    loss = DivergenceLoss(alpha=0.0)
+    expected = sum(torch.nn.functional.mse_loss(b, target) for b in branches)
+    torch.testing.assert_close(loss(branches, target), expected)
+
+
+def test_pair_depths():
+    common = tree_pair_depths(2, 2)
+    assert common.tolist() == [[2, 2, 1, 1], [2, 2, 1, 1], [1, 1, 2, 2], [1, 1, 2, 2]]
+
+
+def test_schedule_maps_the_authors_epochs():
+    """Authors: off until epoch 200, on when epoch % 1000 < 200, halved every 2000 (here: 1 epoch = 10 iters)."""
+    sched = DivergenceWeightSchedule(2e-5, start_iter=2000, period=10000, on_iters=2000, decay_every=20000)
+
+    def authors(epoch):
+        if epoch <= 200:
+            return 0.0
+        w = 2e-5 * 0.5**(epoch // 2000)
+        return w if epoch % 1000 < 200 else 0.0
+
+    for it in [0, 1990, 2000, 2010, 5000, 10000, 11990, 12000, 20000, 20500, 30000, 41000]:
+        assert sched(it) == pytest.approx(authors(it // 10), abs=0)
+    assert sched(2000) == 0.0 and sched(10000) == pytest.approx(2e-5) and sched(12000) == 0.0
+    assert sched(20000) == pytest.approx(1e-5) and sched(40000) == pytest.approx(5e-6)
+    loss = DivergenceLoss(alpha=1.0, alpha_schedule=dict(start_iter=5))
+    assert loss.terms([torch.rand(1, 3, 4, 4)] * 4, torch.rand(1, 3, 4, 4), current_iter=3)['alpha'] == 0.0
+
+
+def test_convergence_loss_is_mse():
+    a, b = torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4)
+    torch.testing.assert_close(ConvergenceLoss(loss_weight=2.0)(a, b), 2 * torch.nn.functional.mse_loss(a, b))
+
+
+@pytest.mark.parametrize('kwargs', [dict(gray='rgb'), dict(norm='pixel'), dict(margins=[1.0, 2.0, 3.0])])
+def test_invalid_loss_options(kwargs):
+    with pytest.raises(ValueError):
+        DivergenceLoss(**kwargs)

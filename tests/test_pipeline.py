@@ -1,0 +1,102 @@
+"""End to end through the entry points: two-stage training, freezing, test, resume and bad input, on CPU."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import (ROOT, experiment_dir, results_dir, run_entry, subprocess_env, tiny_options, unique_name,
+                      write_options)
+
+
+def load_params(path):
+    return torch.load(path, map_location='cpu', weights_only=True)['params']
+
+
+@pytest.fixture(scope='module')
+def two_stage(photo_data, tmp_path_factory):
+    """Stage 1 (4 iterations), stage 2 (4 iterations) and a test run; returns their names and paths."""
+    tmp = tmp_path_factory.mktemp('two_stage')
+    div, conv = unique_name('div'), unique_name('conv')
+    run_entry('train', '-opt', write_options(tiny_options(photo_data, div), tmp / 'div.yml'))
+    div_ckpt = experiment_dir(div) / 'models' / 'net_g_latest.pth'
+    conv_opt = tiny_options(photo_data, conv, stage='convergence', pretrain=str(div_ckpt))
+    run_entry('train', '-opt', write_options(conv_opt, tmp / 'conv.yml'))
+    return dict(tmp=tmp, div=div, conv=conv, div_ckpt=div_ckpt,
+                conv_ckpt=experiment_dir(conv) / 'models' / 'net_g_latest.pth', conv_opt=conv_opt)
+
+
+def test_divergence_stage_trains_tree_only(two_stage):
+    ckpt = load_params(two_stage['div_ckpt'])
+    init = load_params(experiment_dir(two_stage['div']) / 'models' / 'net_g_2.pth')
+    assert any(not torch.equal(ckpt[k], init[k]) for k in ckpt if not k.startswith('fusion.'))
+    # the convergence net is untouched by the divergence stage
+    assert all(torch.equal(ckpt[k], init[k]) for k in ckpt if k.startswith('fusion.'))
+    log = next(experiment_dir(two_stage['div']).glob('train_*.log')).read_text()
+    assert 'l_triplet' in log and 'psnr_oracle' in log and 'psnr_branch4' in log
+
+
+def test_convergence_stage_freezes_tree_bit_exactly(two_stage):
+    before = load_params(two_stage['div_ckpt'])
+    after = load_params(two_stage['conv_ckpt'])
+    tree_keys = [k for k in before if not k.startswith('fusion.')]
+    assert tree_keys and all(torch.equal(before[k], after[k]) for k in tree_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith('fusion.'))
+    log = next(experiment_dir(two_stage['conv']).glob('train_*.log')).read_text()
+    # only the convergence net (46,080 parameters for P = 4) is in the optimizer
+    assert 'D2C stage "convergence": optimizing 46,080 parameters' in log
+
+
+def test_test_entry_point_writes_metrics_and_images(two_stage, photo_data):
+    name = unique_name('test')
+    opt = tiny_options(photo_data, name, pretrain=str(two_stage['conv_ckpt']))
+    opt['datasets'] = {'test_1': dict(opt['datasets']['val'])}
+    opt['val']['save_img'] = True
+    opt['val']['suffix'] = None
+    del opt['train']
+    proc = run_entry('test', '-opt', write_options(opt, two_stage['tmp'] / 'test.yml'))
+    log = next(results_dir(name).glob('test_*.log')).read_text()
+    assert '# psnr:' in log and '# ssim:' in log and '# psnr_oracle' in log
+    images = list((results_dir(name) / 'visualization' / 'photos_val').glob('*.png'))
+    assert [p.name for p in images] == [f'chelsea_{name}.png']
+    assert proc.returncode == 0
+
+
+def test_resume_on_cpu_continues_from_the_saved_iteration(two_stage, photo_data):
+    name = two_stage['conv']
+    opt_path = two_stage['tmp'] / 'conv_longer.yml'
+    write_options(dict(two_stage['conv_opt'], **{'train': dict(two_stage['conv_opt']['train'], total_iter=6)}),
+                  opt_path)
+    proc = run_entry('train', '-opt', opt_path, '--auto_resume')
+    out = proc.stdout + proc.stderr
+    assert 'Resuming training from epoch: 0, iter: 4' in out
+    assert (experiment_dir(name) / 'training_states' / '6.state').exists()
+    # explicit path: resume_state works too
+    opt = dict(two_stage['conv_opt'], **{'train': dict(two_stage['conv_opt']['train'], total_iter=8)})
+    opt['path'] = dict(opt['path'], resume_state=str(experiment_dir(name) / 'training_states' / '6.state'))
+    proc = run_entry('train', '-opt', write_options(opt, two_stage['tmp'] / 'conv_resume.yml'))
+    assert 'iter: 6' in proc.stdout + proc.stderr
+    assert (experiment_dir(name) / 'training_states' / '8.state').exists()
+
+
+def test_convergence_stage_without_divergence_weights_fails_clearly(photo_data, tmp_path):
+    opt = tiny_options(photo_data, unique_name('conv_nopre'), stage='convergence')
+    proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'c.yml'), check=False)
+    assert proc.returncode != 0
+    assert 'pretrain_network_g' in proc.stderr and 'divergence weights' in proc.stderr
+
+
+def test_missing_files_are_named(photo_data, tmp_path):
+    proc = run_entry('train', '-opt', tmp_path / 'nope.yml', check=False)
+    assert proc.returncode != 0 and 'nope.yml' in proc.stderr and 'does not exist' in proc.stderr
+    opt = tiny_options(photo_data, unique_name('badpre'), stage='convergence', pretrain=str(tmp_path / 'missing.pth'))
+    proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'b.yml'), check=False)
+    assert proc.returncode != 0 and 'missing.pth' in proc.stderr
+
+
+def test_import_d2csr_makes_basicsr_importable():
+    code = 'import d2csr, basicsr, basicsr.data.degradations; from basicsr.utils.registry import ARCH_REGISTRY; ' \
+           'print(ARCH_REGISTRY.get("D2CSR").__name__)'
+    out = subprocess.run([sys.executable, '-c', code], env=subprocess_env(), capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert out.strip() == 'D2CSR'
