@@ -18,7 +18,8 @@ def two_stage(photo_data, tmp_path_factory):
     """Stage 1 (4 iterations), stage 2 (4 iterations) and a test run; returns their names and paths."""
     tmp = tmp_path_factory.mktemp('two_stage')
     div, conv = unique_name('div'), unique_name('conv')
-    run_entry('train', '-opt', write_options(tiny_options(photo_data, div), tmp / 'div.yml'))
+    div_opt = tiny_options(photo_data, div, **{'train:ema_decay': 0.5})
+    run_entry('train', '-opt', write_options(div_opt, tmp / 'div.yml'))
     div_ckpt = experiment_dir(div) / 'models' / 'net_g_latest.pth'
     conv_opt = tiny_options(photo_data, conv, stage='convergence', pretrain=str(div_ckpt))
     run_entry('train', '-opt', write_options(conv_opt, tmp / 'conv.yml'))
@@ -34,6 +35,13 @@ def test_divergence_stage_trains_tree_only(two_stage):
     assert all(torch.equal(ckpt[k], init[k]) for k in ckpt if k.startswith('fusion.'))
     log = next(experiment_dir(two_stage['div']).glob('train_*.log')).read_text()
     assert 'l_triplet' in log and 'psnr_oracle' in log and 'psnr_branch4' in log
+
+
+def test_ema_is_kept_and_saved_as_in_srmodel(two_stage):
+    saved = torch.load(two_stage['div_ckpt'], map_location='cpu', weights_only=True)
+    assert set(saved) == {'params', 'params_ema'}
+    key = 'head.weight'
+    assert not torch.equal(saved['params'][key], saved['params_ema'][key])
 
 
 def test_convergence_stage_freezes_tree_bit_exactly(two_stage):
