@@ -144,7 +144,7 @@ def load_net(net_opt, path):
 @torch.no_grad()
 def branch_diversity(net, pairs):
     """Mean over images and branch pairs of ``mean((res_i - res_j)^2)``, ``res = |G(I_i) - G(HR)|`` (eq. 2-3)."""
-    gray = DivergenceLoss(depth=1, width=1)  # only its normalized_gray (Y channel, per-image statistics)
+    gray = DivergenceLoss(depth=1, width=1, margins=0.0)  # only its normalized_gray (Y channel, per-image statistics)
     values = []
     for lr_path, hr_path in pairs:
         lr = img2tensor(read_rgb(lr_path), bgr2rgb=False).unsqueeze(0)
