@@ -154,7 +154,8 @@ class D2CSR(nn.Module):
                              f'{num_in_ch} input / {num_out_ch} output channels; set mean_shift: none '
                              'or give one mean per channel')
         if backbone_opt is not None and not isinstance(backbone_opt, dict):
-            raise ValueError(f'network_g:backbone_opt must be a mapping of the backbone\'s options, got {backbone_opt!r}')
+            raise ValueError('network_g:backbone_opt must be a mapping of the backbone\'s options, '
+                             f'got {backbone_opt!r}')
         if backbone == 'rcan':
             branch_opt = dict(num_group=num_group, num_block=num_block, squeeze_factor=squeeze_factor)
             branch_opt.update(backbone_opt or {})
