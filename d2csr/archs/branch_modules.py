@@ -53,7 +53,12 @@ def branch_module_options(backbone):
     if backbone not in _BRANCH_MODULES:
         raise ValueError(f'network_g:backbone {backbone!r} is unknown; valid choices: {branch_module_names()}')
     params = list(inspect.signature(_BRANCH_MODULES[backbone]).parameters.values())[1:]
-    return {p.name: p.default for p in params}
+    return {p.name: p.default for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _takes_any_option(backbone):
+    params = inspect.signature(_BRANCH_MODULES[backbone]).parameters.values()
+    return any(p.kind == p.VAR_KEYWORD for p in params)
 
 
 def build_branch_module(backbone, num_feat, **opts):
@@ -64,7 +69,7 @@ def build_branch_module(backbone, num_feat, **opts):
     """
     valid = branch_module_options(backbone)
     unknown = sorted(set(opts) - set(valid))
-    if unknown:
+    if unknown and not _takes_any_option(backbone):
         raise ValueError(f'network_g:backbone_opt {unknown} do not fit backbone {backbone!r}; its valid options '
                          f'(with defaults) are {valid}')
     return _BRANCH_MODULES[backbone](num_feat, **opts)
