@@ -2,10 +2,34 @@
 
 A branch module maps a feature map to a feature map of the same shape, ``(N, F, h, w) -> (N, F, h, w)``.
 The paper's module (Sec. 3.2) is RCAN's: ``G`` residual groups of ``B`` RCAB blocks, then a 3x3 conv.
-Further backbones (paper Table 3) register here with :func:`register_branch_module`.
+The other backbones of paper Table 3 use the trunk of their own network (everything between its first
+conv and its upsampler, without the global skip, which the tree's multi-branch deep residual structure
+provides). ``network_g: backbone`` picks one, ``network_g: backbone_opt`` holds its options:
+
+- ``rcan`` (paper default): ``num_group`` x ResidualGroup(``num_block`` x RCAB) + 3x3 conv (BasicSR's
+  ``rcan_arch``). Options: ``num_group``, ``num_block``, ``squeeze_factor`` (network_g's own keys),
+  ``res_scale``.
+- ``edsr``: ``num_block`` x ResidualBlockNoBN + 3x3 conv (EDSR). Options: ``num_block``, ``res_scale``.
+- ``srresnet``: ``num_block`` x ResidualBlockNoBN (MSRResNet). Options: ``num_block``.
+- ``rrdbnet``: ``num_block`` x RRDB + 3x3 conv (ESRGAN's RRDBNet). Options: ``num_block``, ``num_grow_ch``.
+- ``rdn``: ``num_block`` residual dense blocks + dense feature fusion (RDN). Options: ``num_block``,
+  ``num_layer``, ``num_grow_ch``.
+- ``imdn``: ``num_block`` IMDBs + 1x1 fusion conv + 3x3 conv (IMDN). Options: ``num_block``, ``distill_rate``.
+- ``vdsr``: ``num_conv`` x (3x3 conv, ReLU) (VDSR). Options: ``num_conv``.
+
+Each builder's signature holds the defaults; :func:`branch_module_options` lists them. Further backbones
+register here with :func:`register_branch_module`.
 """
+import inspect
+
 from torch import nn
+from basicsr.archs.arch_util import ResidualBlockNoBN, make_layer
 from basicsr.archs.rcan_arch import ResidualGroup
+from basicsr.archs.rrdbnet_arch import RRDB
+
+from .imdn_arch import IMDNTrunk
+from .rdn_arch import RDNTrunk
+from .vdsr_arch import ConvReLUStack
 
 _BRANCH_MODULES = {}
 
@@ -24,14 +48,36 @@ def branch_module_names():
     return sorted(_BRANCH_MODULES)
 
 
-def build_branch_module(backbone, num_feat, **opts):
-    """Build one tree node of the given backbone; options are the backbone's own (see each builder)."""
+def branch_module_options(backbone):
+    """Names and defaults of the options that backbone ``backbone``'s branch module takes (besides ``num_feat``)."""
     if backbone not in _BRANCH_MODULES:
         raise ValueError(f'network_g:backbone {backbone!r} is unknown; valid choices: {branch_module_names()}')
-    try:
-        return _BRANCH_MODULES[backbone](num_feat, **opts)
-    except TypeError as err:  # unknown keyword for this backbone
-        raise ValueError(f'network_g:backbone_opt does not fit backbone {backbone!r}: {err}') from err
+    params = list(inspect.signature(_BRANCH_MODULES[backbone]).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _takes_any_option(backbone):
+    params = inspect.signature(_BRANCH_MODULES[backbone]).parameters.values()
+    return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def build_branch_module(backbone, num_feat, **opts):
+    """Build one tree node of the given backbone; options are the backbone's own (see each builder).
+
+    Raises ``ValueError`` for an unknown backbone (listing the valid ones) and for options the backbone does
+    not take (listing the ones it does).
+    """
+    valid = branch_module_options(backbone)
+    unknown = sorted(set(opts) - set(valid))
+    if unknown and not _takes_any_option(backbone):
+        raise ValueError(f'network_g:backbone_opt {unknown} do not fit backbone {backbone!r}; its valid options '
+                         f'(with defaults) are {valid}')
+    return _BRANCH_MODULES[backbone](num_feat, **opts)
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f'network_g:backbone_opt:{name} must be an integer >= {minimum}, got {value!r}')
 
 
 @register_branch_module('rcan')
@@ -45,3 +91,62 @@ def rcan_branch(num_feat, num_group=2, num_block=4, squeeze_factor=16, res_scale
                          f'({squeeze_factor}) for channel attention')
     groups = [ResidualGroup(num_feat, num_block, squeeze_factor, res_scale) for _ in range(num_group)]
     return nn.Sequential(*groups, nn.Conv2d(num_feat, num_feat, 3, 1, 1))
+
+
+@register_branch_module('edsr')
+def edsr_branch(num_feat, num_block=4, res_scale=1.0):
+    """EDSR branch: ``num_block`` x ResidualBlockNoBN (conv-ReLU-conv, residual x ``res_scale``), then a 3x3 conv.
+
+    EDSR's trunk (``body`` + ``conv_after_body``), PyTorch's default init as in BasicSR's ``EDSR``; the full
+    EDSR uses ``res_scale: 0.1``.
+    """
+    _check_int('num_block', num_block)
+    blocks = make_layer(ResidualBlockNoBN, num_block, num_feat=num_feat, res_scale=res_scale, pytorch_init=True)
+    return nn.Sequential(*blocks, nn.Conv2d(num_feat, num_feat, 3, 1, 1))
+
+
+@register_branch_module('srresnet')
+def srresnet_branch(num_feat, num_block=4):
+    """SRResNet branch: ``num_block`` x ResidualBlockNoBN, MSRResNet's trunk (and its 0.1-scaled Kaiming init)."""
+    _check_int('num_block', num_block)
+    return nn.Sequential(*make_layer(ResidualBlockNoBN, num_block, num_feat=num_feat))
+
+
+@register_branch_module('rrdbnet')
+def rrdbnet_branch(num_feat, num_block=1, num_grow_ch=32):
+    """RRDBNet branch: ``num_block`` x RRDB (3 residual dense blocks of growth ``num_grow_ch``), then a 3x3 conv.
+
+    ESRGAN's trunk (``body`` + ``conv_body``).
+    """
+    _check_int('num_block', num_block)
+    _check_int('num_grow_ch', num_grow_ch)
+    blocks = make_layer(RRDB, num_block, num_feat=num_feat, num_grow_ch=num_grow_ch)
+    return nn.Sequential(*blocks, nn.Conv2d(num_feat, num_feat, 3, 1, 1))
+
+
+@register_branch_module('rdn')
+def rdn_branch(num_feat, num_block=4, num_layer=6, num_grow_ch=32):
+    """RDN branch: ``num_block`` residual dense blocks (``num_layer`` layers, growth ``num_grow_ch``) and
+    dense feature fusion (:class:`~d2csr.archs.rdn_arch.RDNTrunk`)."""
+    for name, value in (('num_block', num_block), ('num_layer', num_layer), ('num_grow_ch', num_grow_ch)):
+        _check_int(name, value)
+    return RDNTrunk(num_feat, num_block, num_grow_ch, num_layer)
+
+
+@register_branch_module('imdn')
+def imdn_branch(num_feat, num_block=2, distill_rate=0.25):
+    """IMDN branch: ``num_block`` IMDBs, a 1x1 conv over their outputs and a 3x3 conv
+    (:class:`~d2csr.archs.imdn_arch.IMDNTrunk`). ``num_feat * distill_rate`` must be a whole number >= 4."""
+    _check_int('num_block', num_block)
+    try:
+        return IMDNTrunk(num_feat, num_block, distill_rate)
+    except ValueError as err:
+        raise ValueError(f'network_g:num_feat / backbone_opt:distill_rate do not fit backbone \'imdn\': {err}') from err
+
+
+@register_branch_module('vdsr')
+def vdsr_branch(num_feat, num_conv=3):
+    """VDSR branch: ``num_conv`` x (3x3 conv, ReLU). Use with ``network_g: upsampler: bicubic_input`` and
+    ``bicubic_skip: true`` for VDSR's interpolated input and global residual."""
+    _check_int('num_conv', num_conv)
+    return ConvReLUStack(num_feat, num_conv)

@@ -24,6 +24,36 @@ from .branch_modules import build_branch_module
 
 SUPPORTED_SCALES = (2, 3, 4, 8)
 MEAN_SHIFTS = ('fixed', 'learnable', 'none')
+UPSAMPLERS = ('pixelshuffle', 'pixelshuffledirect', 'bicubic_input')
+
+
+class BicubicInputConv(nn.Conv2d):
+    """The head of ``upsampler: bicubic_input`` (VDSR-style): a 3x3 conv on the bicubic-upsampled input.
+
+    Shapes: ``(N, C_in, h, w) -> (N, C_out, s*h, s*w)``. Its parameters are named like a plain conv's.
+    """
+
+    def __init__(self, in_channels, out_channels, upscale):
+        super().__init__(in_channels, out_channels, 3, 1, 1)
+        self.upscale = upscale
+
+    def forward(self, x):
+        return super().forward(F.interpolate(x, scale_factor=self.upscale, mode='bicubic', align_corners=False))
+
+
+def make_tail(upsampler, upscale, num_feat, num_out_ch):
+    """A leaf's tail, ``(N, num_feat, h, w) -> (N, num_out_ch, s*h, s*w)`` (``s = 1`` for ``bicubic_input``).
+
+    ``pixelshuffle``: BasicSR's ``Upsample`` (conv + pixel shuffle per factor 2, or one for 3) + 3x3 conv
+    (RCAN / EDSR / the authors' tails); ``pixelshuffledirect``: one 3x3 conv to ``num_out_ch * s**2`` channels
+    + pixel shuffle (IMDN's lightweight upsampler); ``bicubic_input``: the features are already at the output
+    size, a 3x3 conv only.
+    """
+    if upsampler == 'pixelshuffle':
+        return nn.Sequential(Upsample(upscale, num_feat), nn.Conv2d(num_feat, num_out_ch, 3, 1, 1))
+    if upsampler == 'pixelshuffledirect':
+        return nn.Sequential(nn.Conv2d(num_feat, num_out_ch * upscale**2, 3, 1, 1), nn.PixelShuffle(upscale))
+    return nn.Sequential(nn.Conv2d(num_feat, num_out_ch, 3, 1, 1))
 
 
 class ConvergenceNet(nn.Module):
@@ -78,7 +108,13 @@ class D2CSR(nn.Module):
             (1x1 convs ``sub_mean`` / ``add_mean`` as in the authors' code, initialised to the fixed
             shift; needed to load their checkpoints) or ``'none'``. Default: ``'fixed'``.
         backbone (str): branch module type, see :mod:`d2csr.archs.branch_modules`. Default: ``'rcan'``.
-        backbone_opt (dict): options of a non-RCAN backbone's branch module.
+        backbone_opt (dict): options of a non-RCAN backbone's branch module (for RCAN they override
+            ``num_group`` / ``num_block`` / ``squeeze_factor``); a wrong key raises ``ValueError`` listing
+            the backbone's valid options.
+        upsampler (str): the leaves' tails, see :func:`make_tail`: ``'pixelshuffle'`` (paper, default),
+            ``'pixelshuffledirect'`` (one conv + pixel shuffle, IMDN's) or ``'bicubic_input'`` (VDSR's: the
+            input is bicubic-upsampled before the head, the tree runs at the output size, the tails are a
+            conv; combine with ``bicubic_skip: true`` for VDSR's global residual).
         fusion_feat (int): hidden channels of the convergence net. Default: 64.
         bicubic_skip (bool): add the bicubic upsampled input to every branch (not in the paper; makes
             small, short trainings start from bicubic quality). Default: False.
@@ -101,7 +137,8 @@ class D2CSR(nn.Module):
                  backbone='rcan',
                  backbone_opt=None,
                  fusion_feat=64,
-                 bicubic_skip=False):
+                 bicubic_skip=False,
+                 upsampler='pixelshuffle'):
         super().__init__()
         for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
                             ('depth', depth), ('width', width), ('fusion_feat', fusion_feat)):
@@ -110,10 +147,15 @@ class D2CSR(nn.Module):
             raise ValueError(f'network_g:upscale must be one of {SUPPORTED_SCALES}, got {upscale!r}')
         if mean_shift not in MEAN_SHIFTS:
             raise ValueError(f'network_g:mean_shift must be one of {MEAN_SHIFTS}, got {mean_shift!r}')
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f'network_g:upsampler must be one of {UPSAMPLERS}, got {upsampler!r}')
         if mean_shift != 'none' and not (len(rgb_mean) == num_in_ch == num_out_ch):
             raise ValueError(f'network_g:rgb_mean has {len(rgb_mean)} values but the network has '
                              f'{num_in_ch} input / {num_out_ch} output channels; set mean_shift: none '
                              'or give one mean per channel')
+        if backbone_opt is not None and not isinstance(backbone_opt, dict):
+            raise ValueError('network_g:backbone_opt must be a mapping of the backbone\'s options, '
+                             f'got {backbone_opt!r}')
         if backbone == 'rcan':
             branch_opt = dict(num_group=num_group, num_block=num_block, squeeze_factor=squeeze_factor)
             branch_opt.update(backbone_opt or {})
@@ -142,7 +184,11 @@ class D2CSR(nn.Module):
             self.register_buffer('mean', torch.tensor(rgb_mean, dtype=torch.float32).view(1, -1, 1, 1),
                                  persistent=False)
 
-        self.head = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.upsampler = upsampler
+        if upsampler == 'bicubic_input':
+            self.head = BicubicInputConv(num_in_ch, num_feat, upscale)
+        else:
+            self.head = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         num_nodes = sum(width**level for level in range(1, depth + 1))
         self.nodes = nn.ModuleList(build_branch_module(backbone, num_feat, **branch_opt) for _ in range(num_nodes))
         if deep_residual:
@@ -150,8 +196,7 @@ class D2CSR(nn.Module):
                 nn.ModuleList(nn.Conv2d(num_feat, num_feat, 3, 1, 1) for _ in range(depth))
                 for _ in range(self.num_branches))
         self.tails = nn.ModuleList(
-            nn.Sequential(Upsample(upscale, num_feat), nn.Conv2d(num_feat, num_out_ch, 3, 1, 1))
-            for _ in range(self.num_branches))
+            make_tail(upsampler, upscale, num_feat, num_out_ch) for _ in range(self.num_branches))
         self.fusion = ConvergenceNet(self.num_branches, num_out_ch, fusion_feat)
 
     # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""Parameter counts of the D2C structure around other backbones (paper Table 3) against the originals.
+
+For every backbone, builds the original network from ``options/train_<Backbone>_x4.yml`` and the D2C
+version from ``options/train_D2C-<Backbone>_div_x4.yml`` (the shipped option files, so the table is what
+users train), counts their parameters and prints them beside the paper's figures (RealSR x4 PSNR is in the
+paper's table too; it needs the RealSR data and full trainings, so it is not measured here).
+
+Usage::
+
+    python benchmarks/table3_params.py            # x4, markdown table
+    python benchmarks/table3_params.py --scale 2  # the same files, built at x2
+
+Networks are built on PyTorch's ``meta`` device (shapes only), so this takes about a second on a CPU.
+D2C counts include the convergence net (46,080 parameters for 4 leaves); the tree alone is shown too.
+"""
+import argparse
+import os.path as osp
+import sys
+
+import torch
+import yaml
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+sys.path.insert(0, ROOT)
+
+import d2csr  # noqa: E402,F401  (registers D2CSR, RDN, IMDN, VDSR; BasicSR registers EDSR, MSRResNet, RRDBNet)
+from basicsr.archs import build_network  # noqa: E402
+
+# paper Table 3 (RealSR x4): backbone -> (original params, D2C params, original PSNR, D2C PSNR)
+PAPER = {
+    'SRResNet': (1.52e6, 1.37e6, 28.99, 29.19),
+    'VDSR': (0.67e6, 0.67e6, 27.07, 28.21),
+    'RRDBNet': (16.7e6, 9.16e6, 28.34, 28.47),
+    'RDN': (6.02e6, 5.59e6, 29.23, 29.32),
+    'EDSR': (43.1e6, 7.91e6, 29.09, 29.41),
+    'IMDN': (0.874e6, 0.738e6, 29.17, 29.45),
+}
+
+
+def network_options(path, scale):
+    """``network_g`` of an options file, set to ``scale`` (RRDBNet calls the key ``scale``)."""
+    with open(path, encoding='utf-8') as f:
+        opt = yaml.safe_load(f)['network_g']
+    opt['scale' if opt['type'] == 'RRDBNet' else 'upscale'] = scale
+    return opt
+
+
+def count(net, prefix_excluded=None):
+    return sum(p.numel() for name, p in net.named_parameters()
+               if prefix_excluded is None or not name.startswith(prefix_excluded))
+
+
+def table_rows(scale=4):
+    rows = []
+    for backbone, (paper_orig, paper_d2c, psnr_orig, psnr_d2c) in PAPER.items():
+        orig_opt = network_options(osp.join(ROOT, 'options', f'train_{backbone}_x4.yml'), scale)
+        d2c_opt = network_options(osp.join(ROOT, 'options', f'train_D2C-{backbone}_div_x4.yml'), scale)
+        with torch.device('meta'):
+            orig, d2c = build_network(orig_opt), build_network(d2c_opt)
+        rows.append(dict(backbone=backbone, original_type=orig_opt['type'], original=count(orig),
+                         d2c=count(d2c), d2c_tree=count(d2c, 'fusion.'), d2c_backbone=d2c_opt['backbone'],
+                         paper_original=paper_orig, paper_d2c=paper_d2c, psnr_original=psnr_orig,
+                         psnr_d2c=psnr_d2c))
+    return rows
+
+
+def millions(n):
+    return f'{n / 1e6:.3g}M'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--scale', type=int, default=4, choices=(2, 3, 4), help='build the networks at this scale')
+    args = parser.parse_args()
+    rows = table_rows(args.scale)
+    print(f'Parameters at x{args.scale} (this repository\'s option files) and paper Table 3 (RealSR x4)\n')
+    print('| backbone | original | D2C (tree + convergence) | D2C / original | paper original | paper D2C '
+          '| paper PSNR original -> D2C |')
+    print('| --- | ---: | ---: | ---: | ---: | ---: | --- |')
+    for r in rows:
+        print(f"| {r['backbone']} (`{r['original_type']}` / `backbone: {r['d2c_backbone']}`) "
+              f"| {r['original']:,} | {r['d2c']:,} ({r['d2c_tree']:,} + {r['d2c'] - r['d2c_tree']:,}) "
+              f"| {r['d2c'] / r['original']:.2f} | {millions(r['paper_original'])} | {millions(r['paper_d2c'])} "
+              f"| {r['psnr_original']:.2f} -> {r['psnr_d2c']:.2f} |")
+    if args.scale == 3:
+        print('\nBasicSR\'s RRDBNet has no x3 (built with scale 3 it still upsamples x4); its count is the x4 one.')
+    bigger = [r['backbone'] for r in rows if r['d2c'] >= r['original']]
+    print('\nD2C version smaller than the original for every backbone' if not bigger else
+          f'\nWARNING: D2C version not smaller for {bigger}')
+
+
+if __name__ == '__main__':
+    main()
