@@ -49,7 +49,7 @@ def mismatch_message(gt_path, lq_path, gt_hw, lq_hw, scale):
     (hg, wg), (hl, wl) = gt_hw[:2], lq_hw[:2]
     ratio = f'{hg / hl:.2f} x {wg / wl:.2f}' if min(hl, wl) > 0 else 'undefined'
     return (f'{_name(gt_path)} ({hg}x{wg}) / {_name(lq_path)} ({hl}x{wl}): size ratio {ratio}, not the scale {scale} '
-            f'(HR must be {scale} x LR, or up to {scale - 1} px larger)')
+            f'(a larger HR is cropped to {scale} x LR only while HR // LR is {scale} on both sides)')
 
 
 def lq_at_gt_size_message(option='lq_at_gt_size: bicubic'):
@@ -122,8 +122,8 @@ def check_pair_sizes(pairs, scale, lq_at_gt_size=None, where='data set', option=
         else:
             groups[rel].append(pair)
     if unreadable or mismatched or same_size:
-        lines = [f'{where} (scale {scale}): problems with {len(unreadable) + len(mismatched) + len(same_size)} '
-                 'file(s), all listed:']
+        lines = [f'{where} (scale {scale}): {len(unreadable) + len(mismatched) + len(same_size)} problem(s), '
+                 'all listed:']
         if unreadable:
             lines.append(f'  unreadable or not an image ({len(unreadable)}): ' + ', '.join(map(str, unreadable)))
         if mismatched:

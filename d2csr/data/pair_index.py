@@ -176,16 +176,23 @@ def realsr_pairs(root, scale, split='train', cameras=None):
         missing = [d for d in camera_dirs if not osp.isdir(d)]
         if missing:
             raise DataError(f'{layout}: camera folders {missing} do not exist; fix `cameras` or dataroot.')
-    pairs = []
-    for cam_dir in camera_dirs:
+    pairs, problems = [], []
+    for cam_dir in camera_dirs:  # every camera is checked before anything is reported
         folder = osp.join(cam_dir, split_dir, str(scale))
         if not osp.isdir(folder):
             present = sorted(d for d in os.listdir(osp.join(cam_dir, split_dir))) \
                 if osp.isdir(osp.join(cam_dir, split_dir)) else []
-            raise DataError(f'{layout}: {folder!r} does not exist (scale {scale}, split {split}); '
+            problems.append(f'{layout}: {folder!r} does not exist (scale {scale}, split {split}); '
                             f'{osp.join(cam_dir, split_dir)!r} has {present or "nothing"}.')
-        pairs += _pairs_in_folders(folder, folder, NamePattern(r'(.+)_HR', '{0}_HR'),
-                                   NamePattern(rf'(.+)_LR{scale}', f'{{0}}_LR{scale}'), f'{layout} x{scale} ({folder})')
+            continue
+        try:
+            pairs += _pairs_in_folders(folder, folder, NamePattern(r'(.+)_HR', '{0}_HR'),
+                                       NamePattern(rf'(.+)_LR{scale}', f'{{0}}_LR{scale}'),
+                                       f'{layout} x{scale} ({folder})')
+        except DataError as err:
+            problems.append(str(err))
+    if problems:
+        raise DataError('\n'.join(problems))
     return sorted(pairs, key=lambda p: p['key'])
 
 
