@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Prepare real-world SR data the BasicSR way: aligned sub-image pairs in OUT/HR + OUT/LR, optionally LMDBs.
+r"""Prepare real-world SR data the BasicSR way: aligned sub-image pairs in OUT/HR + OUT/LR, optionally LMDBs.
 
 Examples (paths as in the README's "Data" section)::
 
     # RealSR x4 training set -> 480/120 px sub-images (step 240/60) + LMDBs
-    python scripts/prepare_dataset.py realsr --root datasets/RealSR_V3 --scale 4 --out datasets/RealSR_x4/train_sub --lmdb
+    python scripts/prepare_dataset.py realsr --root datasets/RealSR_V3 --scale 4 \
+        --out datasets/RealSR_x4/train_sub --lmdb
     # DRealSR x4 test set -> whole aligned pairs (test sets are not cropped unless --crop-size is given)
-    python scripts/prepare_dataset.py drealsr --root datasets/DRealSR --scale 4 --split test --out datasets/DRealSR_x4/test
+    python scripts/prepare_dataset.py drealsr --root datasets/DRealSR --scale 4 --split test \
+        --out datasets/DRealSR_x4/test
     # D2CRealSR (x8)
-    python scripts/prepare_dataset.py d2crealsr --root datasets/D2CRealSR --scale 8 --out datasets/D2CRealSR_x8/train_sub
+    python scripts/prepare_dataset.py d2crealsr --root datasets/D2CRealSR --scale 8 \
+        --out datasets/D2CRealSR_x8/train_sub
     # your own camera pairs: ROOT/HR/IMG_0001.png with ROOT/LR/IMG_0001_lr.png
     python scripts/prepare_dataset.py pairs --root my_pairs --scale 4 --filename-tmpl '{}_lr' --out my_pairs_sub
     # the authors' text list ("lr_path hr_path" per line)

@@ -148,7 +148,8 @@ def test_unmatched_hr_and_lr_are_all_listed_at_once(trees, tmp_path):
     root = copy_tree(trees['realsr'], tmp_path / 'RealSR_V3')
     (root / 'Canon' / 'Train' / '4' / 'Canon_001_LR4.png').unlink()
     (root / 'Canon' / 'Train' / '4' / 'Canon_002_HR.png').unlink()
-    shutil.copy(root / 'Canon' / 'Train' / '4' / 'Canon_002_LR4.png', root / 'Canon' / 'Train' / '4' / 'Canon_009_LR3.png')
+    folder = root / 'Canon' / 'Train' / '4'
+    shutil.copy(folder / 'Canon_002_LR4.png', folder / 'Canon_009_LR3.png')
     (root / 'Nikon' / 'Train' / '4' / 'Nikon_001_LR4.png').unlink()  # the other camera: reported in the same error
     with pytest.raises(DataError) as err:
         build('RealSRDataset', phase='train', dataroot=str(root))
@@ -240,7 +241,8 @@ def test_pair_list_lists_every_bad_line(trees, tmp_path):
 
 def paper_option_files():
     files = sorted((ROOT / 'options').glob('t*_D2C_*x[2348].yml'))
-    return [f for f in files if f.name.startswith(('train_D2C_div', 'train_D2C_conv', 'test_D2C_x', 'test_D2C_DRealSR'))]
+    stems = ('train_D2C_div', 'train_D2C_conv', 'test_D2C_x', 'test_D2C_DRealSR')
+    return [f for f in files if f.name.startswith(stems)]
 
 
 def test_every_paper_setting_has_options_that_read_the_downloaded_layouts(tmp_path):
@@ -262,7 +264,8 @@ def test_every_paper_setting_has_options_that_read_the_downloaded_layouts(tmp_pa
         if path.name.startswith('test_D2C_DRealSR'):  # cross-data: RealSR-trained weights
             assert opt['path']['pretrain_network_g'] == f'experiments/D2C_conv_x{scale}/models/net_g_latest.pth'
         for phase, dopt in opt['datasets'].items():
-            expected = {8: 'D2CRealSRDataset'}.get(scale, 'DRealSRDataset' if 'DRealSR' in path.name else 'RealSRDataset')
+            expected = 'D2CRealSRDataset' if scale == 8 else \
+                'DRealSRDataset' if 'DRealSR' in path.name else 'RealSRDataset'
             assert dopt['type'] == expected, (path.name, phase)
             dopt = dict(dopt, dataroot=str(roots[dopt['dataroot']]), scale=scale, phase=phase.split('_')[0])
             if phase == 'train':

@@ -6,7 +6,8 @@ the LR crop, at ``scale x`` its position), like BasicSR's ``extract_subimages.py
 last row / column flush with the border). ``crop_size=0`` writes whole aligned pairs (``KEY.png``), for test
 sets. ``OUT/meta_info.txt`` lists the HR images (``name.png (h,w,c)``, BasicSR's format). With ``lmdb=True``
 it also writes ``OUT/HR.lmdb`` and ``OUT/LR.lmdb`` with ``basicsr.utils.lmdb_util`` (keys: the names without
-``.png``, as BasicSR's ``create_lmdb.py`` makes them), which BasicSR's ``PairedImageDataset`` reads with ``io_backend: lmdb``.
+``.png``, as BasicSR's ``create_lmdb.py`` makes them), which BasicSR's ``PairedImageDataset`` reads with
+``io_backend: lmdb``.
 
 Safe to interrupt and to re-run: everything is written into a staging folder inside ``OUT`` and moved into
 place only when complete (Ctrl-C is held back during those renames); a re-run removes the leftovers of a
