@@ -80,20 +80,18 @@ def _human(n):
 
 @contextlib.contextmanager
 def _sigint_held():
-    """Hold Ctrl-C back while the finished outputs are renamed into place; re-raise it afterwards."""
+    """Hold Ctrl-C back while the finished outputs are renamed into place; yields a list that is non-empty
+    when Ctrl-C arrived meanwhile (the run is complete by then)."""
+    caught = []
     try:
-        previous = signal.getsignal(signal.SIGINT)
-        caught = []
-        signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+        previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
     except ValueError:  # not the main thread
-        yield
+        yield caught
         return
     try:
-        yield
+        yield caught
     finally:
         signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -142,8 +140,8 @@ def prepare_pairs(pairs, scale, out, crop_size=0, step=0, lmdb=False, compressio
             raise DataError(f'LMDB keys must be ASCII; rename: {", ".join(bad)}.')
     option = '--lq-at-gt-size bicubic'
     groups = check_pair_sizes(pairs, scale, lq_at_gt_size, where=description, option=option)
-    os.makedirs(out, exist_ok=True)
     _check_out(out, pairs)
+    os.makedirs(out, exist_ok=True)
 
     with _exclusive(out):
         stale = sorted(d for d in os.listdir(out) if d.startswith(STAGING_PREFIX))
@@ -162,7 +160,7 @@ def prepare_pairs(pairs, scale, out, crop_size=0, step=0, lmdb=False, compressio
             products = PRODUCTS + (LMDB_PRODUCTS if lmdb else ())
             old = osp.join(staging, 'replaced')
             os.makedirs(old)
-            with _sigint_held():
+            with _sigint_held() as ctrl_c:
                 for name in PRODUCTS + LMDB_PRODUCTS:
                     dst = osp.join(out, name)
                     if osp.lexists(dst):
@@ -172,6 +170,8 @@ def prepare_pairs(pairs, scale, out, crop_size=0, step=0, lmdb=False, compressio
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    if ctrl_c:
+        log('Ctrl-C arrived while the finished outputs were moved into place; they are complete.')
     summary.update(out=out, bytes={name: _folder_bytes(osp.join(out, name)) for name in products})
     sizes = ', '.join(f'{name} {_human(n)}' for name, n in summary['bytes'].items())
     total = sum(summary['bytes'].values())
