@@ -1,0 +1,276 @@
+"""Prepare real-world SR pairs the BasicSR way (``scripts/prepare_dataset.py`` is the command line).
+
+For every pair (found by :mod:`d2csr.data.pair_index`, aligned by :mod:`d2csr.data.pair_align`) it writes
+sub-images with the same names into ``OUT/HR`` and ``OUT/LR``, cropped consistently (the HR crop is ``scale x``
+the LR crop, at ``scale x`` its position), like BasicSR's ``extract_subimages.py`` (names ``KEY_s001.png``, the
+last row / column flush with the border). ``crop_size=0`` writes whole aligned pairs (``KEY.png``), for test
+sets. ``OUT/meta_info.txt`` lists the HR images (``name.png (h,w,c)``, BasicSR's format). With ``lmdb=True``
+it also writes ``OUT/HR.lmdb`` and ``OUT/LR.lmdb`` with ``basicsr.utils.lmdb_util`` (keys: the names without
+``.png``, as BasicSR's ``create_lmdb.py`` makes them), which BasicSR's ``PairedImageDataset`` reads with
+``io_backend: lmdb``.
+
+Safe to interrupt and to re-run: everything is written into a staging folder inside ``OUT`` and moved into
+place only when complete (Ctrl-C is held back during those renames); a re-run removes the leftovers of a
+killed run and writes the same files.
+"""
+import contextlib
+import os
+import os.path as osp
+import shutil
+import signal
+import tempfile
+
+import cv2
+
+from .pair_align import align_pair, check_lq_at_gt_size, check_pair_sizes
+from .pair_index import DataError, folder_pairs, layout_pairs, list_pairs
+
+STAGING_PREFIX = '.prepare_tmp_'
+PRODUCTS = ('HR', 'LR', 'meta_info.txt')
+LMDB_PRODUCTS = ('HR.lmdb', 'LR.lmdb')
+LQ_CROP, LQ_STEP = 120, 60  # default sub-image size / step in LR pixels (BasicSR's 480 / 240 at x4)
+
+
+def default_crop(scale, split):
+    """``(crop_size, step)`` in HR pixels: BasicSR's 480 / 240 at x4 (120 / 60 LR pixels) for training sets,
+    whole images (0) for test sets."""
+    return (LQ_CROP * scale, LQ_STEP * scale) if split == 'train' else (0, 0)
+
+
+def crop_positions(size, crop, step):
+    """Top (or left) coordinates of the crops along one side; the last one is flush with the border."""
+    positions = list(range(0, size - crop + 1, step))
+    if positions and positions[-1] + crop < size:
+        positions.append(size - crop)
+    return positions
+
+
+def sub_image_pairs(img_gt, img_lq, scale, crop_size, step):
+    """``[(gt_crop, lq_crop), ...]`` of an aligned pair (``img_gt`` is ``scale x img_lq``); whole pair when
+    ``crop_size`` is 0; empty when LR is smaller than ``crop_size / scale``."""
+    if not crop_size:
+        return [(img_gt, img_lq)]
+    lq_crop, lq_step = crop_size // scale, step // scale
+    h, w = img_lq.shape[:2]
+    crops = []
+    for top in crop_positions(h, lq_crop, lq_step):
+        for left in crop_positions(w, lq_crop, lq_step):
+            crops.append((img_gt[top * scale:(top + lq_crop) * scale, left * scale:(left + lq_crop) * scale],
+                          img_lq[top:top + lq_crop, left:left + lq_crop]))
+    return crops
+
+
+def _write_png(path, img, compression_level):
+    if not cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, compression_level]):
+        raise OSError(f'could not write {path}')
+
+
+def _folder_bytes(path):
+    if osp.isfile(path):
+        return osp.getsize(path)
+    return sum(osp.getsize(osp.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _human(n):
+    for unit in ('B', 'KB', 'MB', 'GB'):
+        if n < 1024 or unit == 'GB':
+            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1024
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold Ctrl-C back while the finished outputs are renamed into place; yields a list that is non-empty
+    when Ctrl-C arrived meanwhile (the run is complete by then)."""
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    except ValueError:  # not the main thread
+        yield caught
+        return
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _exclusive(out):
+    """One prepare run per output folder at a time (a second one would remove the first one's staging)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(osp.join(out, '.prepare.lock'), 'w') as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f'another prepare_dataset run is writing {out!r}; wait for it to finish.') from None
+        try:
+            yield
+        finally:
+            os.unlink(lock.name)
+
+
+def _check_out(out, pairs):
+    sources = {osp.realpath(osp.dirname(p[k])) for p in pairs for k in ('gt_path', 'lq_path')}
+    for name in PRODUCTS + LMDB_PRODUCTS:
+        target = osp.realpath(osp.join(out, name))
+        if any(s == target or s.startswith(target + os.sep) for s in sources):
+            raise DataError(f'--out {out!r} would replace the input folder {target!r}; choose another --out.')
+
+
+def prepare_pairs(pairs, scale, out, crop_size=0, step=0, lmdb=False, compression_level=3, lq_at_gt_size=None,
+                  description='pairs', log=print):
+    """Write the sub-images (and LMDBs) of ``pairs`` into ``out``; return a summary dict.
+
+    Raises :class:`DataError` (before anything in ``out`` changes) for bad sizes, unreadable files or bad
+    crop settings, listing every problem at once.
+    """
+    scale = int(scale)
+    check_lq_at_gt_size(lq_at_gt_size, '--lq-at-gt-size')
+    if crop_size:
+        if crop_size < 0 or crop_size % scale or step <= 0 or step % scale:
+            raise DataError(f'--crop-size ({crop_size}) and --step ({step}) must be positive multiples of --scale '
+                            f'({scale}); they are HR pixels (LR: divided by the scale).')
+    if lmdb:
+        bad = [p['key'] for p in pairs if not p['key'].isascii()]
+        if bad:
+            raise DataError(f'LMDB keys must be ASCII; rename: {", ".join(bad)}.')
+    option = '--lq-at-gt-size bicubic'
+    groups = check_pair_sizes(pairs, scale, lq_at_gt_size, where=description, option=option)
+    _check_out(out, pairs)
+    os.makedirs(out, exist_ok=True)
+
+    with _exclusive(out):
+        stale = sorted(d for d in os.listdir(out) if d.startswith(STAGING_PREFIX))
+        for name in stale:
+            shutil.rmtree(osp.join(out, name), ignore_errors=True)
+        if stale:
+            log(f'Removed the leftovers of an interrupted run: {", ".join(stale)}')
+        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out)
+        try:
+            summary = _write_all(pairs, scale, staging, crop_size, step, compression_level, lq_at_gt_size,
+                                 description, log, out)
+            summary.update(cropped_gt=len(groups['crop_gt']), lq_downsampled=len(groups['lq_at_gt_size']))
+            raw_bytes = summary.pop('raw_bytes')
+            if lmdb:
+                _make_lmdbs(staging, summary['names'], raw_bytes, log)
+            products = PRODUCTS + (LMDB_PRODUCTS if lmdb else ())
+            old = osp.join(staging, 'replaced')
+            os.makedirs(old)
+            with _sigint_held() as ctrl_c:
+                for name in PRODUCTS + LMDB_PRODUCTS:
+                    dst = osp.join(out, name)
+                    if osp.lexists(dst):
+                        os.rename(dst, osp.join(old, name))
+                    if name in products:
+                        os.rename(osp.join(staging, name), dst)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    if ctrl_c:
+        log('Ctrl-C arrived while the finished outputs were moved into place; they are complete.')
+    summary.update(out=out, bytes={name: _folder_bytes(osp.join(out, name)) for name in products})
+    sizes = ', '.join(f'{name} {_human(n)}' for name, n in summary['bytes'].items())
+    total = sum(summary['bytes'].values())
+    what = 'whole pairs' if not crop_size else f'sub-image pairs (HR {crop_size}px step {step}, ' \
+                                               f'LR {crop_size // scale}px step {step // scale})'
+    log(f'Done: {summary["pairs"]} pairs -> {summary["sub_images"]} {what} in {out}')
+    log(f'  {sizes}; {total:,} bytes in all')
+    if summary['cropped_gt']:
+        log(f'  HR cropped to {scale} x LR: {summary["cropped_gt"]} pair(s)')
+    if summary['lq_downsampled']:
+        log(f'  LR at HR size, downsampled by {scale} ({lq_at_gt_size}): {summary["lq_downsampled"]} pair(s)')
+    if summary['skipped']:
+        log(f'  skipped (LR smaller than the {crop_size // scale}px crop): {", ".join(summary["skipped"])}')
+    return summary
+
+
+def _write_all(pairs, scale, staging, crop_size, step, compression_level, lq_at_gt_size, description, log, out):
+    hr_dir, lq_dir = osp.join(staging, 'HR'), osp.join(staging, 'LR')
+    os.makedirs(hr_dir)
+    os.makedirs(lq_dir)
+    log(f'Preparing {description}: {len(pairs)} pairs -> {out}')
+    names, meta, skipped, unreadable = [], [], [], []
+    raw_bytes = {'HR': 0, 'LR': 0}
+    for i, pair in enumerate(pairs, 1):
+        img_gt = cv2.imread(pair['gt_path'], cv2.IMREAD_COLOR)
+        img_lq = cv2.imread(pair['lq_path'], cv2.IMREAD_COLOR)
+        bad = [pair[k] for k, img in (('gt_path', img_gt), ('lq_path', img_lq)) if img is None]
+        if bad:
+            unreadable += bad
+            log(f'[{i}/{len(pairs)}] {pair["key"]}: cannot read {", ".join(bad)}')
+            continue
+        img_gt, img_lq, _ = align_pair(img_gt, img_lq, scale, lq_at_gt_size, pair['gt_path'], pair['lq_path'],
+                                       option='--lq-at-gt-size bicubic')
+        crops = sub_image_pairs(img_gt, img_lq, scale, crop_size, step)
+        if not crops:
+            skipped.append(pair['key'])
+        for index, (gt, lq) in enumerate(crops, 1):
+            name = f'{pair["key"]}.png' if not crop_size else f'{pair["key"]}_s{index:03d}.png'
+            _write_png(osp.join(hr_dir, name), gt, compression_level)
+            _write_png(osp.join(lq_dir, name), lq, compression_level)
+            names.append(name)
+            raw_bytes['HR'] += gt.nbytes
+            raw_bytes['LR'] += lq.nbytes
+            meta.append(f'{name} ({gt.shape[0]},{gt.shape[1]},{gt.shape[2]})')
+        log(f'[{i}/{len(pairs)}] {pair["key"]}: {len(crops)} sub-image pair(s)')
+    if unreadable:
+        raise DataError(f'{description}: {len(unreadable)} file(s) cannot be decoded (corrupt or not images), all '
+                        'listed:\n  ' + '\n  '.join(unreadable) + f'\nReplace or remove them; {out!r} is unchanged.')
+    if not names:
+        raise DataError(f'{description}: no sub-images written (every LR is smaller than the crop); lower '
+                        '--crop-size.')
+    with open(osp.join(staging, 'meta_info.txt'), 'w') as f:
+        f.write(''.join(line + '\n' for line in meta))
+    return dict(pairs=len(pairs), sub_images=len(names), skipped=skipped, names=names, raw_bytes=raw_bytes)
+
+
+def _make_lmdbs(staging, names, raw_bytes, log):
+    """``HR.lmdb`` / ``LR.lmdb`` from the written folders with BasicSR's ``LmdbMaker`` and ``read_img_worker``:
+    keys are the names without ``.png``, values PNG bytes (compression 1), ``meta_info.txt`` lines
+    ``name.png (h,w,c) 1``, as ``make_lmdb_from_imgs`` / BasicSR's ``create_lmdb.py`` write them."""
+    from basicsr.utils.lmdb_util import LmdbMaker, read_img_worker
+
+    for side in ('HR', 'LR'):
+        # map_size is an upper bound (address space, not disk): PNG at level 1 stays below ~1.1 x raw pixels
+        maker = LmdbMaker(osp.join(staging, f'{side}.lmdb'), map_size=int(raw_bytes[side] * 1.5) + (64 << 20),
+                          compress_level=1)
+        for i, name in enumerate(names, 1):
+            key, img_bytes, shape = read_img_worker(osp.join(staging, side, name), osp.splitext(name)[0], 1)
+            maker.put(img_bytes, key, shape)
+            if i % 1000 == 0:
+                log(f'  {side}.lmdb: {i}/{len(names)}')
+        maker.close()
+        log(f'  {side}.lmdb: {len(names)} images')
+
+
+def prepare(layout, root, scale, out, split='train', crop_size=None, step=None, lmdb=False, compression_level=3,
+            lq_at_gt_size=None, log=print, **layout_opt):
+    """Find the pairs of ``layout`` under ``root`` and :func:`prepare_pairs` them.
+
+    ``layout``: ``realsr``, ``drealsr``, ``d2crealsr`` (``layout_opt``: ``cameras`` for RealSR) or ``pairs``
+    (``layout_opt``: ``gt_dir`` / ``lq_dir`` under ``root`` (default ``HR`` / ``LR``), ``filename_tmpl``,
+    ``gt_filename_tmpl``, ``lq_regex``, ``gt_regex``; or ``list_file``, relative paths taken from ``root``).
+    ``crop_size`` / ``step`` default to :func:`default_crop`.
+    """
+    scale = int(scale)
+    if layout == 'pairs':
+        list_file = layout_opt.pop('list_file', None)
+        if list_file:
+            pairs = list_pairs(list_file, root)
+        else:
+            if not root or not osp.isdir(root):
+                raise DataError(f'--root {root!r} does not exist (it should hold the HR and LR folders).')
+            gt_dir = osp.join(root, layout_opt.pop('gt_dir', None) or 'HR')
+            lq_dir = osp.join(root, layout_opt.pop('lq_dir', None) or 'LR')
+            pairs = folder_pairs(gt_dir, lq_dir, **layout_opt)
+        description = f'pairs x{scale}'
+    else:
+        pairs = layout_pairs(layout, root, scale, split, **layout_opt)
+        description = f'{layout} x{scale} {split}'
+    crop_size = default_crop(scale, split)[0] if crop_size is None else crop_size
+    step = (max(scale, crop_size // 2 // scale * scale) if crop_size else 0) if step is None else step
+    return prepare_pairs(pairs, scale, out, crop_size, step, lmdb, compression_level, lq_at_gt_size, description, log)

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+r"""Prepare real-world SR data the BasicSR way: aligned sub-image pairs in OUT/HR + OUT/LR, optionally LMDBs.
+
+Examples (paths as in the README's "Data" section)::
+
+    # RealSR x4 training set -> 480/120 px sub-images (step 240/60) + LMDBs
+    python scripts/prepare_dataset.py realsr --root datasets/RealSR_V3 --scale 4 \
+        --out datasets/RealSR_x4/train_sub --lmdb
+    # DRealSR x4 test set -> whole aligned pairs (test sets are not cropped unless --crop-size is given)
+    python scripts/prepare_dataset.py drealsr --root datasets/DRealSR --scale 4 --split test \
+        --out datasets/DRealSR_x4/test
+    # D2CRealSR (x8)
+    python scripts/prepare_dataset.py d2crealsr --root datasets/D2CRealSR --scale 8 \
+        --out datasets/D2CRealSR_x8/train_sub
+    # your own camera pairs: ROOT/HR/IMG_0001.png with ROOT/LR/IMG_0001_lr.png
+    python scripts/prepare_dataset.py pairs --root my_pairs --scale 4 --filename-tmpl '{}_lr' --out my_pairs_sub
+    # the authors' text list ("lr_path hr_path" per line)
+    python scripts/prepare_dataset.py pairs --list RealSRTrain.txt --scale 4 --out datasets/RealSR_x4/train_sub
+
+Train on the result with BasicSR's PairedImageDataset: ``dataroot_gt: OUT/HR``, ``dataroot_lq: OUT/LR``
+(``io_backend: disk``), or ``OUT/HR.lmdb`` / ``OUT/LR.lmdb`` with ``io_backend: {type: lmdb}``.
+Interrupting it leaves OUT as it was; re-running it writes the same files.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
+
+import d2csr  # noqa: E402,F401  (basicsr compatibility shim)
+from d2csr.data.pair_index import DataError  # noqa: E402
+from d2csr.data.prepare import prepare  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog='\n\n'.join(__doc__.split('\n\n')[1:]))
+    parser.add_argument('layout', choices=['realsr', 'drealsr', 'd2crealsr', 'pairs'],
+                        help='the layout of --root: RealSR, DRealSR, D2CRealSR as downloaded, or a folder pair')
+    parser.add_argument('--root', help='the data set as downloaded (pairs: the folder holding HR/ and LR/)')
+    parser.add_argument('--scale', type=int, required=True, help='2, 3, 4 (RealSR, DRealSR) or 8 (D2CRealSR)')
+    parser.add_argument('--out', required=True, help='output folder (gets HR/, LR/, meta_info.txt[, *.lmdb])')
+    parser.add_argument('--split', default='train', choices=['train', 'test'], help='default: train')
+    parser.add_argument('--crop-size', type=int, default=None,
+                        help='HR sub-image size, a multiple of the scale; 0 = whole pairs '
+                        '(default: 120 x scale for train, 0 for test)')
+    parser.add_argument('--step', type=int, default=None, help='HR step between sub-images (default: crop / 2)')
+    parser.add_argument('--lmdb', action='store_true', help='also write OUT/HR.lmdb and OUT/LR.lmdb')
+    parser.add_argument('--compression-level', type=int, default=3, help='PNG compression (BasicSR: 3)')
+    parser.add_argument('--lq-at-gt-size', choices=['bicubic'], default=None,
+                        help='LR stored at HR size (RealSR before V3): downsample it by the scale')
+    parser.add_argument('--cameras', nargs='+', default=None, help='realsr: cameras to take (default: all present)')
+    group = parser.add_argument_group('pairs')
+    group.add_argument('--gt-dir', default='HR', help='HR folder under --root (default HR)')
+    group.add_argument('--lq-dir', default='LR', help='LR folder under --root (default LR)')
+    group.add_argument('--filename-tmpl', default='{}', help="LR name from the shared part, e.g. '{}_LR4'")
+    group.add_argument('--gt-filename-tmpl', default='{}', help="HR name from the shared part, e.g. '{}_HR'")
+    group.add_argument('--lq-regex', default=None, help="LR names, e.g. '(.+)_LR4' (equal groups pair files)")
+    group.add_argument('--gt-regex', default=None, help="HR names, e.g. '(.+)_HR'")
+    group.add_argument('--list', dest='list_file', default=None,
+                       help="a text list, one 'lr_path hr_path' per line (relative paths: from --root)")
+    args = parser.parse_args(argv)
+    if args.layout != 'pairs' and args.root is None:
+        parser.error(f'{args.layout} needs --root (the data set folder as downloaded)')
+    if args.layout == 'pairs' and args.root is None and args.list_file is None:
+        parser.error('pairs needs --root (with HR/ and LR/) or --list')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    kwargs = {}
+    if args.layout == 'realsr' and args.cameras:
+        kwargs['cameras'] = args.cameras
+    if args.layout == 'pairs':
+        kwargs = dict(gt_dir=args.gt_dir, lq_dir=args.lq_dir, filename_tmpl=args.filename_tmpl,
+                      gt_filename_tmpl=args.gt_filename_tmpl, lq_regex=args.lq_regex, gt_regex=args.gt_regex,
+                      list_file=args.list_file)
+    try:
+        prepare(args.layout, args.root, args.scale, args.out, split=args.split, crop_size=args.crop_size,
+                step=args.step, lmdb=args.lmdb, compression_level=args.compression_level,
+                lq_at_gt_size=args.lq_at_gt_size, log=lambda msg: print(msg, flush=True), **kwargs)
+    except DataError as err:
+        sys.exit(f'error: {err}')
+    except KeyboardInterrupt:
+        sys.exit(f'interrupted: nothing in {args.out} was changed (re-run to prepare it).')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,275 @@
+"""The real-world SR data sets read as downloaded (miniature trees with the real layouts and names), and every
+kind of bad input they must refuse clearly. In-process and fast; training runs are in test_data_train.py."""
+import contextlib
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from basicsr.data import build_dataset
+from basicsr.utils.registry import DATASET_REGISTRY
+from conftest import ROOT
+from d2csr.data.pair_index import DataError
+from data_trees import (camera_pairs_tree, d2crealsr_tree, drealsr_tree, make_pair, read_rgb, realsr_tree,
+                        write_pair_list)
+
+
+@pytest.fixture(scope='module')
+def trees(tmp_path_factory):
+    root = tmp_path_factory.mktemp('layouts')
+    return dict(
+        realsr=realsr_tree(root / 'RealSR_V3', extra_for=('rocket', 'camera')),
+        old=realsr_tree(root / 'RealSR_old', lq_at_gt_size=True, extra_for=()),
+        drealsr=drealsr_tree(root / 'DRealSR'),
+        d2c=d2crealsr_tree(root / 'D2CRealSR'),
+        cam=camera_pairs_tree(root / 'cam'),
+        root=root,
+    )
+
+
+def build(type_, phase='val', scale=4, **opt):
+    opt = dict(name=f'{type_}_{phase}', type=type_, scale=scale, phase=phase, io_backend={'type': 'disk'}, **opt)
+    if phase == 'train':
+        opt = dict(dict(gt_size=32, use_hflip=True, use_rot=True), **opt)
+    return build_dataset(opt)
+
+
+def rgb_tensor(img):
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255.
+
+
+def test_data_set_types_are_registered():
+    for name in ('RealSRDataset', 'DRealSRDataset', 'D2CRealSRDataset', 'PairListDataset', 'PairedFolderDataset'):
+        assert DATASET_REGISTRY.get(name).__name__ == name
+
+
+@contextlib.contextmanager
+def basicsr_log():
+    """Records of BasicSR's logger (it does not propagate, so pytest's caplog does not see them)."""
+    records, handler = [], logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger = logging.getLogger('basicsr')
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_realsr_v3_reads_both_cameras_and_crops_too_large_hr(trees):
+    with basicsr_log() as records:
+        val = build('RealSRDataset', dataroot=str(trees['realsr']))
+        val[0], val[1], val[1]
+    assert [Path(p['gt_path']).name for p in val.paths] == ['Canon_001_HR.png', 'Nikon_001_HR.png']
+    assert [Path(p['lq_path']).name for p in val.paths] == ['Canon_001_LR4.png', 'Nikon_001_LR4.png']
+    # Nikon_001 (test) has an HR 3 px too large: cropped to 4 x LR at the top left, warned once for the data set
+    warnings = [r.getMessage() for r in records if 'cropped to 4 x LR' in r.getMessage()]
+    assert len(warnings) == 1 and '1 of 2 HR images' in warnings[0] and 'Nikon_001_HR.png' in warnings[0]
+    item = val[1]
+    hr = read_rgb(val.paths[1]['gt_path'])
+    lr = read_rgb(val.paths[1]['lq_path'])
+    assert hr.shape == (99, 99, 3) and lr.shape == (24, 24, 3)
+    assert set(item) == {'lq', 'gt', 'lq_path', 'gt_path'}
+    assert torch.equal(item['gt'], rgb_tensor(hr[:96, :96]))
+    assert torch.equal(item['lq'], rgb_tensor(lr))
+
+    train = build('RealSRDataset', phase='train', dataroot=str(trees['realsr']))
+    assert len(train) == 3  # Canon_001, Canon_002, Nikon_001 of Train/4
+    for i in range(len(train)):
+        item = train[i]
+        assert item['lq'].shape == (3, 8, 8) and item['gt'].shape == (3, 32, 32)
+    # one camera, or the camera folder itself
+    assert len(build('RealSRDataset', dataroot=str(trees['realsr']), cameras=['Canon'])) == 1
+    assert len(build('RealSRDataset', dataroot=str(trees['realsr'] / 'Nikon'))) == 1
+
+
+def test_realsr_lr_at_hr_size_needs_the_option_then_downsamples_bicubic(trees):
+    with pytest.raises(DataError) as err:
+        build('RealSRDataset', dataroot=str(trees['old']))
+    message = str(err.value)
+    assert 'lq_at_gt_size: bicubic' in message and 'Canon_001_LR4.png' in message and 'Nikon_001_LR4.png' in message
+    ds = build('RealSRDataset', dataroot=str(trees['old']), lq_at_gt_size='bicubic')
+    item = ds[0]
+    assert item['gt'].shape == (3, 96, 96) and item['lq'].shape == (3, 24, 24)
+    stored = read_rgb(ds.paths[0]['lq_path'])
+    assert stored.shape == (96, 96, 3)
+    expected = cv2.resize(stored.astype(np.float32) / 255., (24, 24), interpolation=cv2.INTER_CUBIC)
+    assert torch.allclose(item['lq'], torch.from_numpy(np.clip(expected, 0, 1).transpose(2, 0, 1)), atol=1e-6)
+    # and it is close to the true small LR it was upsampled from
+    _, small = make_pair('chelsea', 4, 96, [4, 0, False])
+    psnr = 10 * torch.log10(1 / torch.mean((item['lq'] - rgb_tensor(small)) ** 2))
+    assert psnr > 28, psnr
+
+
+def test_drealsr_d2crealsr_list_and_folder_pairs(trees, tmp_path):
+    train = build('DRealSRDataset', phase='train', dataroot=str(trees['drealsr']))
+    assert [Path(p['lq_path']).name for p in train.paths] == ['DSC_1450_x4_1.png', 'DSC_1451_x4_2.png']
+    test = build('DRealSRDataset', dataroot=str(trees['drealsr'] / 'x4'))  # the x4 folder itself works too
+    assert [Path(p['gt_path']).name for p in test.paths] == ['DSC_1450_x1.png', 'DSC_1451_x1.png']
+    assert test[0]['lq'].shape == (3, 24, 24) and test[0]['gt'].shape == (3, 96, 96)
+
+    d2c = build('D2CRealSRDataset', phase='train', scale=8, dataroot=str(trees['d2c']), gt_size=64)
+    assert len(d2c) == 2 and d2c[1]['lq'].shape == (3, 8, 8) and d2c[1]['gt'].shape == (3, 64, 64)
+    d2c_test = build('D2CRealSRDataset', scale=8, dataroot=str(trees['d2c']))
+    assert d2c_test[0]['lq'].shape == (3, 16, 16) and d2c_test[0]['gt'].shape == (3, 128, 128)
+
+    # the authors' list (tab separated, absolute paths) and a relative one with a comment
+    v3 = trees['realsr'] / 'Canon' / 'Test' / '4'
+    listed = write_pair_list(tmp_path / 'abs.txt', [(v3 / 'Canon_001_LR4.png', v3 / 'Canon_001_HR.png')])
+    ds = build('PairListDataset', meta_info_file=str(listed))
+    assert torch.equal(ds[0]['gt'], build('RealSRDataset', dataroot=str(trees['realsr']), cameras=['Canon'])[0]['gt'])
+    (tmp_path / 'rel.txt').write_text('# lr hr\nCanon/Test/4/Canon_001_LR4.png Canon/Test/4/Canon_001_HR.png\n\n')
+    assert len(build('PairListDataset', meta_info_file=str(tmp_path / 'rel.txt'), dataroot=str(trees['realsr']))) == 1
+
+    cam = trees['cam']
+    by_tmpl = build('PairedFolderDataset', dataroot_gt=str(cam / 'HR'), dataroot_lq=str(cam / 'LR'),
+                    filename_tmpl='{}_lr')
+    by_regex = build('PairedFolderDataset', dataroot_gt=str(cam / 'HR'), dataroot_lq=str(cam / 'LR'),
+                     lq_regex=r'IMG_(\d+)_lr', gt_regex=r'IMG_(\d+)')
+    assert by_tmpl.paths == by_regex.paths and len(by_tmpl) == 2
+    # one folder holding both sides (RealSR's layout) through templates
+    same = build('PairedFolderDataset', dataroot_gt=str(v3), dataroot_lq=str(v3), filename_tmpl='{}_LR4',
+                 gt_filename_tmpl='{}_HR')
+    assert [Path(p['lq_path']).name for p in same.paths] == ['Canon_001_LR4.png']
+
+
+def copy_tree(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_unmatched_hr_and_lr_are_all_listed_at_once(trees, tmp_path):
+    root = copy_tree(trees['realsr'], tmp_path / 'RealSR_V3')
+    (root / 'Canon' / 'Train' / '4' / 'Canon_001_LR4.png').unlink()
+    (root / 'Canon' / 'Train' / '4' / 'Canon_002_HR.png').unlink()
+    folder = root / 'Canon' / 'Train' / '4'
+    shutil.copy(folder / 'Canon_002_LR4.png', folder / 'Canon_009_LR3.png')
+    (root / 'Nikon' / 'Train' / '4' / 'Nikon_001_LR4.png').unlink()  # the other camera: reported in the same error
+    with pytest.raises(DataError) as err:
+        build('RealSRDataset', phase='train', dataroot=str(root))
+    message = str(err.value)
+    assert 'HR without LR (1): Canon_001_HR.png (expected Canon_001_LR4.*)' in message
+    assert 'LR without HR (1): Canon_002_LR4.png (expected Canon_002_HR.*)' in message
+    assert 'Canon_009_LR3.png' in message  # belongs to no pattern of the x4 folder
+    assert 'HR without LR (1): Nikon_001_HR.png (expected Nikon_001_LR4.*)' in message
+
+    cam = copy_tree(trees['cam'], tmp_path / 'cam')
+    (cam / 'LR' / 'IMG_0002_lr.png').rename(cam / 'LR' / 'IMG_0003_lr.png')
+    with pytest.raises(DataError, match=r'(?s)HR without LR \(1\): IMG_0002.png.*LR without HR \(1\): IMG_0003_lr.png'):
+        build('PairedFolderDataset', dataroot_gt=str(cam / 'HR'), dataroot_lq=str(cam / 'LR'), filename_tmpl='{}_lr')
+
+
+def test_empty_folders_wrong_layouts_and_missing_scales_are_clear_errors(trees, tmp_path):
+    (tmp_path / 'HR').mkdir()
+    (tmp_path / 'LR').mkdir()
+    with pytest.raises(DataError, match='contains no images'):
+        build('PairedFolderDataset', dataroot_gt=str(tmp_path / 'HR'), dataroot_lq=str(tmp_path / 'LR'))
+    with pytest.raises(DataError, match="neither Canon/ nor Nikon/"):
+        build('RealSRDataset', dataroot=str(trees['drealsr']))
+    with pytest.raises(DataError, match='has no test_HR/ and test_LR/'):
+        build('D2CRealSRDataset', scale=8, dataroot=str(trees['realsr']))
+    with pytest.raises(DataError, match='does not exist'):
+        build('DRealSRDataset', dataroot=str(tmp_path / 'nowhere'))
+    with pytest.raises(DataError, match='RealSR has scales 2, 3, 4, not 8'):
+        build('RealSRDataset', scale=8, dataroot=str(trees['realsr']))
+    with pytest.raises(DataError, match='D2CRealSR has scales 8, not 4'):
+        build('D2CRealSRDataset', dataroot=str(trees['d2c']))
+    with pytest.raises(DataError, match=r"Canon/Test/2' does not exist .*has \['4'\]"):
+        build('RealSRDataset', scale=2, dataroot=str(trees['realsr']))
+    with pytest.raises(DataError, match='no Test_x3/test_HR'):
+        build('DRealSRDataset', scale=3, dataroot=str(trees['drealsr']))
+    with pytest.raises(DataError, match="split must be 'train' or 'test'"):
+        build('RealSRDataset', dataroot=str(trees['realsr']), split='Training')
+    with pytest.raises(DataError, match='lq_at_gt_size must be'):
+        build('RealSRDataset', dataroot=str(trees['realsr']), lq_at_gt_size='nearest')
+    with pytest.raises(DataError, match='use PairedFolderDataset or PairedImageDataset'):
+        build_dataset(dict(name='x', type='RealSRDataset', scale=4, phase='val', dataroot=str(trees['realsr']),
+                           io_backend={'type': 'lmdb'}))
+    with pytest.raises(DataError, match='needs a group'):
+        build('PairedFolderDataset', dataroot_gt=str(trees['cam'] / 'HR'), dataroot_lq=str(trees['cam'] / 'LR'),
+              lq_regex='IMG_.*_lr', gt_regex='IMG_.*')
+
+
+def test_wrong_size_ratio_names_every_pair(trees, tmp_path):
+    root = copy_tree(trees['realsr'], tmp_path / 'RealSR_V3')
+    folder = root / 'Canon' / 'Train' / '4'
+    for stem in ('Canon_001', 'Canon_002'):  # an x3 LR put in the x4 folder
+        hr = cv2.imread(str(folder / f'{stem}_HR.png'))
+        cv2.imwrite(str(folder / f'{stem}_LR4.png'), cv2.resize(hr, (hr.shape[1] // 3, hr.shape[0] // 3)))
+    with pytest.raises(DataError) as err:
+        build('RealSRDataset', phase='train', dataroot=str(root))
+    message = str(err.value)
+    assert 'size ratio is not the scale (2)' in message
+    assert 'Canon_001_HR.png (96x96) / Canon_001_LR4.png (32x32): size ratio 3.00 x 3.00, not the scale 4' in message
+    assert 'Canon_002_HR.png (99x99) / Canon_002_LR4.png (33x33)' in message
+
+
+def test_unreadable_and_corrupt_images_are_named(trees, tmp_path):
+    root = copy_tree(trees['realsr'], tmp_path / 'RealSR_V3')
+    folder = root / 'Nikon' / 'Train' / '4'
+    (folder / 'Nikon_001_HR.png').write_bytes(b'this is not a PNG')
+    with pytest.raises(DataError, match=r'unreadable or not an image \(1\): .*Nikon_001_HR.png'):
+        build('RealSRDataset', phase='train', dataroot=str(root))
+    # a header that reads but data that does not decode: found when the image is loaded
+    good = (trees['realsr'] / 'Nikon' / 'Train' / '4' / 'Nikon_001_HR.png').read_bytes()
+    (folder / 'Nikon_001_HR.png').write_bytes(good[:len(good) // 3])
+    ds = build('RealSRDataset', phase='train', dataroot=str(root))
+    with pytest.raises(DataError, match=r'cannot decode .*Nikon_001_HR.png \(corrupt or not an image\)'):
+        ds[2]
+
+
+def test_pair_list_lists_every_bad_line(trees, tmp_path):
+    v3 = trees['realsr'] / 'Canon' / 'Test' / '4'
+    listed = tmp_path / 'list.txt'
+    listed.write_text(f'{v3}/Canon_001_LR4.png {v3}/Canon_001_HR.png\n'
+                      f'{v3}/Canon_007_LR4.png {v3}/Canon_001_HR.png\n'
+                      f'only_one_path.png\n')
+    with pytest.raises(DataError) as err:
+        build('PairListDataset', meta_info_file=str(listed))
+    message = str(err.value)
+    assert '2 bad line(s)' in message and 'line 2:' in message and 'Canon_007_LR4.png does not exist' in message
+    assert "line 3: expected \"lr_path hr_path\", got 'only_one_path.png'" in message
+    with pytest.raises(DataError, match='does not exist'):
+        build('PairListDataset', meta_info_file=str(tmp_path / 'missing.txt'))
+
+
+def paper_option_files():
+    files = sorted((ROOT / 'options').glob('t*_D2C_*x[2348].yml'))
+    stems = ('train_D2C_div', 'train_D2C_conv', 'test_D2C_x', 'test_D2C_DRealSR')
+    return [f for f in files if f.name.startswith(stems)]
+
+
+def test_every_paper_setting_has_options_that_read_the_downloaded_layouts(tmp_path):
+    files = {f.name for f in paper_option_files()}
+    for s in (2, 3, 4):
+        assert {f'train_D2C_div_x{s}.yml', f'train_D2C_conv_x{s}.yml', f'test_D2C_x{s}.yml',
+                f'test_D2C_DRealSR_x{s}.yml'} <= files
+    assert {'train_D2C_div_x8.yml', 'train_D2C_conv_x8.yml', 'test_D2C_x8.yml'} <= files
+    roots = {'datasets/RealSR_V3': tmp_path / 'RealSR_V3', 'datasets/DRealSR': tmp_path / 'DRealSR',
+             'datasets/D2CRealSR': d2crealsr_tree(tmp_path / 'D2CRealSR', train=('coins', ))}
+    for s in (2, 3, 4):
+        realsr_tree(roots['datasets/RealSR_V3'], scale=s, train=(('Canon', 'coins'), ('Nikon', 'camera')),
+                    test=(('Canon', 'coins'), ('Nikon', 'camera')), side=48, extra_for=())
+        drealsr_tree(roots['datasets/DRealSR'], scale=s, train=('coins', ), test=('camera', ), side=48)
+    for path in paper_option_files():
+        opt = yaml.safe_load(path.read_text())
+        scale = opt['scale']
+        assert opt['network_g']['upscale'] == scale, path.name
+        if path.name.startswith('test_D2C_DRealSR'):  # cross-data: RealSR-trained weights
+            assert opt['path']['pretrain_network_g'] == f'experiments/D2C_conv_x{scale}/models/net_g_latest.pth'
+        for phase, dopt in opt['datasets'].items():
+            expected = 'D2CRealSRDataset' if scale == 8 else \
+                'DRealSRDataset' if 'DRealSR' in path.name else 'RealSRDataset'
+            assert dopt['type'] == expected, (path.name, phase)
+            dopt = dict(dopt, dataroot=str(roots[dopt['dataroot']]), scale=scale, phase=phase.split('_')[0])
+            if phase == 'train':
+                assert dopt['gt_size'] == 96 * scale and dopt['split'] == 'train'
+                dopt['gt_size'] = 8 * scale
+            ds = build_dataset(dopt)
+            item = ds[0]
+            assert item['gt'].shape[-1] == scale * item['lq'].shape[-1], (path.name, phase)
