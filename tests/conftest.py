@@ -132,3 +132,14 @@ def write_options(opt, path):
     path = Path(path)
     path.write_text(yaml.safe_dump(opt, sort_keys=False))
     return path
+
+
+def load_script(relpath):
+    """Import a script (e.g. ``'inference/inference_d2csr.py'``) as a module, to call its ``main(argv)`` in-process."""
+    import importlib.util
+
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(f'script_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
