@@ -27,7 +27,6 @@ import io
 import os.path as osp
 import pickle
 import re
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -61,6 +60,11 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 class CheckpointFormatError(ValueError):
     """A file is not an official D2C-SR checkpoint (or not one this converter understands)."""
+
+
+def _is_zip(head):
+    """PyTorch (>= 1.6) checkpoints are zip archives; this also recognises a truncated one."""
+    return head.startswith(b'PK\x03\x04')
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):
@@ -103,7 +107,7 @@ def read_official_pickle(path):
     """Read an official checkpoint (or any data-only pickle) without running code; returns the object."""
     with open(path, 'rb') as f:
         data = f.read()
-    if zipfile.is_zipfile(io.BytesIO(data)):
+    if _is_zip(data[:4]):
         raise CheckpointFormatError(
             f'{path} is a PyTorch checkpoint (zip archive), not the authors\' MegEngine pickle; use it directly '
             '(path: pretrain_network_g, or --model_path of inference/inference_d2csr.py).')
@@ -418,7 +422,9 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'model {path!r} does not exist')
-    if not zipfile.is_zipfile(path):
+    with open(path, 'rb') as f:
+        is_zip = _is_zip(f.read(4))
+    if not is_zip:
         net = load_official(path, scale)
         return net, net.network_options
     try:

@@ -50,12 +50,17 @@ def receptive_radius(net):
     return math.ceil(tail_radius + fusion_radius / net.upscale) + 1
 
 
+def _split(length, tile):
+    """``[0, length)`` cut into ``ceil(length / tile)`` near-equal parts (no thin leftover strip)."""
+    parts = -(-length // tile) if tile > 0 else 1
+    edges = [round(i * length / parts) for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def tile_boxes(height, width, tile):
-    """Non-overlapping ``(y0, y1, x0, x1)`` boxes of at most ``tile`` x ``tile`` covering an image."""
-    if tile <= 0:
-        tile = max(height, width)
-    return [(y0, min(y0 + tile, height), x0, min(x0 + tile, width))
-            for y0 in range(0, height, tile) for x0 in range(0, width, tile)]
+    """Non-overlapping ``(y0, y1, x0, x1)`` boxes of at most ``tile`` x ``tile`` covering an image; the
+    image is cut into near-equal tiles. ``tile <= 0``: one box."""
+    return [(y0, y1, x0, x1) for y0, y1 in _split(height, tile) for x0, x1 in _split(width, tile)]
 
 
 @torch.no_grad()

@@ -85,8 +85,17 @@ def _put_text(img, text, x, y, max_width, colour):
 
 
 def _labelled(cell, label):
+    """``cell`` under a white band with ``label``: a string, or ``[(text, BGR colour), ...]`` segments."""
     band = np.full((LABEL_HEIGHT, cell.shape[1], 3), 255, np.uint8)
-    _put_text(band, label, 3, LABEL_HEIGHT - 8, cell.shape[1] - 6, (0, 0, 0))
+    segments = [(label, (0, 0, 0))] if isinstance(label, str) else label
+    text = ' '.join(t for t, _ in segments)
+    scale = 0.5
+    while scale > 0.2 and cv2.getTextSize(text, _FONT, scale, 1)[0][0] > cell.shape[1] - 6:
+        scale -= 0.05
+    x = 3
+    for t, colour in segments:
+        cv2.putText(band, t, (x, LABEL_HEIGHT - 8), _FONT, scale, tuple(int(c) for c in colour), 1, cv2.LINE_AA)
+        x += cv2.getTextSize(t + ' ', _FONT, scale, 1)[0][0]
     return np.concatenate([band, cell], axis=0)
 
 
@@ -129,8 +138,8 @@ def make_panel(lq, branches, sr, weights, gt=None, scale=None, psnr_opts=None, m
         pick = ((stacked - gt.detach().float().cpu().unsqueeze(0))**2).sum(dim=2).argmin(dim=0)[0].numpy()
         oracle = oracle_fusion([b.detach().float().cpu() for b in branches], gt.detach().float().cpu())
         bottom.append((_to_bgr(oracle), f'oracle{db("oracle")}'))
-        bottom.append((_PICK_COLOURS[pick % len(_PICK_COLOURS)], 'oracle pick: ' + ' '.join(
-            f'{i + 1}:{(pick == i).mean():.0%}' for i in range(num))))
+        shares = [(f'{i + 1}:{(pick == i).mean():.0%}', _PICK_COLOURS[i % len(_PICK_COLOURS)]) for i in range(num)]
+        bottom.append((_PICK_COLOURS[pick % len(_PICK_COLOURS)], [('oracle pick', (0, 0, 0))] + shares))
     else:
         bottom += [(blank, ''), (blank, '')]
 

@@ -54,6 +54,8 @@ def main(argv=None):
         net, opts = load_model(args.model_path, network_opt, args.scale, args.param_key)
     except (UnsafeCheckpointError, ValueError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
+    if net.head.in_channels != 3:
+        sys.exit(f'error: the model takes {net.head.in_channels} input channels; this script feeds RGB (3)')
     half = args.fp16 and device.type == 'cuda'
     if args.fp16 and not half:
         print('--fp16 needs a GPU; running in float32 on the CPU.')

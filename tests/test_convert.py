@@ -136,7 +136,6 @@ def test_converter_and_official_test_options_give_the_same_metric(photo_data, tm
     assert load_script('scripts/convert_official.py').main([str(CKPT), str(pth)]) == 0
     stdout = capsys.readouterr().out
     network_g = yaml.safe_load(stdout[stdout.index('\nnetwork_g:'):])['network_g']
-    network_g = yaml.safe_load(proc.stdout[proc.stdout.index('\nnetwork_g:'):])['network_g']
     assert network_g['num_feat'] == 32 and network_g['upscale'] == 4
     params = torch.load(pth, map_location='cpu', weights_only=True)['params']
     ref_net = load_official(str(CKPT))
