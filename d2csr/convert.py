@@ -24,6 +24,7 @@ Scale, feature width, groups and blocks per group, squeeze factor and tree shape
 tensors' names and shapes (:func:`infer_network_options`), for BasicSR checkpoints of D2CSR as well.
 """
 import io
+import os
 import os.path as osp
 import pickle
 import re
@@ -407,6 +408,30 @@ def read_network_options(path):
     return network
 
 
+def options_beside(path):
+    """``(network_g, yml path)`` of the options file BasicSR saved next to a training checkpoint, or ``None``.
+
+    BasicSR copies the run's options file into ``experiments/<name>/``; a checkpoint
+    ``experiments/<name>/models/net_g_*.pth`` therefore carries its full ``network_g`` (including settings that
+    leave no trace in the weights, such as ``bicubic_skip``) one folder up. Used only when exactly one
+    ``.yml`` there has a D2CSR ``network_g``.
+    """
+    folder = osp.dirname(osp.abspath(path))
+    if osp.basename(folder) != 'models':
+        return None
+    found = []
+    parent = osp.dirname(folder)
+    for name in sorted(os.listdir(parent)):
+        if name.endswith(('.yml', '.yaml')):
+            try:
+                network = read_network_options(osp.join(parent, name))
+            except Exception:  # not an options file
+                continue
+            if network.get('type') == 'D2CSR':
+                found.append((network, osp.join(parent, name)))
+    return found[0] if len(found) == 1 else None
+
+
 def load_model(path, network_opt=None, scale=None, param_key=None):
     """A :class:`~d2csr.archs.D2CSR` in eval mode from any D2C-SR checkpoint.
 
@@ -449,3 +474,20 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
     except RuntimeError as err:
         raise CheckpointFormatError(f'{path} does not fit network_g {opts}: {str(err)[:2000]}') from None
     return net.eval(), opts
+
+
+def load_network(model_path, opt_path=None, scale=None, param_key=None):
+    """The D2CSR of ``model_path``: ``network_g`` from ``opt_path``, else from the options file BasicSR saved
+    beside a training checkpoint, else inferred from the weights. Returns ``(net, network_g, where from)``."""
+    if opt_path:
+        net, opts = load_model(model_path, read_network_options(opt_path), scale, param_key)
+        return net, opts, f'from {opt_path}'
+    beside = options_beside(model_path)
+    if beside is not None:
+        try:
+            net, opts = load_model(model_path, beside[0], scale, param_key)
+            return net, opts, f'from {beside[1]}'
+        except CheckpointFormatError:  # the options file no longer matches the weights
+            pass
+    net, opts = load_model(model_path, None, scale, param_key)
+    return net, opts, 'inferred from the weights'

@@ -2,8 +2,9 @@
 
     python inference/inference_d2csr.py -i IMAGE_OR_FOLDER -o results/D2CSR --model_path net_g.pth
 
-``--model_path`` takes a BasicSR checkpoint (``net_g_*.pth``) or the authors' MegEngine pickle; the network
-configuration is inferred from the weights, or read from ``-opt`` (an options file with ``network_g``).
+``--model_path`` takes a BasicSR checkpoint (``net_g_*.pth``) or the authors' MegEngine pickle. The network
+configuration comes from ``-opt`` (an options file with ``network_g``), else from the options file BasicSR saved
+beside a training checkpoint (``experiments/<name>/*.yml``), else it is inferred from the weights.
 8-bit / 16-bit, gray / colour / colour + alpha images come out in the same kind as ``<name>_<suffix>.<ext>``.
 The HR part runs in exact tiles (``--tile``, in LR pixels; ``0`` disables tiling), so large images fit in a few
 GB. Unreadable images are skipped and named; the exit status is 1 when anything was skipped.
@@ -17,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 import d2csr  # noqa: F401  (compatibility shims and registries)
-from d2csr.convert import UnsafeCheckpointError, load_model, read_network_options
+from d2csr.convert import UnsafeCheckpointError, load_network
 from d2csr.image_io import UnreadableImage, image_to_tensor, list_images, read_image, tensor_to_rgb, write_image
 from d2csr.tiling import tiled_forward
 
@@ -49,9 +50,10 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
                           'cpu' if args.device == 'auto' else args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        sys.exit(f'error: --device {args.device} asks for a GPU, but none is available (use --device cpu)')
     try:
-        network_opt = read_network_options(args.opt) if args.opt else None
-        net, opts = load_model(args.model_path, network_opt, args.scale, args.param_key)
+        net, opts, source = load_network(args.model_path, args.opt, args.scale, args.param_key)
     except (UnsafeCheckpointError, ValueError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     if net.head.in_channels != 3:
@@ -62,8 +64,8 @@ def main(argv=None):
     net = net.to(device)
     if half:
         net = net.half()
-    print(f'D2CSR x{net.upscale} from {args.model_path}: ' + ', '.join(f'{k}={v}' for k, v in opts.items()
-                                                                       if k != 'type'))
+    print(f'D2CSR x{net.upscale} from {args.model_path}, network_g {source}: '
+          + ', '.join(f'{k}={v}' for k, v in opts.items() if k != 'type'))
 
     paths = list_images(args.input)
     if not paths:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 import d2csr  # noqa: F401  (compatibility shims and registries)
-from d2csr.convert import UnsafeCheckpointError, load_model, read_network_options
+from d2csr.convert import UnsafeCheckpointError, load_network
 from d2csr.image_io import UnreadableImage, image_to_tensor, list_images, read_image
 from d2csr.tiling import tiled_forward
 from d2csr.visualize import format_table, make_panel, write_table
@@ -46,9 +46,10 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
                           'cpu' if args.device == 'auto' else args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        sys.exit(f'error: --device {args.device} asks for a GPU, but none is available (use --device cpu)')
     try:
-        net, _ = load_model(args.model_path, read_network_options(args.opt) if args.opt else None,
-                            param_key=args.param_key)
+        net, _, _ = load_network(args.model_path, args.opt, param_key=args.param_key)
     except (UnsafeCheckpointError, ValueError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
     net = net.to(device)

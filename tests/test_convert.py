@@ -15,6 +15,8 @@ from d2csr.convert import (CheckpointFormatError, UnsafeCheckpointError, d2csr_t
 
 CKPT = OFFICIAL_FIXTURE / 'checkpoint.pkl'
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 
 def tolerance(ref):
     return 1e-4 * (1 + float(np.abs(ref).max()))

@@ -9,10 +9,12 @@ import torch
 from basicsr.metrics import calculate_psnr
 from basicsr.utils import tensor2img
 
-from conftest import load_script
+from conftest import TINY_NET, experiment_dir, load_script, run_entry, tiny_options, unique_name, write_options
 from d2csr.archs import D2CSR
-from d2csr.convert import save_basicsr_checkpoint
+from d2csr.convert import load_network, save_basicsr_checkpoint
 from d2csr.visualize import LABEL_HEIGHT, make_panel, psnr_row
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def example(scale=4, h=16, w=20, seed=0):
@@ -83,3 +85,23 @@ def test_visualize_script_writes_panels_and_psnr_table(photo_data, tmp_path, cap
     assert script.main(['--lq', str(lq_dir / 'chelsea.png'), '--model_path', str(model), '-o', str(no_gt)]) == 0
     assert cv2.imread(str(no_gt / 'chelsea_panel.png')).shape == panel.shape
     assert not (no_gt / 'psnr_table.csv').exists()
+
+
+def test_training_run_saves_panels_and_its_checkpoint_loads_with_its_options(photo_data, tmp_path):
+    name = unique_name('panels')
+    opt = tiny_options(photo_data, name, total_iter=2, network=dict(TINY_NET, bicubic_skip=True),
+                       **{'val:val_freq': 2, 'val:save_panels': True})
+    run_entry('train', '-opt', write_options(opt, tmp_path / 'train.yml'))
+    folder = experiment_dir(name) / 'visualization' / 'panels' / 'photos_val_2'
+    hr = cv2.imread(str(photo_data / 'val' / 'HR' / 'chelsea.png'))
+    assert cv2.imread(str(folder / 'chelsea_panel.png')).shape == (2 * (hr.shape[0] + LABEL_HEIGHT), 7 * hr.shape[1], 3)
+    assert (folder / 'psnr_table.csv').read_text().splitlines()[1].startswith('chelsea,')
+    log = next(experiment_dir(name).glob('train_*.log')).read_text()
+    assert 'Panels of photos_val' in log and 'oracle' in log
+    # inference finds the options BasicSR saved beside the checkpoint: bicubic_skip leaves no trace in weights
+    ckpt = experiment_dir(name) / 'models' / 'net_g_latest.pth'
+    net, _, source = load_network(str(ckpt))
+    assert net.bicubic_skip and source.endswith('train.yml')
+    shutil.copy(ckpt, tmp_path / 'moved.pth')
+    net, _, source = load_network(str(tmp_path / 'moved.pth'))
+    assert not net.bicubic_skip and source == 'inferred from the weights'
