@@ -132,3 +132,28 @@ def write_options(opt, path):
     path = Path(path)
     path.write_text(yaml.safe_dump(opt, sort_keys=False))
     return path
+
+
+def load_script(relpath):
+    """Import a script (e.g. ``'inference/inference_d2csr.py'``) as a module, to call its ``main(argv)`` in-process."""
+    import importlib.util
+
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(f'script_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Run a test's torch ops, and the entry points it starts, on one thread (restored afterwards). For tiny
+    tensors one thread is as fast, and it avoids OpenMP stalls of seconds per op when other processes share
+    the cores."""
+    import torch
+
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -250,6 +250,43 @@ class D2CSR(nn.Module):
             outputs.append(out + skip if skip is not None else out)
         return outputs
 
+    # ----------------------------------------------------------------------------------------------
+    # the two halves of forward_branches, for tiled inference (d2csr.tiling)
+    def leaf_features(self, x):
+        """LR half of :meth:`forward_branches`: ``(N, C, h, w)`` -> list of ``P`` leaf features ``(N, F, h, w)``.
+
+        Everything with a global receptive field (channel attention) lives here. The tree is walked depth
+        first, so only one path of ancestor features is held at a time besides the finished leaves.
+        """
+        head = self.head(self._sub_mean(x))
+        features = []
+
+        def descend(level, index, path):  # path: features of the ancestors, head first
+            y = self.nodes[self.level_offset(level) + index](path[-1])
+            if level < self.depth:
+                for child in range(self.width):
+                    descend(level + 1, index * self.width + child, path + [y])
+                return
+            if self.deep_residual:
+                for j in range(self.depth):
+                    y = self.res_convs[index][j](y) + path[-1 - j]
+            features.append(y)
+
+        for child in range(self.width):
+            descend(1, child, [head])
+        return features
+
+    def leaf_prediction(self, leaf, feature, x):
+        """HR half of :meth:`forward_branches` for one leaf: ``(N, F, h, w)`` -> ``(N, C, s*h, s*w)``.
+
+        Fully convolutional (upsampler tail, output mean shift and the optional bicubic skip of ``x``,
+        the matching ``(N, C, h, w)`` input), so it can run on crops of ``feature`` and ``x``.
+        """
+        out = self._add_mean(self.tails[leaf](feature))
+        if self.bicubic_skip:
+            out = out + F.interpolate(x, scale_factor=self.upscale, mode='bicubic', align_corners=False)
+        return out
+
     def fuse(self, branches):
         """List of ``P`` predictions ``(N, C, H, W)`` -> ``(sr (N, C, H, W), weights (N, P, H, W))``."""
         weights = self.fusion(torch.cat(branches, dim=1))

@@ -189,6 +189,8 @@ class D2CModel(SRModel):
             super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
         finally:
             stats, self._branch_stats = self._branch_stats, None
+        if (self.opt.get('val') or {}).get('save_panels'):
+            self.save_panels(dataloader, current_iter)
         count = stats.pop('count')
         if count == 0:
             return
@@ -200,6 +202,13 @@ class D2CModel(SRModel):
             if tb_logger:
                 tb_logger.add_scalar(f'branches/{dataset_name}/{name}', value, current_iter)
         get_root_logger().info(log_str)
+
+    def save_panels(self, dataloader, current_iter):
+        """``val: save_panels: true``: a picture per image and the branch / oracle PSNR table, written by
+        :func:`d2csr.visualize.save_validation_panels` (its own pass over ``dataloader``)."""
+        from d2csr.visualize import save_validation_panels
+
+        save_validation_panels(self, dataloader, current_iter)
 
     def get_current_visuals(self):
         out_dict = super().get_current_visuals()
