@@ -152,6 +152,8 @@ def init_dist(launcher, backend='nccl', **kwargs):
         os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(local_rank))
     kwargs.pop('backend', None)
     dist.init_process_group(backend='gloo', **kwargs)
+    if rank == 0:
+        print(f'Distributed training on CPU: {world_size} processes, gloo backend (no GPU).', flush=True)
 
 
 basicsr.utils.dist_util.init_dist = init_dist

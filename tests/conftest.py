@@ -132,3 +132,22 @@ def write_options(opt, path):
     path = Path(path)
     path.write_text(yaml.safe_dump(opt, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope='module')
+def single_thread():
+    """One intra-op thread here and in subprocesses started meanwhile (OMP_NUM_THREADS=1).
+
+    For tiny networks on a busy machine: with two OpenMP threads competing with other processes, each tiny
+    convolution waits ~50 ms at the thread barrier; with one it takes ~0.1 ms.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('OMP_NUM_THREADS', '1')
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)

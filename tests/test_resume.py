@@ -16,6 +16,7 @@ from d2csr.checkpoint import SLOW_SAVE_ENV, atomic_save, find_resume_state
 from d2csr.compat import ResumableEnlargedSampler
 
 MICRO_NET = dict(TINY_NET, num_feat=8, fusion_feat=8)
+pytestmark = pytest.mark.usefixtures('single_thread')
 TOTAL_ITER = 12  # 3 photos x enlarge 4 / batch 2 = 6 iterations per epoch: two epochs
 
 
@@ -41,7 +42,7 @@ def snapshot(folder):
 
 
 @pytest.fixture(scope='module')
-def reference_run(photo_data, tmp_path_factory):
+def reference_run(single_thread, photo_data, tmp_path_factory):
     """An uninterrupted run of the kill test's options."""
     tmp = tmp_path_factory.mktemp('resume_ref')
     name = unique_name('resume_ref')
