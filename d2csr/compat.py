@@ -180,9 +180,10 @@ def load_resume_state(opt):
     """
     resume_state_path = None
     states_dir, models_dir = opt['path']['training_states'], opt['path']['models']
+    main_process = opt.get('rank', 0) == 0
     if opt['auto_resume']:
         resume_state_path, skipped = find_resume_state(states_dir, models_dir)
-        for path, reason in skipped:
+        for path, reason in skipped if main_process else ():
             print(f'Resume: skipping {path}: {reason}.', flush=True)
         if resume_state_path is not None:
             opt['path']['resume_state'] = resume_state_path
@@ -196,6 +197,12 @@ def load_resume_state(opt):
                                 'point it at an existing experiments/<name>/training_states/<iter>.state '
                                 'or remove it to start from scratch.')
     resume_state = torch.load(resume_state_path, map_location=resume_map_location(opt), weights_only=True)
+    saved_stage, stage = resume_state.get('stage'), (opt.get('train') or {}).get('stage')
+    if saved_stage is not None and saved_stage != stage:
+        raise ValueError(f'refusing to resume from {resume_state_path}: it was written by the {saved_stage!r} '
+                         f'stage but this options file trains train:stage {stage!r}. Use the options of that run, '
+                         'or give this run another name (stage 2 starts from stage 1 through '
+                         'path:pretrain_network_g, not by resuming). Nothing was written.')
     check_resume(opt, resume_state['iter'])  # sets path:pretrain_network_g to models/net_g_<iter>.pth
     net_path = opt['path'].get('pretrain_network_g')
     if net_path == state_network_path(models_dir, resume_state['iter']):
@@ -206,11 +213,11 @@ def load_resume_state(opt):
         check_network_matches(opt['network_g'], net_path, resume_state_path,
                               strict=opt['path'].get('strict_load_g', True),
                               saved_network_opt=resume_state.get('network_g'))
-    if opt.get('rank', 0) == 0:
+    if main_process:
         for path in remove_stale_temporaries(states_dir, models_dir):
             print(f'Resume: removed {path}, left by an interrupted save.', flush=True)
-    print(f"Resume: using training state {resume_state_path} (iteration {resume_state['iter']}, epoch "
-          f"{resume_state['epoch']}) and network {net_path}.", flush=True)
+        print(f"Resume: using training state {resume_state_path} (iteration {resume_state['iter']}, epoch "
+              f"{resume_state['epoch']}) and network {net_path}.", flush=True)
     return resume_state
 
 
@@ -309,6 +316,8 @@ def _resume_data_position(opt, logger, resume_path, train_loader, train_sampler)
         inexact.append('num_worker_per_gpu > 0 (workers keep their own RNG streams)')
     if dataset_opt.get('prefetch_mode') in ('cpu', 'cuda'):
         inexact.append(f'prefetch_mode {dataset_opt["prefetch_mode"]} (batches are loaded ahead)')
+    if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
+        inexact.append('GPU kernels (cuDNN autotuning, atomics) that are not bit-deterministic')
     note = f' Not bit-exact because of {" and ".join(inexact)}.' if inexact else ''
     logger.info(f'Resume: data position epoch {epoch}, skipping the {consumed} of its {per_epoch} iterations '
                 f'already trained{"" if on_start is None else "; RNG states restored at the next batch"}.{note}')

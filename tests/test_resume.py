@@ -13,7 +13,7 @@ import torch
 from conftest import (ROOT, TINY_NET, experiment_dir, run_entry, subprocess_env, tiny_options, unique_name,
                       write_options)
 from d2csr.checkpoint import SLOW_SAVE_ENV, atomic_save, find_resume_state
-from d2csr.compat import ResumableEnlargedSampler
+from d2csr.compat import ResumableEnlargedSampler, load_resume_state
 
 MICRO_NET = dict(TINY_NET, num_feat=8, fusion_feat=8)
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -134,7 +134,7 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference_run, ph
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         lines = []
-        if kills < 4:
+        if kills < 3:
             # first kill: as soon as the save of iteration >= 3 has written half a file; later ones: at random
             mid_save = kills == 0
             delay = rng.uniform(0.0, 2.5)
@@ -192,4 +192,16 @@ def test_resume_with_another_network_is_refused_before_writing(reference_run, ph
     assert proc.returncode != 0
     assert f'refusing to resume from {exp / "training_states" / f"{TOTAL_ITER}.state"}' in out
     assert 'num_feat: 8 saved, 12 now' in out and 'differ in shape' in out
+    assert snapshot(exp) == before
+
+
+def test_resume_with_another_stage_is_refused_before_writing(reference_run):
+    exp = experiment_dir(reference_run['name'])
+    before = snapshot(exp)
+    opt = dict(reference_run['opt'], train=dict(reference_run['opt']['train'], stage='convergence'),
+               auto_resume=True, rank=0)
+    opt['path'] = dict(opt['path'], training_states=str(exp / 'training_states'), models=str(exp / 'models'))
+    with pytest.raises(ValueError, match=r"it was written by the 'divergence' stage but this options file trains "
+                                         r"train:stage 'convergence'"):
+        load_resume_state(opt)
     assert snapshot(exp) == before

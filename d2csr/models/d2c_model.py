@@ -269,8 +269,8 @@ class D2CModel(SRModel):
         """BasicSR's training state plus what exact resume needs, written atomically by rank 0.
 
         Adds the RNG states of every process (``rng``, indexed by rank; gathered from all processes, so
-        every process must call this, as BasicSR's ``save`` does), ``world_size``, ``network_g`` (the
-        options, to explain a refused resume) and ``nan_skips``. Written after the network, so a state
+        every process must call this, as BasicSR's ``save`` does), ``world_size``, ``stage`` and
+        ``network_g`` (checked before resuming) and ``nan_skips``. Written after the network, so a state
         on disk implies its ``net_g_<iter>.pth`` is complete.
         """
         if current_iter == -1:
@@ -291,6 +291,7 @@ class D2CModel(SRModel):
             'schedulers': [s.state_dict() for s in self.schedulers],
             'rng': rng,
             'world_size': self.opt['world_size'],
+            'stage': self.stage,
             'network_g': _plain(self.opt['network_g']),
             'nan_skips': getattr(self, 'nan_skips', 0),
         }
