@@ -130,7 +130,8 @@ def restore_rng_state(state):
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state['torch'])
     if state.get('cuda') is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        for device, cuda_state in enumerate(state['cuda'][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,12 +140,25 @@ def state_network_path(models_dir, resume_iter, label='net_g'):
     return osp.join(models_dir, f'{label}_{resume_iter}.pth')
 
 
+def load_lazily(path):
+    """``torch.load`` on the CPU with ``weights_only``, mapping the tensor data instead of reading it.
+
+    Files in the pre-1.6 (non-zip) format cannot be mapped and are read whole.
+    """
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if 'zipfile' not in str(error):
+            raise
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
 def _unreadable(path):
     """``None`` when ``path`` is a complete torch file, else why not (missing, truncated, ...)."""
     if not osp.isfile(path):
         return 'missing'
-    try:  # mmap: reads the archive's index and pickle, not the tensor data
-        torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    try:  # reads the archive's index and pickle, not the tensor data
+        load_lazily(path)
     except Exception as error:  # a truncated zip, a bad pickle, ...
         return f'unreadable ({type(error).__name__}: {str(error).splitlines()[0][:120]})'
     return None
@@ -202,7 +216,7 @@ def check_network_matches(network_opt, net_path, state_path, strict=True, saved_
     unexpected keys only with ``strict`` (``path: strict_load_g``).
     """
     expected = _network_shapes(network_opt)
-    saved = torch.load(net_path, map_location='cpu', weights_only=True, mmap=True)
+    saved = load_lazily(net_path)
     if isinstance(saved, dict) and isinstance(saved.get('params'), dict):
         saved = saved['params']
     found = {(k[len('module.'):] if k.startswith('module.') else k): tuple(v.shape) for k, v in saved.items()}

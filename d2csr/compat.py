@@ -55,8 +55,8 @@ import basicsr.utils.options  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from basicsr.utils import check_resume  # noqa: E402
 
-from .checkpoint import (check_network_matches, find_resume_state, remove_stale_temporaries,  # noqa: E402
-                         restore_rng_state, state_network_path)
+from .checkpoint import (check_network_matches, find_resume_state, load_lazily,  # noqa: E402
+                         remove_stale_temporaries, restore_rng_state, state_network_path)
 
 # --------------------------------------------------------------------------------------------------
 # distributed launch
@@ -281,6 +281,8 @@ def create_train_val_dataloader(opt, logger):
     """BasicSR's ``create_train_val_dataloader``, then the resume of the data position (see the module doc)."""
     result = _basicsr_create_train_val_dataloader(opt, logger)
     train_loader, train_sampler = result[0], result[1]
+    if train_loader is None:
+        return result
     _check_batches_per_epoch(opt, train_loader, train_sampler)
     resume_path = opt['path'].get('resume_state')
     if resume_path and isinstance(train_sampler, ResumableEnlargedSampler):
@@ -289,7 +291,7 @@ def create_train_val_dataloader(opt, logger):
 
 
 def _resume_data_position(opt, logger, resume_path, train_loader, train_sampler):
-    state = torch.load(resume_path, map_location='cpu', weights_only=True, mmap=True)
+    state = load_lazily(resume_path)
     epoch, it = state['epoch'], state['iter']
     per_epoch = len(train_loader)
     consumed = it - epoch * per_epoch

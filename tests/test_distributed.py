@@ -1,5 +1,6 @@
 """Distributed training on CPU (gloo) with BasicSR's launcher: both stages, 2 processes vs 1 process."""
 import logging
+import os
 import subprocess
 import sys
 
@@ -151,3 +152,31 @@ def test_world_size_too_large_for_the_data_names_it(photo_data):
                                          r'with batches of 2, but an epoch has 3 training pairs x '
                                          r'dataset_enlarge_ratio 1, i\.e\. 1 per process'):
         create_train_val_dataloader(opt, logging.getLogger('test'))
+
+
+def test_slurm_launcher_without_gpu_uses_gloo(monkeypatch):
+    """``--launcher slurm`` on a CPU node: the environment srun gives a 1-task job, then a gloo group."""
+    import socket
+
+    import torch.distributed as dist
+
+    from d2csr.compat import init_dist
+
+    if torch.cuda.is_available():
+        pytest.skip('checks the CPU path')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT'):  # init_dist sets them: undo afterwards
+        monkeypatch.setenv(name, '')
+        monkeypatch.delenv(name)
+    monkeypatch.setenv('SLURM_PROCID', '0')
+    monkeypatch.setenv('SLURM_NTASKS', '1')
+    monkeypatch.setenv('SLURM_NODELIST', 'node[1-2]')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')  # else resolved with scontrol
+    init_dist('slurm', backend='nccl', port=port)  # the options files' dist_params
+    try:
+        assert dist.get_backend() == 'gloo' and dist.get_world_size() == 1 and dist.get_rank() == 0
+        assert os.environ['MASTER_PORT'] == str(port) and os.environ['WORLD_SIZE'] == '1'
+    finally:
+        dist.destroy_process_group()
