@@ -4,17 +4,32 @@ This module must be imported *before* ``basicsr`` (``import d2csr`` does it firs
 
 1. registers ``torchvision.transforms.functional_tensor`` (removed from torchvision 0.17), which
    ``basicsr/data/degradations.py`` still imports, so that ``import basicsr`` works;
-2. replaces ``basicsr.train.load_resume_state``, which calls ``torch.cuda.current_device()`` and so
-   fails on a machine without a GPU, by a device-agnostic version that loads with ``weights_only=True``
-   and names a missing state file.
+2. replaces BasicSR's ``init_dist`` (in ``basicsr.utils.dist_util`` and where ``parse_options`` imported
+   it): the same on GPU, but without a GPU it uses the gloo backend and does not call
+   ``torch.cuda.set_device``, so ``--launcher pytorch`` / ``slurm`` train on CPU machines; a launch whose
+   world size cannot work (not started by torchrun, ``RANK >= WORLD_SIZE``, more processes per node than
+   GPUs) stops with a message that names the problem;
+3. replaces ``basicsr.train.load_resume_state``, which calls ``torch.cuda.current_device()`` and so
+   fails on a machine without a GPU, by a device-agnostic version that loads with ``weights_only=True``,
+   picks the newest *complete* state with ``--auto_resume`` (and says which), and refuses a state of
+   another network shape before anything is written (:mod:`d2csr.checkpoint`);
+4. makes the training data position resumable: ``basicsr.train`` builds a :class:`ResumableEnlargedSampler`
+   (BasicSR's ``EnlargedSampler`` that can start an epoch part-way) and its ``create_train_val_dataloader``
+   is wrapped so that, on resume, the sampler skips the batches of the current epoch that were already
+   trained on and restores the saved RNG states when the first new batch is drawn. BasicSR itself restarts
+   the epoch from its first batch. It also refuses a world size / batch size with no batch per epoch.
 
 Nothing else in d2csr patches BasicSR.
 """
+import itertools
+import os
 import os.path as osp
 import sys
 import types
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torchvision.transforms.functional as _tv_functional
 
 
@@ -35,9 +50,118 @@ def _install_functional_tensor():
 _install_functional_tensor()
 
 import basicsr.train  # noqa: E402  (must come after the torchvision shim)
-from basicsr.utils import check_resume, scandir  # noqa: E402
+import basicsr.utils.dist_util  # noqa: E402
+import basicsr.utils.options  # noqa: E402
+from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
+from basicsr.utils import check_resume  # noqa: E402
+
+from .checkpoint import (check_network_matches, find_resume_state, load_lazily,  # noqa: E402
+                         remove_stale_temporaries, restore_rng_state, state_network_path)
+
+# --------------------------------------------------------------------------------------------------
+# distributed launch
+_basicsr_init_dist = basicsr.utils.dist_util.init_dist
+TORCHRUN_HINT = 'python -m torch.distributed.run --nproc_per_node=N d2csr/train.py -opt X --launcher pytorch'
 
 
+def _env_int(name, launcher, hint):
+    value = os.environ.get(name)
+    if value is None:
+        raise RuntimeError(f'--launcher {launcher}: environment variable {name} is not set. {hint}')
+    try:
+        return int(value)
+    except ValueError:
+        raise RuntimeError(f'--launcher {launcher}: {name}={value!r} is not an integer. {hint}') from None
+
+
+def _check_world(launcher, rank, world_size, local_rank, local_world_size, use_cuda):
+    """Refuse a launch whose world size cannot work, naming the numbers."""
+    if world_size < 1:
+        raise RuntimeError(f'--launcher {launcher}: world size {world_size} < 1; start at least one process.')
+    if not 0 <= rank < world_size:
+        raise RuntimeError(f'--launcher {launcher}: rank {rank} is outside the world size {world_size} '
+                           f'(ranks are 0..{world_size - 1}); the launcher environment is inconsistent.')
+    if use_cuda:
+        num_gpus = torch.cuda.device_count()
+        if local_world_size is not None and local_world_size > num_gpus:
+            raise RuntimeError(
+                f'--launcher {launcher}: {local_world_size} processes per node but only {num_gpus} visible '
+                f'GPU(s) (world size {world_size}); start at most {num_gpus} per node (--nproc_per_node='
+                f'{num_gpus}) or make more GPUs visible (CUDA_VISIBLE_DEVICES).')
+        if local_rank is not None and local_rank >= num_gpus:
+            raise RuntimeError(f'--launcher {launcher}: local rank {local_rank} has no GPU (only {num_gpus} '
+                               'visible); start fewer processes per node.')
+
+
+def _slurm_master_addr(node_list):
+    import subprocess
+
+    try:
+        out = subprocess.run(['scontrol', 'show', 'hostnames', node_list], capture_output=True, text=True,
+                             check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise RuntimeError(f'--launcher slurm: cannot resolve SLURM_NODELIST={node_list!r} with scontrol '
+                           f'({error}); set MASTER_ADDR yourself.') from None
+    return out[0]
+
+
+def init_dist(launcher, backend='nccl', **kwargs):
+    """BasicSR's ``init_dist`` that also works without a GPU (gloo) and checks the world size first.
+
+    With CUDA available it validates the launcher's environment and then calls BasicSR's own
+    ``init_dist`` (nothing else changes). Without CUDA it sets up the same environment and calls
+    ``torch.distributed.init_process_group('gloo')``. A second call in an initialised process is a no-op.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return
+    if launcher not in ('pytorch', 'slurm'):
+        raise ValueError(f"--launcher must be 'none', 'pytorch' or 'slurm', got {launcher!r}")
+    use_cuda = torch.cuda.is_available()
+    if launcher == 'pytorch':
+        hint = f'--launcher pytorch expects to be started by torchrun ({TORCHRUN_HINT}); drop --launcher to ' \
+               'train in one process.'
+        world_size = _env_int('WORLD_SIZE', launcher, hint)
+        rank = _env_int('RANK', launcher, hint)
+        local_rank = int(os.environ.get('LOCAL_RANK', rank))
+        local_world = os.environ.get('LOCAL_WORLD_SIZE')
+        _check_world(launcher, rank, world_size, local_rank, int(local_world) if local_world else None, use_cuda)
+        for name in ('MASTER_ADDR', 'MASTER_PORT'):
+            if name not in os.environ:
+                raise RuntimeError(f'--launcher pytorch: environment variable {name} is not set. {hint}')
+    else:
+        hint = '--launcher slurm expects to run under srun, which sets SLURM_PROCID, SLURM_NTASKS, SLURM_NODELIST.'
+        rank = _env_int('SLURM_PROCID', launcher, hint)
+        world_size = _env_int('SLURM_NTASKS', launcher, hint)
+        local_rank = int(os.environ.get('SLURM_LOCALID', 0))
+        if 'SLURM_NODELIST' not in os.environ:
+            raise RuntimeError(f'--launcher slurm: environment variable SLURM_NODELIST is not set. {hint}')
+        _check_world(launcher, rank, world_size, local_rank, None, use_cuda)
+    if use_cuda:
+        return _basicsr_init_dist(launcher, backend, **kwargs)
+
+    # no GPU: gloo, no torch.cuda.set_device
+    if mp.get_start_method(allow_none=True) is None:
+        mp.set_start_method('spawn')
+    if launcher == 'slurm':
+        port = kwargs.pop('port', None)
+        if port is not None:
+            os.environ['MASTER_PORT'] = str(port)
+        os.environ.setdefault('MASTER_PORT', '29500')
+        if 'MASTER_ADDR' not in os.environ:
+            os.environ['MASTER_ADDR'] = _slurm_master_addr(os.environ['SLURM_NODELIST'])
+        os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(local_rank))
+    kwargs.pop('backend', None)
+    dist.init_process_group(backend='gloo', **kwargs)
+    if rank == 0:
+        print(f'Distributed training on CPU: {world_size} processes, gloo backend (no GPU).', flush=True)
+
+
+basicsr.utils.dist_util.init_dist = init_dist
+basicsr.utils.options.init_dist = init_dist  # parse_options imported the name
+
+
+# --------------------------------------------------------------------------------------------------
+# resume
 def resume_map_location(opt):
     """Where resume states are loaded to: the current CUDA device when training on GPU, else the CPU."""
     if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
@@ -48,20 +172,21 @@ def resume_map_location(opt):
 def load_resume_state(opt):
     """Drop-in for ``basicsr.train.load_resume_state`` that also works without a GPU.
 
-    With ``--auto_resume`` it picks the newest ``<iter>.state`` in ``opt['path']['training_states']``
-    (``<root>/experiments/<name>/training_states``, where BasicSR writes them);
-    otherwise it reads ``path: resume_state``. Returns the state dict or ``None``.
+    With ``--auto_resume`` it picks the newest *complete* ``<iter>.state`` in
+    ``opt['path']['training_states']`` (its ``net_g_<iter>.pth`` must exist and load too) and says which
+    one and why newer ones were passed over; otherwise it reads ``path: resume_state``. Before returning
+    it checks that the saved network has the shapes of ``network_g`` (else ``ValueError``, nothing
+    written) and deletes temporary files of interrupted saves. Returns the state dict or ``None``.
     """
     resume_state_path = None
+    states_dir, models_dir = opt['path']['training_states'], opt['path']['models']
+    main_process = opt.get('rank', 0) == 0
     if opt['auto_resume']:
-        state_path = opt['path']['training_states']
-        if osp.isdir(state_path):
-            states = [v for v in scandir(state_path, suffix='state', recursive=False, full_path=False)
-                      if v[:-len('.state')].isdigit()]
-            if states:
-                newest = max(int(v[:-len('.state')]) for v in states)
-                resume_state_path = osp.join(state_path, f'{newest}.state')
-                opt['path']['resume_state'] = resume_state_path
+        resume_state_path, skipped = find_resume_state(states_dir, models_dir)
+        for path, reason in skipped if main_process else ():
+            print(f'Resume: skipping {path}: {reason}.', flush=True)
+        if resume_state_path is not None:
+            opt['path']['resume_state'] = resume_state_path
     elif opt['path'].get('resume_state'):
         resume_state_path = opt['path']['resume_state']
 
@@ -72,8 +197,132 @@ def load_resume_state(opt):
                                 'point it at an existing experiments/<name>/training_states/<iter>.state '
                                 'or remove it to start from scratch.')
     resume_state = torch.load(resume_state_path, map_location=resume_map_location(opt), weights_only=True)
-    check_resume(opt, resume_state['iter'])
+    saved_stage, stage = resume_state.get('stage'), (opt.get('train') or {}).get('stage')
+    if saved_stage is not None and saved_stage != stage:
+        raise ValueError(f'refusing to resume from {resume_state_path}: it was written by the {saved_stage!r} '
+                         f'stage but this options file trains train:stage {stage!r}. Use the options of that run, '
+                         'or give this run another name (stage 2 starts from stage 1 through '
+                         'path:pretrain_network_g, not by resuming). Nothing was written.')
+    check_resume(opt, resume_state['iter'])  # sets path:pretrain_network_g to models/net_g_<iter>.pth
+    net_path = opt['path'].get('pretrain_network_g')
+    if net_path == state_network_path(models_dir, resume_state['iter']):
+        if not osp.isfile(net_path):
+            raise FileNotFoundError(f'path:resume_state {resume_state_path} needs its network {net_path}, which '
+                                    'does not exist; resume from another state (or use --auto_resume, which '
+                                    'picks the newest complete one).')
+        check_network_matches(opt['network_g'], net_path, resume_state_path,
+                              strict=opt['path'].get('strict_load_g', True),
+                              saved_network_opt=resume_state.get('network_g'))
+    if main_process:
+        for path in remove_stale_temporaries(states_dir, models_dir):
+            print(f'Resume: removed {path}, left by an interrupted save.', flush=True)
+        print(f"Resume: using training state {resume_state_path} (iteration {resume_state['iter']}, epoch "
+              f"{resume_state['epoch']}) and network {net_path}.", flush=True)
     return resume_state
 
 
 basicsr.train.load_resume_state = load_resume_state
+
+
+# --------------------------------------------------------------------------------------------------
+# resumable data position
+class ResumableEnlargedSampler(EnlargedSampler):
+    """BasicSR's :class:`~basicsr.data.data_sampler.EnlargedSampler` that can resume part-way into an epoch.
+
+    :meth:`resume_at` makes the epoch ``epoch`` (once :meth:`set_epoch` selects it) start at sample
+    ``num_consumed`` of this process's share instead of its first sample, and calls ``on_start`` when that
+    epoch's indices are first drawn, i.e. right before the first new batch is loaded (with
+    ``num_worker_per_gpu: 0``). The order of the samples is BasicSR's: a permutation seeded by the epoch.
+    """
+
+    def __init__(self, dataset, num_replicas, rank, ratio=1):
+        super().__init__(dataset, num_replicas, rank, ratio)
+        self._resume_epoch = None
+        self._num_consumed = 0
+        self._on_start = None
+
+    def resume_at(self, epoch, num_consumed, on_start=None):
+        if not 0 <= num_consumed <= self.num_samples:
+            raise ValueError(f'cannot skip {num_consumed} of the {self.num_samples} samples of an epoch')
+        self._resume_epoch, self._num_consumed, self._on_start = epoch, num_consumed, on_start
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        if self._resume_epoch is not None and epoch != self._resume_epoch:
+            self._resume_epoch, self._num_consumed, self._on_start = None, 0, None
+
+    def __iter__(self):
+        indices = super().__iter__()
+        if self._resume_epoch is not None and self.epoch == self._resume_epoch:
+            indices = itertools.islice(indices, self._num_consumed, None)
+            if self._on_start is not None:
+                on_start, self._on_start = self._on_start, None
+                on_start()
+        return indices
+
+
+basicsr.train.EnlargedSampler = ResumableEnlargedSampler
+_basicsr_create_train_val_dataloader = basicsr.train.create_train_val_dataloader
+
+
+def _check_batches_per_epoch(opt, train_loader, train_sampler):
+    if len(train_loader) > 0:
+        return
+    dataset_opt = opt['datasets']['train']
+    ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
+    raise ValueError(
+        f'no training batch per epoch: the world size is {opt["world_size"]} process(es), each with batches '
+        f'of {train_loader.batch_size}, but an epoch has {len(train_loader.dataset)} training pairs x '
+        f'dataset_enlarge_ratio {ratio}, i.e. {train_sampler.num_samples} per process. Use fewer processes, '
+        'a smaller batch_size_per_gpu or a larger dataset_enlarge_ratio.')
+
+
+def create_train_val_dataloader(opt, logger):
+    """BasicSR's ``create_train_val_dataloader``, then the resume of the data position (see the module doc)."""
+    result = _basicsr_create_train_val_dataloader(opt, logger)
+    train_loader, train_sampler = result[0], result[1]
+    if train_loader is None:
+        return result
+    _check_batches_per_epoch(opt, train_loader, train_sampler)
+    resume_path = opt['path'].get('resume_state')
+    if resume_path and isinstance(train_sampler, ResumableEnlargedSampler):
+        _resume_data_position(opt, logger, resume_path, train_loader, train_sampler)
+    return result
+
+
+def _resume_data_position(opt, logger, resume_path, train_loader, train_sampler):
+    state = load_lazily(resume_path)
+    epoch, it = state['epoch'], state['iter']
+    per_epoch = len(train_loader)
+    consumed = it - epoch * per_epoch
+    if not 0 <= consumed <= per_epoch:
+        logger.warning(f'Resume: iteration {it} is not in epoch {epoch} with {per_epoch} iterations per epoch '
+                       '(did the data, batch size or world size change?); the epoch restarts from its first '
+                       'batch, as in BasicSR, and the resumed run is not exact.')
+        return
+    rng = state.get('rng')
+    rank = opt.get('rank', 0)
+    on_start = None
+    if rng is None:
+        logger.warning(f'Resume: {resume_path} holds no RNG states (written by another tool); the resumed run '
+                       'continues from the right data position but is not bit-exact.')
+    elif len(rng) != opt['world_size']:
+        logger.warning(f'Resume: the state was saved by {len(rng)} process(es), this run has '
+                       f'{opt["world_size"]}; RNG states are not restored and the resumed run is not exact.')
+    else:
+        on_start = lambda: restore_rng_state(rng[rank])  # noqa: E731
+    train_sampler.resume_at(epoch, consumed * train_loader.batch_size, on_start)
+    dataset_opt = opt['datasets']['train']
+    inexact = []
+    if dataset_opt.get('num_worker_per_gpu', 0) > 0:
+        inexact.append('num_worker_per_gpu > 0 (workers keep their own RNG streams)')
+    if dataset_opt.get('prefetch_mode') in ('cpu', 'cuda'):
+        inexact.append(f'prefetch_mode {dataset_opt["prefetch_mode"]} (batches are loaded ahead)')
+    if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
+        inexact.append('GPU kernels (cuDNN autotuning, atomics) that are not bit-deterministic')
+    note = f' Not bit-exact because of {" and ".join(inexact)}.' if inexact else ''
+    logger.info(f'Resume: data position epoch {epoch}, skipping the {consumed} of its {per_epoch} iterations '
+                f'already trained{"" if on_start is None else "; RNG states restored at the next batch"}.{note}')
+
+
+basicsr.train.create_train_val_dataloader = create_train_val_dataloader

@@ -30,7 +30,7 @@ def unique_name(stem):
 def subprocess_env(**extra):
     env = dict(os.environ)
     env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
-    env.setdefault('OMP_NUM_THREADS', '2')
+    env.setdefault('OMP_NUM_THREADS', '1')
     env.update(extra)
     return env
 
@@ -52,6 +52,19 @@ def experiment_dir(name):
 
 def results_dir(name):
     return ROOT / 'results' / name
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _one_thread():
+    """The suite's networks are tiny: one intra-op thread here and in the entry points it starts
+    (``subprocess_env``). With two OpenMP threads on a busy machine each tiny op can wait tens of ms at
+    the thread barrier; with one it takes a fraction of a millisecond."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -143,17 +156,3 @@ def load_script(relpath):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def one_thread(monkeypatch):
-    """Run a test's torch ops, and the entry points it starts, on one thread (restored afterwards). For tiny
-    tensors one thread is as fast, and it avoids OpenMP stalls of seconds per op when other processes share
-    the cores."""
-    import torch
-
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -15,7 +15,6 @@ from d2csr.convert import (CheckpointFormatError, UnsafeCheckpointError, d2csr_t
 
 CKPT = OFFICIAL_FIXTURE / 'checkpoint.pkl'
 
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def tolerance(ref):

@@ -14,7 +14,6 @@ from d2csr.convert import save_basicsr_checkpoint
 from d2csr.image_io import image_to_tensor, read_image
 from d2csr.tiling import receptive_radius, tiled_forward
 
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def small_net(seed=0, **kwargs):

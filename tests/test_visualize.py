@@ -14,7 +14,6 @@ from d2csr.archs import D2CSR
 from d2csr.convert import load_network, save_basicsr_checkpoint
 from d2csr.visualize import LABEL_HEIGHT, make_panel, psnr_row
 
-pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def example(scale=4, h=16, w=20, seed=0):

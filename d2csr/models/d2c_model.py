@@ -10,6 +10,13 @@ One ``network_g`` (:class:`d2csr.archs.D2CSR`) holds both parts, so one ``net_g_
 - ``joint``: both at every step, as the authors' code does (``optim_g`` for the tree, ``optim_c``
   for the convergence net, which defaults to ``optim_g``'s settings).
 
+Training is guarded and resumable: a NaN/Inf loss or gradient stops the run before the optimizer step
+(``train: nan_policy: stop``, the default) or skips the step and counts it (``nan_policy: skip``);
+checkpoints and training states are written atomically and the training state also holds every process's
+RNG states, so that a resumed CPU run is bit-identical to an uninterrupted one (:mod:`d2csr.checkpoint`,
+:mod:`d2csr.compat`). Under ``--launcher`` only what the stage trains is synchronised by
+``DistributedDataParallel``: parameters frozen by the stage are frozen before wrapping.
+
 Validation reports BasicSR's metrics on the fused output and also logs each branch's PSNR and the PSNR of
 the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6).
 """
@@ -18,6 +25,8 @@ from collections import OrderedDict
 from copy import deepcopy
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_psnr
@@ -25,7 +34,10 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from d2csr.checkpoint import capture_rng_state, restore_rng_state, save_with_retry
+
 STAGES = ('divergence', 'convergence', 'joint')
+NAN_POLICIES = ('stop', 'skip')
 
 
 def oracle_fusion(branches, target):
@@ -36,6 +48,15 @@ def oracle_fusion(branches, target):
     stacked = torch.stack(branches)  # (P, N, C, H, W)
     best = ((stacked - target.unsqueeze(0))**2).sum(dim=2, keepdim=True).argmin(dim=0, keepdim=True)
     return stacked.gather(0, best.expand(1, *stacked.shape[1:])).squeeze(0)
+
+
+def _plain(value):
+    """Options (``OrderedDict`` from BasicSR's YAML loader) as plain dicts / lists, for ``weights_only`` files."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 @MODEL_REGISTRY.register()
@@ -60,16 +81,52 @@ class D2CModel(SRModel):
 
     # ----------------------------------------------------------------------------------------------
     # training set-up
+    @staticmethod
+    def _split_parameters(net, stage):
+        """``(trained, frozen)`` parameter lists of a bare :class:`~d2csr.archs.D2CSR` for ``stage``."""
+        if stage == 'divergence':
+            return net.divergence_parameters(), net.convergence_parameters()
+        if stage == 'convergence':
+            return net.convergence_parameters(), net.divergence_parameters()
+        return list(net.parameters()), []
+
+    def model_to_device(self, net):
+        """Move ``net`` to the device; under ``--launcher`` wrap it in DistributedDataParallel.
+
+        Unlike BasicSR's version, the parameters the stage does not train are frozen *before* wrapping,
+        so DDP synchronises exactly the trained ones: every branch of the tree in the divergence stage,
+        only the convergence net in the convergence stage (the frozen tree is not synchronised, and DDP
+        would refuse a wrapper with nothing to train). The joint stage runs two forward passes per
+        iteration that each use one part, hence ``find_unused_parameters``. On CPU (gloo) no device ids.
+        """
+        net = net.to(self.device)
+        stage = self.opt['train'].get('stage') if self.is_train else None
+        if stage is not None:
+            for p in self._split_parameters(net, stage)[1]:
+                p.requires_grad_(False)
+        if self.opt['dist']:
+            if not any(p.requires_grad for p in net.parameters()):
+                return net  # nothing to synchronise
+            if self.device.type == 'cpu' and dist.get_backend() == 'nccl':
+                raise ValueError('num_gpu: 0 under --launcher on a machine with GPUs: the process group uses '
+                                 'NCCL, which cannot synchronise CPU tensors. Set num_gpu >= 1, or hide the '
+                                 'GPUs (CUDA_VISIBLE_DEVICES=) to train on CPU with gloo.')
+            find_unused = self.opt.get('find_unused_parameters', stage == 'joint')
+            device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+            net = DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=find_unused)
+        elif self.opt['num_gpu'] > 1:
+            net = DataParallel(net)
+        return net
+
     def init_training_settings(self):
         train_opt = self.opt['train']
         self.stage = train_opt['stage']
+        self.nan_policy = train_opt.get('nan_policy', 'stop')
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f'train:nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}')
+        self.nan_skips = 0
         net = self.get_bare_model(self.net_g)
-        if self.stage == 'divergence':
-            trained, frozen = net.divergence_parameters(), net.convergence_parameters()
-        elif self.stage == 'convergence':
-            trained, frozen = net.convergence_parameters(), net.divergence_parameters()
-        else:
-            trained, frozen = list(net.parameters()), []
+        trained, frozen = self._split_parameters(net, self.stage)
         for p in frozen:
             p.requires_grad_(False)
         self.set_train_mode()
@@ -133,9 +190,10 @@ class D2CModel(SRModel):
             branches = self.net_g(self.lq, mode='branches')
             terms = self.cri_div.terms(branches, self.gt, current_iter)
             terms['l_div'].backward()
-            self.optimizer_g.step()
-            loss_dict['l_branch'] = terms['l_branch'].detach()
-            loss_dict['l_triplet'] = terms['l_triplet'].detach()
+            losses = {k: terms[k].detach() for k in ('l_branch', 'l_triplet', 'l_div')}
+            self._guarded_step(self.optimizer_g, current_iter, losses)
+            loss_dict['l_branch'] = losses['l_branch']
+            loss_dict['l_triplet'] = losses['l_triplet']
             loss_dict['alpha'] = torch.tensor(terms['alpha'], device=self.device)
             del branches, terms
         if self.stage in ('convergence', 'joint'):
@@ -144,12 +202,130 @@ class D2CModel(SRModel):
             self.output = self.net_g(self.lq, mode='converge')
             l_conv = self.cri_conv(self.output, self.gt)
             l_conv.backward()
-            optimizer.step()
             loss_dict['l_conv'] = l_conv.detach()
+            self._guarded_step(optimizer, current_iter, {'l_conv': loss_dict['l_conv']})
 
         self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.nan_skips:
+            self.log_dict['nan_skips'] = self.nan_skips
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _guarded_step(self, optimizer, current_iter, losses):
+        """``optimizer.step()`` unless a loss term or a gradient is NaN/Inf (on any process).
+
+        ``train: nan_policy: stop`` (default) raises ``FloatingPointError`` before the step, naming the
+        iteration and the loss terms, so the weights and the last saved checkpoint stay as they were;
+        ``skip`` drops the step's gradients, counts it (``nan_skips`` in the log) and goes on.
+        """
+        params = [p for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
+        bad_loss = torch.stack([~torch.isfinite(v).all() for v in losses.values()]).any()
+        bad_grad = torch.stack([~torch.isfinite(p.grad).all() for p in params]).any() if params \
+            else torch.zeros((), dtype=torch.bool, device=self.device)
+        flags = torch.stack([bad_loss, bad_grad]).to(self.device, torch.float32)
+        if self.opt['dist']:  # every process takes the same decision
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad_loss, bad_grad = (bool(v) for v in flags.tolist())
+        if not (bad_loss or bad_grad):
+            optimizer.step()
+            return
+        optimizer.zero_grad(set_to_none=True)
+        values = ', '.join(f'{k}={v.item():.6g}' for k, v in losses.items())
+        what = ' and '.join(w for w, bad in (('loss', bad_loss), ('gradient', bad_grad)) if bad)
+        where = '' if not self.opt['dist'] else ' (on at least one process)'
+        message = f'non-finite {what}{where} at iteration {current_iter} (stage {self.stage}): {values}.'
+        logger = get_root_logger()
+        if self.nan_policy == 'skip':
+            self.nan_skips += 1
+            logger.warning(f'{message} Step skipped (train:nan_policy: skip); {self.nan_skips} skipped so far.')
+            return
+        message += (' Training stopped before the optimizer step: the weights were not updated and the last '
+                    f'saved checkpoint in {self.opt["path"].get("models", "experiments/<name>/models")} is intact. '
+                    'Lower the learning rate or check the data, then resume with --auto_resume; or set '
+                    'train:nan_policy: skip to skip such steps.')
+        logger.error(message)
+        raise FloatingPointError(message)
+
+    # ----------------------------------------------------------------------------------------------
+    # crash-safe saving and exact resume
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """BasicSR's ``save_network`` (rank 0 only, same file layout), written atomically."""
+        if self.opt.get('rank', 0) != 0:
+            return
+        label = 'latest' if current_iter == -1 else current_iter
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        if len(nets) != len(keys):
+            raise ValueError('save_network: one param_key per network is needed')
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            state_dict = self.get_bare_model(net_).state_dict()
+            save_dict[key] = OrderedDict(
+                (k[len('module.'):] if k.startswith('module.') else k, v.detach().cpu()) for k, v in state_dict.items())
+        save_with_retry(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'),
+                        get_root_logger())
+
+    def save_training_state(self, epoch, current_iter):
+        """BasicSR's training state plus what exact resume needs, written atomically by rank 0.
+
+        Adds the RNG states of every process (``rng``, indexed by rank; gathered from all processes, so
+        every process must call this, as BasicSR's ``save`` does), ``world_size``, ``stage`` and
+        ``network_g`` (checked before resuming) and ``nan_skips``. Written after the network, so a state
+        on disk implies its ``net_g_<iter>.pth`` is complete.
+        """
+        if current_iter == -1:
+            return
+        rng = capture_rng_state()
+        if self.opt['dist']:
+            gathered = [None] * self.opt['world_size']
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        else:
+            rng = [rng]
+        if self.opt.get('rank', 0) != 0:
+            return
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+            'rng': rng,
+            'world_size': self.opt['world_size'],
+            'stage': self.stage,
+            'network_g': _plain(self.opt['network_g']),
+            'nan_skips': getattr(self, 'nan_skips', 0),
+        }
+        save_with_retry(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'),
+                        get_root_logger())
+
+    def resume_training(self, resume_state):
+        """Reload optimizers, schedulers and the skipped-step count.
+
+        The RNG states and the data position are restored by the training loop's sampler when the next
+        batch is drawn (:class:`d2csr.compat.ResumableEnlargedSampler`).
+        """
+        for kind, saved, current in (('optimizers', resume_state['optimizers'], self.optimizers),
+                                     ('schedulers', resume_state['schedulers'], self.schedulers)):
+            if len(saved) != len(current):
+                raise ValueError(f'resume state has {len(saved)} {kind} but this run has {len(current)}: it '
+                                 f'comes from another train:stage (this one is {self.stage!r}).')
+        super().resume_training(resume_state)
+        self.nan_skips = resume_state.get('nan_skips', 0)
+        get_root_logger().info(f'Resumed from training state {self.opt["path"].get("resume_state")} (iteration '
+                               f'{resume_state["iter"]}) with network {self.opt["path"].get("pretrain_network_g")}.')
+
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        """BasicSR's validation, leaving the training RNG streams as they were.
+
+        Iterating a DataLoader draws from torch's global RNG; restoring it afterwards keeps training
+        independent of ``val_freq`` and lets a resumed run (which does not repeat the validation of the
+        iteration it resumes from) be bit-identical to an uninterrupted one.
+        """
+        rng = capture_rng_state()
+        try:
+            super().validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            restore_rng_state(rng)
 
     # ----------------------------------------------------------------------------------------------
     # inference and validation

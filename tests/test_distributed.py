@@ -1,0 +1,181 @@
+"""Distributed training on CPU (gloo) with BasicSR's launcher: both stages, 2 processes vs 1 process."""
+import logging
+import os
+import subprocess
+import sys
+
+import cv2
+import pytest
+import torch
+
+from conftest import ROOT, TINY_NET, experiment_dir, subprocess_env, tiny_options, unique_name, write_options
+
+MICRO_NET = dict(TINY_NET, num_feat=8, fusion_feat=8)
+HELPER = ROOT / 'tests' / 'dist_train_and_dump.py'
+
+
+@pytest.fixture(scope='module')
+def uniform_pairs(photo_data, tmp_path_factory):
+    """Four 32 px HR / 8 px LR pairs cut from the photo pairs: no random crop can move them."""
+    root = tmp_path_factory.mktemp('uniform_pairs')
+    for sub in ('HR', 'LR'):
+        (root / sub).mkdir()
+    k = 0
+    for name in ('astronaut', 'rocket'):
+        hr = cv2.imread(str(photo_data / 'train' / 'HR' / f'{name}.png'))
+        lr = cv2.imread(str(photo_data / 'train' / 'LR' / f'{name}.png'))
+        for y, x in ((8, 8), (16, 24)):
+            cv2.imwrite(str(root / 'HR' / f'{k}.png'), hr[4 * y:4 * y + 32, 4 * x:4 * x + 32])
+            cv2.imwrite(str(root / 'LR' / f'{k}.png'), lr[y:y + 8, x:x + 8])
+            k += 1
+    return root
+
+
+def stage_options(data, name, stage, batch, pretrain=None):
+    opt = tiny_options(data, name, stage=stage, total_iter=4, pretrain=pretrain, network=MICRO_NET,
+                       **{'datasets:train:gt_size': 32, 'datasets:train:use_hflip': False,
+                          'datasets:train:use_rot': False, 'datasets:train:dataset_enlarge_ratio': 1,
+                          'datasets:train:batch_size_per_gpu': batch, 'logger:save_checkpoint_freq': 1000})
+    for key in ('dataroot_gt', 'dataroot_lq'):
+        opt['datasets']['train'][key] = str(data / ('HR' if key == 'dataroot_gt' else 'LR'))
+    del opt['datasets']['val'], opt['val']
+    if stage == 'divergence':  # the triplet term's statistics are per process, like BatchNorm's
+        opt['train']['divergence_opt']['alpha'] = 0.0
+    return opt
+
+
+def run_both_stages(data, tmp, tag, processes):
+    """Stage 1 then stage 2; ``processes`` ranks with 2 // processes pairs each, so the global batch is 2."""
+    div, conv = unique_name(f'dist_div_{tag}'), unique_name(f'dist_conv_{tag}')
+    batch = 2 // processes
+    div_yml = write_options(stage_options(data, div, 'divergence', batch), tmp / f'{div}.yml')
+    pretrain = experiment_dir(div) / 'models' / 'net_g_latest.pth'
+    conv_yml = write_options(stage_options(data, conv, 'convergence', batch, str(pretrain)), tmp / f'{conv}.yml')
+    launch = [sys.executable]
+    if processes > 1:
+        launch += ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}']
+    cmd = [*launch, str(HELPER), str(tmp), '-opt', str(div_yml), '-opt', str(conv_yml)]
+    if processes > 1:
+        cmd += ['--launcher', 'pytorch']
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    load = lambda n, t, r: torch.load(tmp / f'{n}.{t}.rank{r}.pth', weights_only=True)  # noqa: E731
+    return {stage: {(t, r): load(n, t, r) for t in ('init', 'final') for r in range(processes)}
+            for stage, n in (('div', div), ('conv', conv))}, proc
+
+
+@pytest.fixture(scope='module')
+def runs(uniform_pairs, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('dist')
+    two, proc = run_both_stages(uniform_pairs, tmp, 'two', 2)
+    one, _ = run_both_stages(uniform_pairs, tmp, 'one', 1)
+    return dict(two=two, one=one, log=proc.stdout + proc.stderr)
+
+
+def equal(a, b):
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_two_gloo_processes_hold_identical_weights(runs):
+    for stage in ('div', 'conv'):
+        w = runs['two'][stage]
+        assert not equal(w['init', 0], w['init', 1]), f'{stage}: ranks start from different weights'
+        assert not equal(w['final', 0], w['final', 1]), f'{stage}: ranks diverged'
+
+
+def test_divergence_stage_syncs_every_branch_and_convergence_only_the_fusion(runs):
+    div, conv = runs['two']['div'], runs['two']['conv']
+    changed = set(equal(div['init', 0], div['final', 0]))
+    num_nodes, num_leaves = 6, 4
+    for part in [f'nodes.{i}.' for i in range(num_nodes)] + [f'tails.{i}.' for i in range(num_leaves)] + ['head.']:
+        assert any(k.startswith(part) for k in changed), f'{part} did not train'
+    assert not any(k.startswith('fusion.') for k in changed)
+    changed = set(equal(conv['init', 0], conv['final', 0]))
+    assert changed and all(k.startswith('fusion.') for k in changed)
+    assert not equal(conv['init', 0], div['final', 0])  # stage 2 starts from stage 1's weights
+
+
+def test_two_processes_equal_one_process_over_the_same_global_batch(runs):
+    """Rank 0 of 2 (batch 1 each) ends where 1 process (batch 2) ends, to float rounding, in both stages."""
+    two, one = runs['two'], runs['one']
+    assert not equal(two['div']['init', 0], one['div']['init', 0])  # the same seed: the same initial weights
+    for stage in ('div', 'conv'):
+        final_two, final_one, init_one = two[stage]['final', 0], one[stage]['final', 0], one[stage]['init', 0]
+        diff = max((final_two[k] - final_one[k]).abs().max().item() for k in final_one)
+        moved = max((final_one[k] - init_one[k]).abs().max().item() for k in final_one)
+        assert diff < 1e-6 < moved, (stage, diff, moved)
+        print(f'{stage}: max |2 processes - 1 process| = {diff:.1e}, max |final - initial| = {moved:.1e}')
+
+
+def test_the_log_says_gloo_world_size_two(runs):
+    assert 'World size (gpu number): 2' in runs['log']
+    assert 'Distributed training on CPU: 2 processes, gloo backend (no GPU).' in runs['log']
+
+
+# --------------------------------------------------------------------------------------------------
+# launches that cannot work
+@pytest.fixture
+def launcher_argv(photo_data, tmp_path, monkeypatch):
+    yml = write_options(tiny_options(photo_data, unique_name('launch')), tmp_path / 'launch.yml')
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, 'argv', ['d2csr/train.py', '-opt', str(yml), '--launcher', 'pytorch'])
+    return monkeypatch
+
+
+def test_launcher_without_torchrun_names_the_problem(launcher_argv):
+    from basicsr.utils.options import parse_options  # BasicSR's parser, with d2csr's init_dist
+
+    with pytest.raises(RuntimeError, match=r'--launcher pytorch: environment variable WORLD_SIZE is not set\. '
+                                           r'--launcher pytorch expects to be started by torchrun'):
+        parse_options(str(ROOT), is_train=True)
+
+
+def test_launcher_rank_outside_the_world_size_names_it(launcher_argv):
+    from basicsr.utils.options import parse_options
+
+    launcher_argv.setenv('WORLD_SIZE', '2')
+    launcher_argv.setenv('RANK', '2')
+    with pytest.raises(RuntimeError, match=r'rank 2 is outside the world size 2 \(ranks are 0\.\.1\)'):
+        parse_options(str(ROOT), is_train=True)
+
+
+def test_world_size_too_large_for_the_data_names_it(photo_data):
+    from d2csr.compat import create_train_val_dataloader
+
+    opt = tiny_options(photo_data, unique_name('too_many'), **{'datasets:train:dataset_enlarge_ratio': 1})
+    del opt['datasets']['val']
+    opt['datasets']['train']['phase'] = 'train'
+    opt.update(dist=True, rank=0, world_size=4)
+    with pytest.raises(ValueError, match=r'no training batch per epoch: the world size is 4 process\(es\), each '
+                                         r'with batches of 2, but an epoch has 3 training pairs x '
+                                         r'dataset_enlarge_ratio 1, i\.e\. 1 per process'):
+        create_train_val_dataloader(opt, logging.getLogger('test'))
+
+
+def test_slurm_launcher_without_gpu_uses_gloo(monkeypatch):
+    """``--launcher slurm`` on a CPU node: the environment srun gives a 1-task job, then a gloo group."""
+    import socket
+
+    import torch.distributed as dist
+
+    from d2csr.compat import init_dist
+
+    if torch.cuda.is_available():
+        pytest.skip('checks the CPU path')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT'):  # init_dist sets them: undo afterwards
+        monkeypatch.setenv(name, '')
+        monkeypatch.delenv(name)
+    monkeypatch.setenv('SLURM_PROCID', '0')
+    monkeypatch.setenv('SLURM_NTASKS', '1')
+    monkeypatch.setenv('SLURM_NODELIST', 'node[1-2]')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')  # else resolved with scontrol
+    init_dist('slurm', backend='nccl', port=port)  # the options files' dist_params
+    try:
+        assert dist.get_backend() == 'gloo' and dist.get_world_size() == 1 and dist.get_rank() == 0
+        assert os.environ['MASTER_PORT'] == str(port) and os.environ['WORLD_SIZE'] == '1'
+    finally:
+        dist.destroy_process_group()
