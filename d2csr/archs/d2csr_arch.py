@@ -242,6 +242,14 @@ class D2CSR(nn.Module):
         self._compile = bool(compile)
         return self
 
+    def __getstate__(self):
+        """Pickling / ``copy.deepcopy`` leave out the fast path's caches (prepacked weights, compiled code)."""
+        state = self.__dict__.copy()
+        if '_speed' in state:
+            state['_speed'] = fast_tree.FastOptions(state['_speed'].channels_last, state['_speed'].fused_conv)
+        state['_compiled'] = None
+        return state
+
     def _fast_options(self):
         if '_speed' not in self.__dict__:
             self.set_speed_options()

@@ -30,17 +30,23 @@ from basicsr.archs.rcan_arch import RCAB, ChannelAttention, ResidualGroup
 _MKLDNN_FUSED = None
 
 
+def _pointwise():
+    """The op's two overloads, resolved once (calling an overload packet costs ~20 us per call)."""
+    op = torch.ops.mkldnn._convolution_pointwise
+    return op.default, op.binary
+
+
 def mkldnn_fused_conv_available():
     """Whether ``torch.ops.mkldnn._convolution_pointwise`` (conv + ReLU / add post-ops) works here."""
     global _MKLDNN_FUSED
     if _MKLDNN_FUSED is None:
         try:
-            op = torch.ops.mkldnn._convolution_pointwise
+            unary, binary = _pointwise()
             x = torch.randn(1, 4, 5, 5).contiguous(memory_format=torch.channels_last)
             w, b = torch.randn(4, 4, 3, 3), torch.randn(4)
             with torch.no_grad():
-                y = op(x, w, b, [1, 1], [1, 1], [1, 1], 1, 'relu', [], None)
-                z = op.binary(y, x, w, b, [1, 1], [1, 1], [1, 1], 1, 'add', None, None, [], None)
+                y = unary(x, w, b, [1, 1], [1, 1], [1, 1], 1, 'relu', [], None)
+                z = binary(y, x, w, b, [1, 1], [1, 1], [1, 1], 1, 'add', None, None, [], None)
                 ref = F.conv2d(F.relu(F.conv2d(x, w, b, padding=1)), w, b, padding=1) + x
             _MKLDNN_FUSED = torch.backends.mkldnn.is_available() and torch.allclose(z, ref, atol=1e-4)
         except (AttributeError, RuntimeError):
@@ -53,40 +59,116 @@ class FastOptions:
 
     Args:
         channels_last (bool): run features in NHWC. Default: True.
-        fused_conv (bool): use oneDNN conv + ReLU / add post-ops on the CPU when no gradient is
-            recorded and the tensors are fp32. Default: True.
+        fused_conv (bool): on the CPU, when no gradient is recorded and tensors are fp32, run convs as
+            oneDNN convs with ReLU / add post-ops and weights prepacked once into oneDNN's blocked layout
+            (kept in ``cache`` and rebuilt when a weight changes). Default: True.
     """
 
     def __init__(self, channels_last=True, fused_conv=True):
         self.channels_last = channels_last
         self.fused_conv = fused_conv
+        self.cache = {}
 
 
-def _use_fused(x, opts):
-    return (opts.fused_conv and x.device.type == 'cpu' and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled('cpu') and x.is_contiguous(memory_format=torch.channels_last)
-            and mkldnn_fused_conv_available())
+class _Run:
+    """What one call of the fast path uses: whether convs are fused, the prepacked weights."""
+
+    def __init__(self, opts, x):
+        self.channels_last = opts.channels_last
+        self.fused = (opts.fused_conv and opts.channels_last and x.device.type == 'cpu' and x.dtype == torch.float32
+                      and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
+                      and mkldnn_fused_conv_available())
+        self.cache = opts.cache
+        # few-output convs as 1x1 + shifted adds: faster on the CPU in inference, slower with autograd
+        self.taps = opts.channels_last and x.device.type == 'cpu' and not torch.is_grad_enabled()
+
+    def packed(self, m, tag, x):
+        """:func:`_conv_params` of conv ``m`` for the oneDNN op, the weight prepacked into oneDNN's blocked
+        layout; cached until the module's weight or bias changes (their version counters)."""
+        weight, bias = m._parameters['weight'], m._parameters['bias']
+        state = (weight, weight._version, None if bias is None else bias._version)
+        hit = self.cache.get((m, tag))
+        if hit is None or hit[0] != state:
+            w, b, pad, stride, dil, groups = _conv_params(m, tag)
+            pad, stride, dil = list(pad), list(stride), list(dil)
+            w = torch.ops.mkldnn._reorder_convolution_weight(w.detach(), pad, stride, dil, groups, list(x.shape))
+            hit = (state, (w, None if b is None else b.detach().clone(), pad, stride, dil, groups))
+            self.cache[(m, tag)] = hit
+        return hit[1]
 
 
-def conv(x, m, relu=False, add=None, fused=False):
-    """``m(x)``, then ``relu`` and ``+ add`` if asked; one oneDNN call when ``fused``.
+def _conv_params(m, tag=None):
+    """``(weight, bias, padding, stride, dilation, groups)`` to run conv ``m`` as; differentiable.
 
-    ``m`` is an ``nn.Conv2d`` with integer padding and ``padding_mode='zeros'``.
+    ``tag`` None: ``m`` itself; an int ``r``: output channels reordered for :func:`shuffle_nhwc`; ``'taps'``:
+    the 1x1 conv of :func:`few_output_conv`.
     """
-    if fused:
-        pad, stride, dil = list(m.padding), list(m.stride), list(m.dilation)
+    if tag is None:
+        return m.weight, m.bias, m.padding, m.stride, m.dilation, m.groups
+    if tag == 'taps':
+        out_ch, in_ch, k, _ = m.weight.shape
+        weight = m.weight.permute(2, 3, 0, 1).reshape(k * k * out_ch, in_ch, 1, 1)
+        pad = -(k * k * out_ch) % 16  # a multiple of 16 outputs vectorises better (AVX-512)
+        if pad:
+            weight = torch.cat([weight, weight.new_zeros(pad, in_ch, 1, 1)])
+        return weight, None, (0, 0), (1, 1), (1, 1), 1
+    r, c = tag, m.out_channels // (tag * tag)
+    perm = torch.arange(r * r * c, device=m.weight.device).view(c, r * r).t().reshape(-1)
+    bias = None if m.bias is None else m.bias.index_select(0, perm)
+    return m.weight.index_select(0, perm), bias, m.padding, m.stride, m.dilation, m.groups
+
+
+def conv(x, m, run, relu=False, add=None, tag=None):
+    """``m(x)``, then ``relu`` and ``+ add`` if asked; one oneDNN call when ``run.fused``.
+
+    ``m`` is an ``nn.Conv2d`` with integer padding and ``padding_mode='zeros'``; ``tag``: see
+    :func:`_conv_params`.
+    """
+    if tag is None and run.taps and add is None and _few_outputs(m):
+        return few_output_conv(x, m, run, relu)
+    if run.fused and (add is None or (not relu and add.is_contiguous(memory_format=torch.channels_last))):
+        args = run.packed(m, tag, x)
         if add is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, m.weight, m.bias, pad, stride, dil, m.groups,
-                                                           'relu' if relu else 'none', [], None)
-        if add.is_contiguous(memory_format=torch.channels_last) and not relu:
-            return torch.ops.mkldnn._convolution_pointwise.binary(x, add, m.weight, m.bias, pad, stride, dil,
-                                                                  m.groups, 'add', None, None, [], None)
-    y = F.conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            return _pointwise()[0](x, *args, 'relu' if relu else 'none', [], None)
+        return _pointwise()[1](x, add, *args, 'add', None, None, [], None)
+    weight, bias, pad, stride, dil, groups = _conv_params(m, tag)
+    y = F.conv2d(x, weight, bias, stride, pad, dil, groups)
     if relu:
         y = y.relu_()
     if add is not None:
         y = y.add_(add)
     return y
+
+
+def _few_outputs(m):
+    k = m.kernel_size
+    return (m.out_channels <= 8 and m.groups == 1 and k[0] == k[1] and k[0] % 2 == 1 and k[0] > 1
+            and tuple(m.stride) == (1, 1) and tuple(m.dilation) == (1, 1) and tuple(m.padding) == (k[0] // 2, ) * 2)
+
+
+def few_output_conv(x, m, run, relu=False):
+    """A k x k conv with few outputs (an SR model's last conv, 64 -> 3) as one 1x1 conv from the input to
+    every tap's outputs (``k*k*C_out`` channels) and ``k*k`` shifted adds, optionally then ReLU.
+
+    oneDNN runs a 3x3 conv with 3 outputs at a fraction of its usual speed; this does the same FLOPs at
+    1x1-conv speed (CPU, channels-last). Shapes: ``(N, C_in, H, W) -> (N, C_out, H, W)``.
+    """
+    n, _, h, w = x.shape
+    out_ch, k = m.out_channels, m.kernel_size[0]
+    p = k // 2
+    taps = conv(x, m, run, tag='taps').permute(0, 2, 3, 1)  # (N, H, W, >= k*k*C_out), a view
+    if m.bias is not None:
+        out = m.bias.view(1, 1, 1, out_ch).expand(n, h, w, out_ch).clone(memory_format=torch.contiguous_format)
+    else:
+        out = taps.new_zeros(n, h, w, out_ch)
+    for t in range(k * k):
+        dy, dx = divmod(t, k)
+        ys, ye, xs, xe = max(0, p - dy), min(h, h + p - dy), max(0, p - dx), min(w, w + p - dx)
+        if ye > ys and xe > xs:
+            out[:, ys:ye, xs:xe] += taps[:, ys + dy - p:ye + dy - p, xs + dx - p:xe + dx - p, t * out_ch:(t + 1) * out_ch]
+    if relu:
+        out = out.relu_()
+    return out.permute(0, 3, 1, 2)  # channels-last (N, C_out, H, W)
 
 
 def _plain_conv(m):
@@ -114,67 +196,55 @@ def _pair(pool):
     return (size, size) if isinstance(size, int) else size
 
 
-def rcab(x, block, fused):
+def rcab(x, block, run):
     """RCAN's RCAB: ``x + res_scale * CA(conv(relu(conv(x))))``."""
     if not _is_standard_rcab(block):
         return block(x)
     c1, _, c2, ca = block.rcab
-    y = conv(conv(x, c1, relu=True, fused=fused), c2, fused=fused)
+    y = conv(conv(x, c1, run, relu=True), c2, run)
     s = channel_attention(y, ca)
     if not torch.is_grad_enabled():
         return torch.addcmul(x, y, s, value=block.res_scale, out=y)
     return torch.addcmul(x, y, s, value=block.res_scale)
 
 
-def residual_group(x, group, fused):
+def residual_group(x, group, run):
     """RCAN's ResidualGroup: ``x + conv(RCABs(x))``."""
     y = x
     for block in group.residual_group:
-        y = rcab(y, block, fused)
+        y = rcab(y, block, run)
     if not _plain_conv(group.conv):
         return group.conv(y) + x
-    return conv(y, group.conv, add=x, fused=fused)
+    return conv(y, group.conv, run, add=x)
 
 
-def branch_module(x, node, fused):
+def branch_module(x, node, run):
     """One tree node. RCAN nodes (``Sequential`` of ResidualGroups and convs) run fast; others as they are."""
     if not isinstance(node, nn.Sequential):
         return node(x)
     for layer in node:
         if isinstance(layer, ResidualGroup):
-            x = residual_group(x, layer, fused)
+            x = residual_group(x, layer, run)
         elif _plain_conv(layer):
-            x = conv(x, layer, fused=fused)
+            x = conv(x, layer, run)
         else:
             x = layer(x)
     return x
 
 
-def _shuffle_perm(r, channels, device):
-    """Output-channel order that makes pixel shuffle a copy of contiguous ``(r, C)`` runs in NHWC."""
-    return torch.arange(r * r * channels, device=device).view(channels, r * r).t().reshape(-1)
+def shuffle_nhwc(y, r):
+    """Pixel shuffle of a channels-last ``y`` whose channels are ordered ``(r, r, C)`` (see
+    :func:`_conv_params`): it copies contiguous runs of ``r * C`` values, forward and backward (PyTorch's
+    channels-last ``pixel_unshuffle``, the backward of ``pixel_shuffle``, moves single values).
+    ``(N, r*r*C, H, W) -> (N, C, r*H, r*W)``.
+    """
+    n, _, h, w = y.shape
+    c = y.shape[1] // (r * r)
+    nhwc = y.permute(0, 2, 3, 1).reshape(n, h, w, r, r, c)  # a view: y is channels-last
+    return nhwc.permute(0, 1, 3, 2, 4, 5).reshape(n, h * r, w * r, c).permute(0, 3, 1, 2)
 
 
-def upsample_step(x, conv_m, r, fused):
-    """``pixel_shuffle(conv_m(x), r)`` for a channels-last ``x``, without an element-wise transpose."""
-    n, _, h, w = x.shape
-    c = conv_m.out_channels // (r * r)
-    perm = _shuffle_perm(r, c, conv_m.weight.device)
-    weight = conv_m.weight.index_select(0, perm)
-    bias = conv_m.bias.index_select(0, perm) if conv_m.bias is not None else None
-    if fused:
-        pad, stride, dil = list(conv_m.padding), list(conv_m.stride), list(conv_m.dilation)
-        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, stride, dil, conv_m.groups, 'none', [],
-                                                    None)
-    else:
-        y = F.conv2d(x, weight, bias, conv_m.stride, conv_m.padding, conv_m.dilation, conv_m.groups)
-    h, w = y.shape[-2:]
-    nhwc = y.permute(0, 2, 3, 1).reshape(n, h, w, r, r, c)  # a view when y is channels-last
-    out = nhwc.permute(0, 1, 3, 2, 4, 5).reshape(n, h * r, w * r, c)
-    return out.permute(0, 3, 1, 2)
-
-
-def tail(y, tail_m, fused, channels_last):
+def tail(y, tail_m, run):
     """A leaf's ``Sequential(Upsample, conv)`` (any ``Sequential`` of convs and pixel shuffles)."""
     layers = []
     for layer in tail_m:
@@ -183,43 +253,40 @@ def tail(y, tail_m, fused, channels_last):
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if channels_last and _plain_conv(layer) and isinstance(nxt, nn.PixelShuffle):
-            y = upsample_step(y, layer, nxt.upscale_factor, fused)
+        if run.channels_last and torch.is_grad_enabled() and _plain_conv(layer) and isinstance(nxt, nn.PixelShuffle):
+            r = nxt.upscale_factor  # training: the shuffle whose backward is cheap
+            y = shuffle_nhwc(conv(y, layer, run, tag=r), r)
             i += 2
             continue
-        y = conv(y, layer, fused=fused) if _plain_conv(layer) else layer(y)
+        y = conv(y, layer, run) if _plain_conv(layer) else layer(y)
         i += 1
     return y
 
 
 def forward_branches(net, x, opts):
     """Fast :meth:`D2CSR.forward_branches`: ``(N, C, h, w)`` -> list of ``P`` leaf predictions."""
-    memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
     x_in = x
-    x = x.contiguous(memory_format=memory_format)
-    fused = opts.channels_last and _use_fused(x, opts)
+    x = x.contiguous(memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
+    run = _Run(opts, x)
     head = net._sub_mean(x)
-    head = conv(head, net.head, fused=fused) if _plain_conv(net.head) else net.head(head)
-    # features[level][k]: node k of that level; a level is released once its last descendant used it
-    features = [[head]]
+    head = conv(head, net.head, run) if _plain_conv(net.head) else net.head(head)
+    features = [[head]]  # features[level][k]: node k of that level (level 0: the head)
     for level in range(1, net.depth + 1):
         offset = net.level_offset(level)
         parents = features[-1]
-        features.append([branch_module(parents[k // net.width], net.nodes[offset + k], fused)
+        features.append([branch_module(parents[k // net.width], net.nodes[offset + k], run)
                          for k in range(net.width**level)])
     skip = F.interpolate(x_in, scale_factor=net.upscale, mode='bicubic', align_corners=False) \
         if net.bicubic_skip else None
     leaves = features.pop()
     outputs = []
     for leaf in range(net.num_branches):
-        y = leaves[leaf]
-        leaves[leaf] = None
+        y, leaves[leaf] = leaves[leaf], None
         if net.deep_residual:
             for j, node in enumerate(net.leaf_ancestors(leaf)):
-                res_conv = net.res_convs[leaf][j]
-                ancestor = features[net.depth - 1 - j][node]
-                y = conv(y, res_conv, add=ancestor, fused=fused) if _plain_conv(res_conv) else res_conv(y) + ancestor
-        out = net._add_mean(tail(y, net.tails[leaf], fused, opts.channels_last))
+                res_conv, ancestor = net.res_convs[leaf][j], features[net.depth - 1 - j][node]
+                y = conv(y, res_conv, run, add=ancestor) if _plain_conv(res_conv) else res_conv(y) + ancestor
+        out = net._add_mean(tail(y, net.tails[leaf], run))
         del y
         outputs.append(out + skip if skip is not None else out)
     return outputs
@@ -227,9 +294,9 @@ def forward_branches(net, x, opts):
 
 def fuse(net, branches, opts):
     """Fast :meth:`D2CSR.fuse`: ``P`` predictions ``(N, C, H, W)`` -> ``(sr, weights (N, P, H, W))``."""
-    memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
-    stacked = torch.cat(branches, dim=1).contiguous(memory_format=memory_format)
-    fused = opts.channels_last and _use_fused(stacked, opts)
+    stacked = torch.cat(branches, dim=1)
+    stacked = stacked.contiguous(memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
+    run = _Run(opts, stacked)
     y = stacked
     layers = list(net.fusion.fusion)
     for i, layer in enumerate(layers):
@@ -237,7 +304,7 @@ def fuse(net, branches, opts):
             continue
         relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
         if _plain_conv(layer):
-            y = conv(y, layer, relu=relu, fused=fused)
+            y = conv(y, layer, run, relu=relu)
         else:
             y = layer(y)
             y = F.relu(y) if relu else y
