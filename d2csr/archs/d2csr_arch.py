@@ -227,7 +227,9 @@ class D2CSR(nn.Module):
             autocast (None | str | torch.dtype): ``'bf16'`` / ``'fp16'`` (or the dtype) runs inference
                 (no gradient recorded) under ``torch.autocast`` on the input's device; outputs are cast
                 back to the input's dtype. Default: None (fp32).
-            compile (bool): run the fast path through ``torch.compile`` (first call compiles). Default: False.
+            compile (bool): run the fast path through ``torch.compile`` (the first call per input shape
+                compiles, which takes minutes for the default model on a CPU); ``fused_conv`` is then off,
+                as TorchInductor fuses on its own. Default: False.
 
         Returns:
             self
@@ -236,7 +238,7 @@ class D2CSR(nn.Module):
                   'float16': torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
         if autocast not in dtypes:
             raise ValueError(f"D2CSR.set_speed_options: autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
-        self._speed = fast_tree.FastOptions(channels_last=channels_last, fused_conv=fused_conv)
+        self._speed = fast_tree.FastOptions(channels_last=channels_last, fused_conv=fused_conv and not compile)
         self._autocast = dtypes[autocast]
         self._compiled = None
         self._compile = bool(compile)
