@@ -30,10 +30,16 @@ from basicsr.archs.rcan_arch import RCAB, ChannelAttention, ResidualGroup
 _MKLDNN_FUSED = None
 
 
+_POINTWISE = None
+
+
 def _pointwise():
     """The op's two overloads, resolved once (calling an overload packet costs ~20 us per call)."""
-    op = torch.ops.mkldnn._convolution_pointwise
-    return op.default, op.binary
+    global _POINTWISE
+    if _POINTWISE is None:
+        op = torch.ops.mkldnn._convolution_pointwise
+        _POINTWISE = (op.default, op.binary)
+    return _POINTWISE
 
 
 def mkldnn_fused_conv_available():
@@ -77,7 +83,7 @@ class _Run:
         self.channels_last = opts.channels_last
         self.fused = (opts.fused_conv and opts.channels_last and x.device.type == 'cpu' and x.dtype == torch.float32
                       and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
-                      and mkldnn_fused_conv_available())
+                      and mkldnn_fused_conv_available() and _pointwise() is not None)
         self.cache = opts.cache
         # few-output convs as 1x1 + shifted adds: faster on the CPU in inference, slower with autograd
         self.taps = opts.channels_last and x.device.type == 'cpu' and not torch.is_grad_enabled()
@@ -124,13 +130,13 @@ def conv(x, m, run, relu=False, add=None, tag=None):
     ``m`` is an ``nn.Conv2d`` with integer padding and ``padding_mode='zeros'``; ``tag``: see
     :func:`_conv_params`.
     """
-    if tag is None and run.taps and add is None and _few_outputs(m):
+    if run.taps and m.out_channels <= 8 and tag is None and add is None and _few_outputs(m):
         return few_output_conv(x, m, run, relu)
-    if run.fused and (add is None or (not relu and add.is_contiguous(memory_format=torch.channels_last))):
-        args = run.packed(m, tag, x)
+    if run.fused:
         if add is None:
-            return _pointwise()[0](x, *args, 'relu' if relu else 'none', [], None)
-        return _pointwise()[1](x, add, *args, 'add', None, None, [], None)
+            return _POINTWISE[0](x, *run.packed(m, tag, x), 'relu' if relu else 'none', [], None)
+        if not relu and add.is_contiguous(memory_format=torch.channels_last):
+            return _POINTWISE[1](x, add, *run.packed(m, tag, x), 'add', None, None, [], None)
     weight, bias, pad, stride, dil, groups = _conv_params(m, tag)
     y = F.conv2d(x, weight, bias, stride, pad, dil, groups)
     if relu:
@@ -175,34 +181,53 @@ def _plain_conv(m):
     return (isinstance(m, nn.Conv2d) and m.padding_mode == 'zeros' and not isinstance(m.padding, str))
 
 
-def channel_attention(y, ca):
-    """Per-channel scale ``(N, C, 1, 1)`` of :class:`basicsr...ChannelAttention` (global mean, two 1x1s)."""
-    _, down, relu, up, sigmoid = ca.attention
+def channel_attention(y, down, up):
+    """Per-channel scale ``(N, C, 1, 1)`` of BasicSR's ``ChannelAttention`` (global mean, 1x1 conv ``down``,
+    ReLU, 1x1 conv ``up``, sigmoid) as a mean and two small matmuls."""
     s = y.mean((2, 3))
     s = F.linear(s, down.weight.flatten(1), down.bias).relu_()
-    s = torch.sigmoid(F.linear(s, up.weight.flatten(1), up.bias))
-    return s[:, :, None, None].to(y.dtype)
+    return torch.sigmoid(F.linear(s, up.weight.flatten(1), up.bias))[:, :, None, None].to(y.dtype)
 
 
-def _is_standard_rcab(block):
-    seq = block.rcab
-    return (isinstance(block, RCAB) and len(seq) == 4 and _plain_conv(seq[0]) and isinstance(seq[1], nn.ReLU)
-            and _plain_conv(seq[2]) and isinstance(seq[3], ChannelAttention)
-            and isinstance(seq[3].attention[0], nn.AdaptiveAvgPool2d) and tuple(_pair(seq[3].attention[0])) == (1, 1))
+def _rcab_parts(block):
+    """``(conv1, conv2, ca_down, ca_up)`` when ``block`` is BasicSR's RCAB as RCAN builds it, else None."""
+    if not isinstance(block, RCAB) or len(block.rcab) != 4:
+        return None
+    c1, act, c2, ca = block.rcab
+    if not (_plain_conv(c1) and type(act) is nn.ReLU and _plain_conv(c2) and type(ca) is ChannelAttention
+            and len(ca.attention) == 5):
+        return None
+    pool, down, act2, up, gate = ca.attention
+    size = pool.output_size if isinstance(pool, nn.AdaptiveAvgPool2d) else None
+    if size not in (1, (1, 1)) or type(act2) is not nn.ReLU or type(gate) is not nn.Sigmoid:
+        return None
+    for m in (down, up):
+        if not (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1):
+            return None
+    return c1, c2, down, up
 
 
-def _pair(pool):
-    size = pool.output_size
-    return (size, size) if isinstance(size, int) else size
+def _children(block):
+    rcab_seq = block._modules.get('rcab')
+    if rcab_seq is None:
+        return None
+    children = tuple(rcab_seq._modules.values())
+    ca = children[-1] if children else None
+    return children + (tuple(ca._modules['attention']._modules.values()) if type(ca) is ChannelAttention else ())
 
 
 def rcab(x, block, run):
-    """RCAN's RCAB: ``x + res_scale * CA(conv(relu(conv(x))))``."""
-    if not _is_standard_rcab(block):
+    """RCAN's RCAB: ``x + res_scale * CA(conv(relu(conv(x))))``; other blocks run as they are."""
+    children = _children(block)  # the structure check is cached, keyed by the block and its submodules
+    hit = run.cache.get(('rcab', block))
+    if hit is None or hit[0] != children:
+        hit = (children, _rcab_parts(block))
+        run.cache[('rcab', block)] = hit
+    if hit[1] is None:
         return block(x)
-    c1, _, c2, ca = block.rcab
+    c1, c2, down, up = hit[1]
     y = conv(conv(x, c1, run, relu=True), c2, run)
-    s = channel_attention(y, ca)
+    s = channel_attention(y, down, up)
     if not torch.is_grad_enabled():
         return torch.addcmul(x, y, s, value=block.res_scale, out=y)
     return torch.addcmul(x, y, s, value=block.res_scale)
