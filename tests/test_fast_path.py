@@ -1,4 +1,5 @@
 """The fast forward path equals the straightforward per-branch one (outputs and gradients); the benchmark runs."""
+import copy
 import json
 import subprocess
 import sys
@@ -133,6 +134,39 @@ def test_speed_options_leave_the_checkpoint_layout_alone():
     fresh.load_state_dict(net.state_dict(), strict=True)
     for k, v in net.state_dict().items():
         assert torch.equal(v, state[k])
+
+
+def test_inference_follows_weight_changes_and_input_sizes():
+    """Whatever the fast path keeps between calls, it sees in-place updates (an optimizer step), updates
+    through ``.data`` (BasicSR's EMA), a loaded state dict, a replaced parameter and other input sizes."""
+    net = tiny_net(2, 2, 3).eval()
+    x = torch.rand(2, 3, 7, 6)
+
+    def check(inp):
+        with torch.inference_mode():
+            fast = net(inp)
+        with torch.no_grad():
+            ref = net.reference_fuse(net.reference_forward_branches(inp))[0]
+        torch.testing.assert_close(fast, ref, **TOL)
+        return fast
+
+    before = check(x)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    after_step = check(x)
+    assert not torch.allclose(after_step, before)
+    for p in net.parameters():  # bumps no version counter
+        p.data.mul_(0.9).add_(0.01)
+    assert not torch.allclose(check(x), after_step)
+    net.load_state_dict(tiny_net(2, 2, 3).state_dict())
+    check(x)
+    net.head.weight = nn.Parameter(torch.randn_like(net.head.weight))
+    check(x)
+    check(torch.rand(1, 3, 9, 11))
+    clone = copy.deepcopy(net)
+    with torch.inference_mode():
+        torch.testing.assert_close(clone(x), net(x), **TOL)
 
 
 def test_bad_autocast_option_is_named():

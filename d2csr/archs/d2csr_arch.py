@@ -13,6 +13,11 @@ Parameter layout (used by checkpoints and by :mod:`d2csr.convert`):
   ``j = depth - 1`` adds the head feature;
 - ``tails.i``: leaf ``i``'s upsampler and output conv;
 - ``fusion``: the :class:`ConvergenceNet`.
+
+:meth:`D2CSR.forward_branches` and :meth:`D2CSR.fuse` run the fast path of :mod:`d2csr.archs.fast_tree`
+(channels-last, oneDNN fused convs on the CPU, ...; see :meth:`D2CSR.set_speed_options`); the
+straightforward per-branch implementation stays as :meth:`D2CSR.reference_forward_branches` /
+:meth:`D2CSR.reference_fuse`, which the fast path equals to 1e-5 (fp32), gradients included.
 """
 import contextlib
 
@@ -245,7 +250,7 @@ class D2CSR(nn.Module):
         return self
 
     def __getstate__(self):
-        """Pickling / ``copy.deepcopy`` leave out the fast path's caches (prepacked weights, compiled code)."""
+        """Pickling / ``copy.deepcopy`` leave out the fast path's caches (structure checks, compiled code)."""
         state = self.__dict__.copy()
         if '_speed' in state:
             state['_speed'] = fast_tree.FastOptions(state['_speed'].channels_last, state['_speed'].fused_conv)

@@ -4,18 +4,25 @@ The functions here compute the same function as the straightforward per-branch i
 (:meth:`D2CSR.reference_forward_branches` / :meth:`D2CSR.reference_fuse`, equal to 1e-5 in fp32, gradients
 included) from the network's own modules; they own no parameters, so checkpoints are unaffected.
 
-Where the time goes and what is done about it:
+Where the time goes and what is done about it (figures: README, ``benchmarks/bench_d2c.py``):
 
 - **Layout.** Every feature map runs channels-last (NHWC): oneDNN's and cuDNN's fast 3x3 kernels work in
-  it and plain NCHW costs a layout reorder around every conv (about 25% on a CPU).
-- **Fewer, cheaper passes over memory.** A conv's ReLU and its residual add run as oneDNN post-ops of the
-  conv (CPU inference); channel attention is a ``mean`` and two tiny matmuls (no 1x1 convs on a 1x1 map),
-  and its scale and the block's skip are one ``addcmul``.
-- **Pixel shuffle without a transpose.** The upsampler convs' output channels are permuted (an exact
-  re-indexing of their weights) so that in NHWC the shuffle moves contiguous runs of ``r * C`` values
-  instead of single floats; its backward is as cheap.
+  it, and plain NCHW costs a layout reorder around every conv (about 20% of the forward on this CPU).
+- **Fewer passes over memory (CPU inference).** A conv's ReLU and its residual add run as oneDNN post-ops
+  of the conv. Channel attention is a ``mean`` and two small matmuls (no 1x1 convs on a 1x1 map); its
+  scale and the block's skip are one ``addcmul``.
+- **Few-output convs (CPU inference).** oneDNN runs a 3x3 conv with 3 or 4 outputs (each leaf's last conv,
+  the convergence net's last) at a fifth of its usual speed; :func:`few_output_conv` does the same FLOPs as
+  one 1x1 conv to all taps and shifted adds, 1.3-1.5x faster.
+- **Pixel shuffle with a cheap backward (training).** The upsampler convs' output channels are re-ordered
+  (an exact re-indexing of their weights) so that in NHWC the shuffle and its backward move contiguous runs
+  of ``r * C`` values; PyTorch's channels-last ``pixel_unshuffle`` moves single floats. (In inference
+  PyTorch's own channels-last ``pixel_shuffle`` is the faster one and is used.)
 - **HR-sized features are short-lived.** Leaves run one after the other, so only one leaf's HR features
   are alive at a time, and a leaf's LR feature is dropped once its tail has read it.
+
+Measured and not kept: running a tree level as one grouped conv (nodes stacked along channels) was 7-8%
+slower than node by node on a CPU, forward and backward.
 
 Shapes are those of :class:`D2CSR`: ``x`` is ``(N, C_in, h, w)``, each leaf prediction ``(N, C_out, s*h, s*w)``.
 """
@@ -60,14 +67,23 @@ def mkldnn_fused_conv_available():
     return _MKLDNN_FUSED
 
 
+def _cpu_autocast_enabled():
+    try:
+        return torch.is_autocast_enabled('cpu')
+    except TypeError:  # PyTorch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 class FastOptions:
     """How :func:`forward_branches` runs (set through :meth:`D2CSR.set_speed_options`).
 
     Args:
         channels_last (bool): run features in NHWC. Default: True.
         fused_conv (bool): on the CPU, when no gradient is recorded and tensors are fp32, run convs as
-            oneDNN convs with ReLU / add post-ops and weights prepacked once into oneDNN's blocked layout
-            (kept in ``cache`` and rebuilt when a weight changes). Default: True.
+            oneDNN convs with ReLU / add post-ops. Default: True.
+
+    ``cache`` keeps what the fast path found out about the network's blocks (keyed by the modules and
+    checked against their current submodules), not tensors.
     """
 
     def __init__(self, channels_last=True, fused_conv=True):
@@ -77,30 +93,16 @@ class FastOptions:
 
 
 class _Run:
-    """What one call of the fast path uses: whether convs are fused, the prepacked weights."""
+    """What one call of the fast path uses: whether convs are fused or few-output convs split into taps."""
 
     def __init__(self, opts, x):
         self.channels_last = opts.channels_last
         self.fused = (opts.fused_conv and opts.channels_last and x.device.type == 'cpu' and x.dtype == torch.float32
-                      and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
+                      and not torch.is_grad_enabled() and not _cpu_autocast_enabled()
                       and mkldnn_fused_conv_available() and _pointwise() is not None)
         self.cache = opts.cache
         # few-output convs as 1x1 + shifted adds: faster on the CPU in inference, slower with autograd
         self.taps = opts.channels_last and x.device.type == 'cpu' and not torch.is_grad_enabled()
-
-    def packed(self, m, tag, x):
-        """:func:`_conv_params` of conv ``m`` for the oneDNN op, the weight prepacked into oneDNN's blocked
-        layout; cached until the module's weight or bias changes (their version counters)."""
-        weight, bias = m._parameters['weight'], m._parameters['bias']
-        state = (weight, weight._version, None if bias is None else bias._version)
-        hit = self.cache.get((m, tag))
-        if hit is None or hit[0] != state:
-            w, b, pad, stride, dil, groups = _conv_params(m, tag)
-            pad, stride, dil = list(pad), list(stride), list(dil)
-            w = torch.ops.mkldnn._reorder_convolution_weight(w.detach(), pad, stride, dil, groups, list(x.shape))
-            hit = (state, (w, None if b is None else b.detach().clone(), pad, stride, dil, groups))
-            self.cache[(m, tag)] = hit
-        return hit[1]
 
 
 def _conv_params(m, tag=None):
@@ -132,12 +134,15 @@ def conv(x, m, run, relu=False, add=None, tag=None):
     """
     if run.taps and m.out_channels <= 8 and tag is None and add is None and _few_outputs(m):
         return few_output_conv(x, m, run, relu)
-    if run.fused:
-        if add is None:
-            return _POINTWISE[0](x, *run.packed(m, tag, x), 'relu' if relu else 'none', [], None)
-        if not relu and add.is_contiguous(memory_format=torch.channels_last):
-            return _POINTWISE[1](x, add, *run.packed(m, tag, x), 'add', None, None, [], None)
     weight, bias, pad, stride, dil, groups = _conv_params(m, tag)
+    if run.fused:
+        # weights go in as they are: a prepacked copy kept across calls was about 2% faster with 2 threads,
+        # but nothing tells when a weight changes through ``.data`` (BasicSR's EMA does that)
+        pad, stride, dil = list(pad), list(stride), list(dil)
+        if add is None:
+            return _POINTWISE[0](x, weight, bias, pad, stride, dil, groups, 'relu' if relu else 'none', [], None)
+        if not relu and add.is_contiguous(memory_format=torch.channels_last):
+            return _POINTWISE[1](x, add, weight, bias, pad, stride, dil, groups, 'add', None, None, [], None)
     y = F.conv2d(x, weight, bias, stride, pad, dil, groups)
     if relu:
         y = y.relu_()
