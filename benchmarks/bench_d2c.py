@@ -285,8 +285,8 @@ def run_benchmark(args):
         ref_sr = d2c.reference_fuse(d2c.reference_forward_branches(x))[0]
     max_abs_diff = (fast_sr - ref_sr).abs().max().item()
 
-    # counted FLOPs: D2C-SR's reference path defines them (the fast path's fused oneDNN calls are the
-    # same convs, but the counter cannot see inside them)
+    # counted FLOPs: D2C-SR's reference path defines them (the fast path computes the same function; its
+    # few-output convs, split into taps, would count the zero padding of their 1x1 conv too)
     with torch.inference_mode():
         flops_d2c = count_flops(lambda: d2c.reference_fuse(d2c.reference_forward_branches(x)))
         flops_rcan = count_flops(lambda: rcan(x))

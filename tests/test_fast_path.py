@@ -10,7 +10,6 @@ from torch import nn
 
 from conftest import ROOT, subprocess_env
 from d2csr.archs import D2CSR, register_branch_module
-from d2csr.archs.fast_tree import mkldnn_fused_conv_available
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -126,7 +125,7 @@ def test_speed_options_leave_the_checkpoint_layout_alone():
     net = tiny_net(2, 2, 4)
     keys = list(net.state_dict())
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    net.set_speed_options(channels_last=False, fused_conv=False, autocast='bf16')
+    net.set_speed_options(channels_last=False, autocast='bf16')
     with torch.no_grad():
         net(torch.rand(1, 3, 5, 5))
     assert list(net.state_dict()) == keys
@@ -212,19 +211,6 @@ def test_other_backbones_fall_back_to_their_own_forward():
         assert grads.keys() == ref_grads.keys() and len(grads) > 1
         for name in ref_grads:
             torch.testing.assert_close(grads[name], ref_grads[name], **TOL)
-
-
-@pytest.mark.skipif(not mkldnn_fused_conv_available(), reason='this PyTorch build has no oneDNN fused conv')
-def test_cpu_inference_uses_the_fused_onednn_convs():
-    net = tiny_net(2, 2, 2).eval()
-    with torch.inference_mode(), torch.profiler.profile() as prof:
-        net(torch.rand(1, 3, 6, 6))
-    names = {e.name for e in prof.events()}
-    assert 'mkldnn::_convolution_pointwise' in names
-    net.set_speed_options(fused_conv=False)
-    with torch.inference_mode(), torch.profiler.profile() as prof:
-        net(torch.rand(1, 3, 6, 6))
-    assert 'mkldnn::_convolution_pointwise' not in {e.name for e in prof.events()}
 
 
 def test_benchmark_smoke_mode_reports_every_figure():

@@ -15,7 +15,7 @@ Parameter layout (used by checkpoints and by :mod:`d2csr.convert`):
 - ``fusion``: the :class:`ConvergenceNet`.
 
 :meth:`D2CSR.forward_branches` and :meth:`D2CSR.fuse` run the fast path of :mod:`d2csr.archs.fast_tree`
-(channels-last, oneDNN fused convs on the CPU, ...; see :meth:`D2CSR.set_speed_options`); the
+(channels-last, ...; see :meth:`D2CSR.set_speed_options`); the
 straightforward per-branch implementation stays as :meth:`D2CSR.reference_forward_branches` /
 :meth:`D2CSR.reference_fuse`, which the fast path equals to 1e-5 (fp32), gradients included.
 """
@@ -223,18 +223,16 @@ class D2CSR(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     # the fast path (d2csr/archs/fast_tree.py): same outputs and gradients as the reference to 1e-5
-    def set_speed_options(self, channels_last=True, fused_conv=True, autocast=None, compile=False):
+    def set_speed_options(self, channels_last=True, autocast=None, compile=False):
         """Choose how :meth:`forward_branches` / :meth:`fuse` run; none of it changes parameters.
 
         Args:
             channels_last (bool): features in NHWC (faster with oneDNN and cuDNN). Default: True.
-            fused_conv (bool): oneDNN conv + ReLU / add post-ops for CPU fp32 inference. Default: True.
             autocast (None | str | torch.dtype): ``'bf16'`` / ``'fp16'`` (or the dtype) runs inference
                 (no gradient recorded) under ``torch.autocast`` on the input's device; outputs are cast
                 back to the input's dtype. Default: None (fp32).
             compile (bool): run the fast path through ``torch.compile`` (the first call per input shape
-                compiles, which takes minutes for the default model on a CPU); ``fused_conv`` is then off,
-                as TorchInductor fuses on its own. Default: False.
+                compiles, which takes a minute or more for the default model on a CPU). Default: False.
 
         Returns:
             self
@@ -243,7 +241,7 @@ class D2CSR(nn.Module):
                   'float16': torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
         if autocast not in dtypes:
             raise ValueError(f"D2CSR.set_speed_options: autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
-        self._speed = fast_tree.FastOptions(channels_last=channels_last, fused_conv=fused_conv and not compile)
+        self._speed = fast_tree.FastOptions(channels_last=channels_last)
         self._autocast = dtypes[autocast]
         self._compiled = None
         self._compile = bool(compile)
@@ -253,7 +251,7 @@ class D2CSR(nn.Module):
         """Pickling / ``copy.deepcopy`` leave out the fast path's caches (structure checks, compiled code)."""
         state = self.__dict__.copy()
         if '_speed' in state:
-            state['_speed'] = fast_tree.FastOptions(state['_speed'].channels_last, state['_speed'].fused_conv)
+            state['_speed'] = fast_tree.FastOptions(state['_speed'].channels_last)
         state['_compiled'] = None
         return state
 

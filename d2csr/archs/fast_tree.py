@@ -8,9 +8,9 @@ Where the time goes and what is done about it (figures: README, ``benchmarks/ben
 
 - **Layout.** Every feature map runs channels-last (NHWC): oneDNN's and cuDNN's fast 3x3 kernels work in
   it, and plain NCHW costs a layout reorder around every conv (about 20% of the forward on this CPU).
-- **Fewer passes over memory (CPU inference).** A conv's ReLU and its residual add run as oneDNN post-ops
-  of the conv. Channel attention is a ``mean`` and two small matmuls (no 1x1 convs on a 1x1 map); its
-  scale and the block's skip are one ``addcmul``.
+- **Fewer passes over memory.** Channel attention is a ``mean`` and two small matmuls (no 1x1 convs on a
+  1x1 map); its scale and the block's skip are one ``addcmul``, in place in inference; ReLUs and residual
+  adds run in place on the conv outputs.
 - **Few-output convs (CPU inference).** oneDNN runs a 3x3 conv with 3 or 4 outputs (each leaf's last conv,
   the convergence net's last) at a fifth of its usual speed; :func:`few_output_conv` does the same FLOPs as
   one 1x1 conv to all taps and shifted adds, 1.3-1.5x faster.
@@ -21,8 +21,11 @@ Where the time goes and what is done about it (figures: README, ``benchmarks/ben
 - **HR-sized features are short-lived.** Leaves run one after the other, so only one leaf's HR features
   are alive at a time, and a leaf's LR feature is dropped once its tail has read it.
 
-Measured and not kept: running a tree level as one grouped conv (nodes stacked along channels) was 7-8%
-slower than node by node on a CPU, forward and backward.
+Measured and not kept (CPU): running a tree level as one grouped conv (nodes stacked along channels) was
+7-8% slower than node by node, forward and backward; oneDNN convs with fused ReLU / add post-ops
+(``torch.ops.mkldnn._convolution_pointwise``) were no faster unless their weights stay prepacked between
+calls (about 2% with 2 threads), and a prepacked copy cannot tell when a weight changes through ``.data``
+(as BasicSR's EMA does).
 
 Shapes are those of :class:`D2CSR`: ``x`` is ``(N, C_in, h, w)``, each leaf prediction ``(N, C_out, s*h, s*w)``.
 """
@@ -31,75 +34,26 @@ from torch import nn
 from torch.nn import functional as F
 from basicsr.archs.rcan_arch import RCAB, ChannelAttention, ResidualGroup
 
-# --------------------------------------------------------------------------------------------------
-# oneDNN fused convolution (CPU inference). A private PyTorch op (the one TorchInductor's CPU backend
-# emits); if a PyTorch build lacks it, convs fall back to F.conv2d + separate ReLU / add.
-_MKLDNN_FUSED = None
-
-
-_POINTWISE = None
-
-
-def _pointwise():
-    """The op's two overloads, resolved once (calling an overload packet costs ~20 us per call)."""
-    global _POINTWISE
-    if _POINTWISE is None:
-        op = torch.ops.mkldnn._convolution_pointwise
-        _POINTWISE = (op.default, op.binary)
-    return _POINTWISE
-
-
-def mkldnn_fused_conv_available():
-    """Whether ``torch.ops.mkldnn._convolution_pointwise`` (conv + ReLU / add post-ops) works here."""
-    global _MKLDNN_FUSED
-    if _MKLDNN_FUSED is None:
-        try:
-            unary, binary = _pointwise()
-            x = torch.randn(1, 4, 5, 5).contiguous(memory_format=torch.channels_last)
-            w, b = torch.randn(4, 4, 3, 3), torch.randn(4)
-            with torch.no_grad():
-                y = unary(x, w, b, [1, 1], [1, 1], [1, 1], 1, 'relu', [], None)
-                z = binary(y, x, w, b, [1, 1], [1, 1], [1, 1], 1, 'add', None, None, [], None)
-                ref = F.conv2d(F.relu(F.conv2d(x, w, b, padding=1)), w, b, padding=1) + x
-            _MKLDNN_FUSED = torch.backends.mkldnn.is_available() and torch.allclose(z, ref, atol=1e-4)
-        except (AttributeError, RuntimeError):
-            _MKLDNN_FUSED = False
-    return _MKLDNN_FUSED
-
-
-def _cpu_autocast_enabled():
-    try:
-        return torch.is_autocast_enabled('cpu')
-    except TypeError:  # PyTorch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
 class FastOptions:
     """How :func:`forward_branches` runs (set through :meth:`D2CSR.set_speed_options`).
 
     Args:
         channels_last (bool): run features in NHWC. Default: True.
-        fused_conv (bool): on the CPU, when no gradient is recorded and tensors are fp32, run convs as
-            oneDNN convs with ReLU / add post-ops. Default: True.
 
     ``cache`` keeps what the fast path found out about the network's blocks (keyed by the modules and
-    checked against their current submodules), not tensors.
+    checked against their current submodules), no tensors.
     """
 
-    def __init__(self, channels_last=True, fused_conv=True):
+    def __init__(self, channels_last=True):
         self.channels_last = channels_last
-        self.fused_conv = fused_conv
         self.cache = {}
 
 
 class _Run:
-    """What one call of the fast path uses: whether convs are fused or few-output convs split into taps."""
+    """What one call of the fast path uses."""
 
     def __init__(self, opts, x):
         self.channels_last = opts.channels_last
-        self.fused = (opts.fused_conv and opts.channels_last and x.device.type == 'cpu' and x.dtype == torch.float32
-                      and not torch.is_grad_enabled() and not _cpu_autocast_enabled()
-                      and mkldnn_fused_conv_available() and _pointwise() is not None)
         self.cache = opts.cache
         # few-output convs as 1x1 + shifted adds: faster on the CPU in inference, slower with autograd
         self.taps = opts.channels_last and x.device.type == 'cpu' and not torch.is_grad_enabled()
@@ -127,7 +81,7 @@ def _conv_params(m, tag=None):
 
 
 def conv(x, m, run, relu=False, add=None, tag=None):
-    """``m(x)``, then ``relu`` and ``+ add`` if asked; one oneDNN call when ``run.fused``.
+    """``m(x)``, then ``relu`` and ``+ add`` (in place) if asked.
 
     ``m`` is an ``nn.Conv2d`` with integer padding and ``padding_mode='zeros'``; ``tag``: see
     :func:`_conv_params`.
@@ -135,14 +89,6 @@ def conv(x, m, run, relu=False, add=None, tag=None):
     if run.taps and m.out_channels <= 8 and tag is None and add is None and _few_outputs(m):
         return few_output_conv(x, m, run, relu)
     weight, bias, pad, stride, dil, groups = _conv_params(m, tag)
-    if run.fused:
-        # weights go in as they are: a prepacked copy kept across calls was about 2% faster with 2 threads,
-        # but nothing tells when a weight changes through ``.data`` (BasicSR's EMA does that)
-        pad, stride, dil = list(pad), list(stride), list(dil)
-        if add is None:
-            return _POINTWISE[0](x, weight, bias, pad, stride, dil, groups, 'relu' if relu else 'none', [], None)
-        if not relu and add.is_contiguous(memory_format=torch.channels_last):
-            return _POINTWISE[1](x, add, weight, bias, pad, stride, dil, groups, 'add', None, None, [], None)
     y = F.conv2d(x, weight, bias, stride, pad, dil, groups)
     if relu:
         y = y.relu_()
