@@ -394,7 +394,7 @@ def parse_args(argv=None):
                         help='inference precision; bf16/fp16 use torch.autocast (training stays fp32)')
     parser.add_argument('--threads', type=int, default=0, help='torch.set_num_threads (default: leave as is)')
     parser.add_argument('--warmup', type=int, default=3, help='warm-up calls per row (default 3)')
-    parser.add_argument('--repeats', type=int, default=10, help='timed inference rounds (default 10)')
+    parser.add_argument('--repeats', type=int, default=20, help='timed inference rounds (default 20)')
     parser.add_argument('--train-repeats', type=int, default=4, help='timed training rounds (default 4)')
     parser.add_argument('--skip-train', action='store_true', help='inference only')
     parser.add_argument('--compile', action='store_true', help='add a torch.compile row (compiles first)')
