@@ -19,9 +19,10 @@ Rows: ``fast`` (what ``D2CSR.forward`` runs), ``reference`` (the plain per-branc
 and blocks chosen to match D2C-SR's parameter count, channels-last) and, with ``--compile``,
 ``fast_compiled``.
 
-Timing: warm-up calls, then ``--repeats`` rounds that run every row once each (interleaved, so load
-drifts hit all rows alike); the table shows the best round and the median. The machine's load average
-is printed with the figures: re-run on a quiet machine for figures to quote.
+Timing (:func:`time_rows`): each row runs warm-up calls, then its timed calls back to back, in two passes
+over the rows (so a change of load hits all rows alike); the table shows the best call and the median.
+The machine's load average (which counts this benchmark's own threads) is printed with the figures:
+re-run on a quiet machine for figures to quote.
 
 Examples::
 
@@ -119,20 +120,26 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
-def time_rows(fns, device, warmup, repeats):
-    """``{row: [seconds per round]}``; rows run interleaved, once per round, after ``warmup`` calls each."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    synchronize(device)
+def time_rows(fns, device, warmup, repeats, rounds=2):
+    """``{row: [seconds per call]}``: ``repeats`` timed calls per row, in ``rounds`` passes over the rows.
+
+    In each pass a row runs its calls back to back (steady state: its weights and buffers warm in the
+    caches, as when a model serves many images) after warm-up calls (``warmup`` in the first pass, one
+    later); the passes spread every row over the run, so a change of load hits all rows alike.
+    """
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    rounds = max(1, min(rounds, repeats))
+    for r in range(rounds):
+        count = repeats // rounds + (1 if r < repeats % rounds else 0)
         for name, fn in fns.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            for _ in range(warmup if r == 0 else min(warmup, 1)):
+                fn()
+            for _ in range(count):
+                synchronize(device)
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
     return times
 
 
