@@ -15,9 +15,9 @@ Parameter layout (used by checkpoints and by :mod:`d2csr.convert`):
 - ``fusion``: the :class:`ConvergenceNet`.
 
 :meth:`D2CSR.forward_branches` and :meth:`D2CSR.fuse` run the fast path of :mod:`d2csr.archs.fast_tree`
-(channels-last, ...; see :meth:`D2CSR.set_speed_options`); the
-straightforward per-branch implementation stays as :meth:`D2CSR.reference_forward_branches` /
-:meth:`D2CSR.reference_fuse`, which the fast path equals to 1e-5 (fp32), gradients included.
+(options: :meth:`D2CSR.set_speed_options`); the straightforward per-branch implementation stays as
+:meth:`D2CSR.reference_forward_branches` / :meth:`D2CSR.reference_fuse`, which the fast path equals to
+1e-5 (fp32), gradients included.
 """
 import contextlib
 

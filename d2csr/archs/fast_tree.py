@@ -122,7 +122,8 @@ def few_output_conv(x, m, run, relu=False):
         dy, dx = divmod(t, k)
         ys, ye, xs, xe = max(0, p - dy), min(h, h + p - dy), max(0, p - dx), min(w, w + p - dx)
         if ye > ys and xe > xs:
-            out[:, ys:ye, xs:xe] += taps[:, ys + dy - p:ye + dy - p, xs + dx - p:xe + dx - p, t * out_ch:(t + 1) * out_ch]
+            shifted = taps[:, ys + dy - p:ye + dy - p, xs + dx - p:xe + dx - p, t * out_ch:(t + 1) * out_ch]
+            out[:, ys:ye, xs:xe] += shifted
     if relu:
         out = out.relu_()
     return out.permute(0, 3, 1, 2)  # channels-last (N, C_out, H, W)
