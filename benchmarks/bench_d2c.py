@@ -267,7 +267,8 @@ def run_benchmark(args):
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     lq = torch.rand(args.train_batch, 3, args.train_patch, args.train_patch, device=device)
     gt = torch.rand(args.train_batch, 3, args.train_patch * args.scale, args.train_patch * args.scale, device=device)
-    div_loss = DivergenceLoss(alpha=2e-5, depth=args.depth, width=args.width).to(device)
+    margins = [5e-5] * (args.depth - 1) + [2e-5]  # the authors' margins: cousins, then siblings
+    div_loss = DivergenceLoss(alpha=2e-5, margins=margins, depth=args.depth, width=args.width).to(device)
     conv_loss = ConvergenceLoss().to(device)
 
     speed = dict(autocast=None if dtype == torch.float32 else dtype)
