@@ -13,13 +13,21 @@ Parameter layout (used by checkpoints and by :mod:`d2csr.convert`):
   ``j = depth - 1`` adds the head feature;
 - ``tails.i``: leaf ``i``'s upsampler and output conv;
 - ``fusion``: the :class:`ConvergenceNet`.
+
+:meth:`D2CSR.forward_branches` and :meth:`D2CSR.fuse` run the fast path of :mod:`d2csr.archs.fast_tree`
+(options: :meth:`D2CSR.set_speed_options`); the straightforward per-branch implementation stays as
+:meth:`D2CSR.reference_forward_branches` / :meth:`D2CSR.reference_fuse`, which the fast path equals to
+1e-5 (fp32), gradients included.
 """
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 from basicsr.archs.arch_util import Upsample
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from . import fast_tree
 from .branch_modules import build_branch_module
 
 SUPPORTED_SCALES = (2, 3, 4, 8)
@@ -231,8 +239,10 @@ class D2CSR(nn.Module):
             return x / self.img_range + self.mean
         return x / self.img_range
 
-    def forward_branches(self, x):
-        """``(N, C, h, w)`` -> list of ``P`` leaf predictions ``(N, C, s*h, s*w)``, depth-first left to right."""
+    # ----------------------------------------------------------------------------------------------
+    # the straightforward per-branch implementation: the definition the fast path is checked against
+    def reference_forward_branches(self, x):
+        """Plain per-branch :meth:`forward_branches` (one node, then one leaf, after the other); for checks."""
         head = self.head(self._sub_mean(x))
         levels = [[head]]
         for level in range(1, self.depth + 1):
@@ -287,11 +297,78 @@ class D2CSR(nn.Module):
             out = out + F.interpolate(x, scale_factor=self.upscale, mode='bicubic', align_corners=False)
         return out
 
-    def fuse(self, branches):
-        """List of ``P`` predictions ``(N, C, H, W)`` -> ``(sr (N, C, H, W), weights (N, P, H, W))``."""
+    def reference_fuse(self, branches):
+        """Plain :meth:`fuse`; for checks."""
         weights = self.fusion(torch.cat(branches, dim=1))
         sr = sum(branch * weights[:, i:i + 1] for i, branch in enumerate(branches))
         return sr, weights
+
+    # ----------------------------------------------------------------------------------------------
+    # the fast path (d2csr/archs/fast_tree.py): same outputs and gradients as the reference to 1e-5
+    def set_speed_options(self, channels_last=True, autocast=None, compile=False):
+        """Choose how :meth:`forward_branches` / :meth:`fuse` run; none of it changes parameters.
+
+        Args:
+            channels_last (bool): features in NHWC (faster with oneDNN and cuDNN). Default: True.
+            autocast (None | str | torch.dtype): ``'bf16'`` / ``'fp16'`` (or the dtype) runs inference
+                (no gradient recorded) under ``torch.autocast`` on the input's device; outputs are cast
+                back to the input's dtype. Default: None (fp32).
+            compile (bool): run the fast path through ``torch.compile`` (the first call per input shape
+                compiles, which takes a minute or more for the default model on a CPU). Default: False.
+
+        Returns:
+            self
+        """
+        dtypes = {None: None, 'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16,
+                  'float16': torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
+        if autocast not in dtypes:
+            raise ValueError(f"D2CSR.set_speed_options: autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+        self._speed = fast_tree.FastOptions(channels_last=channels_last)
+        self._autocast = dtypes[autocast]
+        self._compiled = None
+        self._compile = bool(compile)
+        return self
+
+    def __getstate__(self):
+        """Pickling / ``copy.deepcopy`` leave out the fast path's caches (structure checks, compiled code)."""
+        state = self.__dict__.copy()
+        if '_speed' in state:
+            state['_speed'] = fast_tree.FastOptions(state['_speed'].channels_last)
+        state['_compiled'] = None
+        return state
+
+    def _fast_options(self):
+        if '_speed' not in self.__dict__:
+            self.set_speed_options()
+        return self._speed
+
+    def _fast_fns(self):
+        """``(forward_branches, fuse)`` of the fast path, compiled when asked."""
+        opts = self._fast_options()
+        if not self._compile:
+            return (lambda x: fast_tree.forward_branches(self, x, opts), lambda b: fast_tree.fuse(self, b, opts))
+        if self._compiled is None:
+            self._compiled = (torch.compile(lambda x: fast_tree.forward_branches(self, x, opts)),
+                              torch.compile(lambda b: fast_tree.fuse(self, b, opts)))
+        return self._compiled
+
+    def _autocast_context(self, x):
+        self._fast_options()
+        if self._autocast is None or torch.is_grad_enabled():
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=self._autocast)
+
+    def forward_branches(self, x):
+        """``(N, C, h, w)`` -> list of ``P`` leaf predictions ``(N, C, s*h, s*w)``, depth-first left to right."""
+        with self._autocast_context(x):
+            outputs = self._fast_fns()[0](x)
+        return [out.to(x.dtype) for out in outputs]
+
+    def fuse(self, branches):
+        """List of ``P`` predictions ``(N, C, H, W)`` -> ``(sr (N, C, H, W), weights (N, P, H, W))``."""
+        with self._autocast_context(branches[0]):
+            sr, weights = self._fast_fns()[1](branches)
+        return sr.to(branches[0].dtype), weights.to(branches[0].dtype)
 
     def tree_is_frozen(self):
         return not any(p.requires_grad for p in self.divergence_parameters())
