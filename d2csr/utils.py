@@ -16,3 +16,16 @@ def check_options_file(argv=None):
             if not osp.isfile(path):
                 sys.exit(f'error: options file {path!r} does not exist (-opt expects a YAML file such as '
                          'options/train_D2C_div_x4.yml).')
+
+
+def resolve_device(name):
+    """``'auto'`` -> the GPU when there is one, else the CPU; other names as given. Exits with a clear
+    message when a GPU is asked for and none is available."""
+    import torch
+
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        sys.exit(f'error: --device {name} asks for a GPU, but none is available (use --device cpu)')
+    return device

@@ -15,10 +15,10 @@ import os.path as osp
 import sys
 
 import cv2
-import torch
 from tqdm import tqdm
 
 import d2csr  # noqa: F401  (compatibility shims and registries)
+from d2csr.utils import resolve_device
 from d2csr.convert import UnsafeCheckpointError, load_network
 from d2csr.image_io import UnreadableImage, image_to_tensor, list_images, read_image
 from d2csr.tiling import tiled_forward
@@ -44,10 +44,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
-                          'cpu' if args.device == 'auto' else args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        sys.exit(f'error: --device {args.device} asks for a GPU, but none is available (use --device cpu)')
+    device = resolve_device(args.device)
     try:
         net, _, _ = load_network(args.model_path, args.opt, param_key=args.param_key)
     except (UnsafeCheckpointError, ValueError, FileNotFoundError) as err:

@@ -22,16 +22,9 @@ CASES = [
     (3, 2, 2, dict(mean_shift='none', img_range=255.0)),
     (2, 3, 8, dict(bicubic_skip=True)),
     (2, 2, 3, dict(deep_residual=False)),
+    (2, 2, 2, dict(upsampler='bicubic_input', bicubic_skip=True, mean_shift='none')),  # D2C-VDSR's tails
+    (1, 2, 4, dict(upsampler='pixelshuffledirect')),  # D2C-IMDN's tails
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run faster on one thread, and much faster on a busy machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_net(depth, width, scale, **opts):

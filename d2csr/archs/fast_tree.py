@@ -130,7 +130,8 @@ def few_output_conv(x, m, run, relu=False):
 
 
 def _plain_conv(m):
-    return (isinstance(m, nn.Conv2d) and m.padding_mode == 'zeros' and not isinstance(m.padding, str))
+    # exactly nn.Conv2d: a subclass may change forward (e.g. BicubicInputConv upsamples first)
+    return (type(m) is nn.Conv2d and m.padding_mode == 'zeros' and not isinstance(m.padding, str))
 
 
 def channel_attention(y, down, up):
