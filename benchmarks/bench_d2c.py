@@ -366,7 +366,7 @@ def print_table(res):
           f"load average before {m['load_before']} after {m['load_after']}")
     print(f"x{s['scale']}, inference {s['batch']}x3x{s['size']}x{s['size']} ({s['dtype']}), training "
           f"{s['train_batch']}x3x{s['train_patch']}x{s['train_patch']} (fp32); best / median of "
-          f"{s['repeats']} (inference) and {s['train_repeats']} (training) interleaved rounds")
+          f"{s['repeats']} (inference) and {s['train_repeats']} (training) calls per row, in two passes")
     print(f"limit: 64-ch 3x3 conv on {s['batch']}x64x{s['size']}x{s['size']}: {lim['nchw']:.1f} GFLOP/s NCHW, "
           f"{lim['channels_last']:.1f} channels-last -> {lim['limit']:.1f} GFLOP/s (median {lim['median']:.1f})")
     print(f"fast vs reference, max |SR difference| on this input: {res['fast_vs_reference_max_abs_diff']:.2e}")
