@@ -243,22 +243,7 @@ class D2CSR(nn.Module):
     # the straightforward per-branch implementation: the definition the fast path is checked against
     def reference_forward_branches(self, x):
         """Plain per-branch :meth:`forward_branches` (one node, then one leaf, after the other); for checks."""
-        head = self.head(self._sub_mean(x))
-        levels = [[head]]
-        for level in range(1, self.depth + 1):
-            offset = self.level_offset(level)
-            parents = levels[-1]
-            levels.append([self.nodes[offset + k](parents[k // self.width]) for k in range(self.width**level)])
-        skip = F.interpolate(x, scale_factor=self.upscale, mode='bicubic', align_corners=False) \
-            if self.bicubic_skip else None
-        outputs = []
-        for leaf, y in enumerate(levels[-1]):
-            if self.deep_residual:
-                for j, node in enumerate(self.leaf_ancestors(leaf)):
-                    y = self.res_convs[leaf][j](y) + levels[self.depth - 1 - j][node]
-            out = self._add_mean(self.tails[leaf](y))
-            outputs.append(out + skip if skip is not None else out)
-        return outputs
+        return [self.leaf_prediction(leaf, feature, x) for leaf, feature in enumerate(self.leaf_features(x))]
 
     # ----------------------------------------------------------------------------------------------
     # the two halves of forward_branches, for tiled inference (d2csr.tiling)
