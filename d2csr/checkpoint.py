@@ -75,20 +75,41 @@ def atomic_save(obj, path):
     _fsync_dir(osp.dirname(osp.abspath(path)))
 
 
+def _is_disk_full(error):
+    """ENOSPC as ``OSError`` (plain writes), or as torch's ``RuntimeError`` from its zip writer
+    (``[enforce fail at inline_container.cc] . unexpected pos ...`` / ``file write failed``)."""
+    import errno
+
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return isinstance(error, RuntimeError) and ('unexpected pos' in text or 'file write failed' in text)
+
+
 def save_with_retry(obj, path, logger, retries=3):
     """:func:`atomic_save` with BasicSR's retry-on-error policy.
 
     BasicSR retries a failed save three times and then carries on training; so does this (the previous
-    complete checkpoint stays in place and the next save tries again). Returns whether it was saved.
+    complete checkpoint stays in place and the next save tries again). A full disk (``OSError`` ENOSPC, or
+    torch's ``RuntimeError: ... unexpected pos`` form of it) is handled the same way and logged as
+    "disk full". Returns whether it was saved.
     """
+    full = False
     for attempt in range(retries):
         try:
             atomic_save(obj, path)
             return True
-        except OSError as error:
-            logger.warning(f'Saving {path} failed: {error}; {retries - attempt - 1} retries left.')
+        except (OSError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and not _is_disk_full(error):
+                raise
+            full = _is_disk_full(error)
+            what = 'disk full' if full else str(error).splitlines()[0]
+            logger.warning(f'Saving {path} failed ({what}); {retries - attempt - 1} retries left.')
             time.sleep(1)
-    logger.error(f'Could not save {path}; training continues, the previous checkpoint is kept.')
+    hint = (f' The disk holding {osp.dirname(osp.abspath(path))} is full: free some space (e.g. delete old '
+            'net_g_<iter>.pth / <iter>.state files); the next save tries again.') if full else ''
+    logger.error(f'Could not save {path}{" (disk full)" if full else ""}; training continues, the previous '
+                 f'checkpoint is kept.{hint}')
     return False
 
 

@@ -90,22 +90,70 @@ class _DataOnlyUnpickler(pickle.Unpickler):
                                     'an official D2C-SR checkpoint never does.')
 
 
+MAX_DEPTH = 32  # an official checkpoint nests 2 levels (dict of OrderedDicts of arrays)
+MAX_NODES = 1_000_000  # containers and values visited, in all
+
+
 def _check_arrays(obj, source, where='checkpoint'):
-    """Object-dtype arrays could smuggle arbitrary objects; numeric arrays only."""
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise UnsafeCheckpointError(f'{source}: refused to load: {where} is an object array; only '
-                                        'numeric arrays are allowed.')
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            _check_arrays(value, source, f'{where}[{key!r}]')
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            _check_arrays(value, source, f'{where}[{i}]')
+    """Numeric arrays only (object arrays could smuggle arbitrary objects, strings are no weights), in a
+    bounded walk: every container is visited once however often it is referenced, and the nesting depth
+    and the number of nodes are capped, so that a tiny crafted pickle (the same list referenced 50 times
+    on each of 8 levels: 50**8 paths) or a 200,000-deep one is refused at once instead of hanging or
+    overflowing the stack. Raises :class:`UnsafeCheckpointError` naming the place."""
+    seen = set()
+    stack = [(obj, where, 0)]
+    nodes = 0
+    while stack:
+        value, place, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise UnsafeCheckpointError(f'{source}: refused to load: more than {MAX_NODES:,} entries; an official '
+                                        'D2C-SR checkpoint holds a few hundred arrays.')
+        if isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise UnsafeCheckpointError(f'{source}: refused to load: {place} is an object array; only '
+                                            'numeric arrays are allowed.')
+            if value.dtype.kind not in 'biuf':
+                raise CheckpointFormatError(f'{source}: {place} is an array of {value.dtype} ({value.dtype.kind!r} '
+                                            'kind); weights must be numeric arrays.')
+            continue
+        if not isinstance(value, (dict, list, tuple)):
+            continue
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if depth >= MAX_DEPTH:
+            raise UnsafeCheckpointError(f'{source}: refused to load: containers nested deeper than {MAX_DEPTH} '
+                                        f'levels (at {place[:200]}); an official checkpoint nests 2.')
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            stack.append((item, f'{place}[{key!r}]', depth + 1))
+
+
+def check_finite(state, source):
+    """Raise :class:`CheckpointFormatError` naming the first tensor of ``state`` (name -> tensor / array)
+    that holds NaN or Inf: such weights give black or garbage images without any other sign."""
+    for name, value in state.items():
+        tensor = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.device.type != 'meta' \
+                and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointFormatError(f'{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or Inf) '
+                                        f'of {tensor.numel()}; the checkpoint is corrupt (or from a diverged '
+                                        'training run). Use an earlier checkpoint.')
+
+
+def _check_model_file(path):
+    if osp.isdir(path):
+        raise FileNotFoundError(f'model {path!r} is a folder, not a checkpoint file; give the file itself (e.g. '
+                                f'{osp.join(path, "net_g_latest.pth")}).')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'model {path!r} does not exist')
 
 
 def read_official_pickle(path):
     """Read an official checkpoint (or any data-only pickle) without running code; returns the object."""
+    _check_model_file(path)
     with open(path, 'rb') as f:
         data = f.read()
     if _is_zip(data[:4]):
@@ -117,7 +165,7 @@ def read_official_pickle(path):
     except UnsafeCheckpointError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError) as err:
+            KeyError, MemoryError, RecursionError) as err:
         raise CheckpointFormatError(
             f'{path} could not be read as a checkpoint pickle ({type(err).__name__}: {err}); the file is '
             'truncated or is not the authors\' checkpoint (a pickle of {"state_dict_D", "state_dict_C"}).'
@@ -361,7 +409,17 @@ def load_official(path, scale=None):
     if 'state_dict_C' not in payload:
         raise CheckpointFormatError(f'{path} has no state_dict_C (the convergence net); the official checkpoint '
                                     'holds both state_dict_D and state_dict_C.')
+    for key in OFFICIAL_KEYS:
+        if not isinstance(payload[key], dict):
+            raise CheckpointFormatError(f'{path}: {key} is a {type(payload[key]).__name__}, not a dict of arrays; '
+                                        'the file is not the authors\' checkpoint (or is damaged).')
+        odd = [str(k) for k, v in payload[key].items() if not isinstance(v, np.ndarray)]
+        if odd:
+            raise CheckpointFormatError(f'{path}: {key} holds {len(odd)} entries that are not arrays (e.g. '
+                                        f'{odd[0][:100]!r}); the file is not the authors\' checkpoint.')
     try:
+        check_finite(payload['state_dict_D'], str(path))
+        check_finite(payload['state_dict_C'], str(path))
         state = official_to_d2csr(payload['state_dict_D'], payload['state_dict_C'])
         net, opts = build_from_state(state, scale, source=str(path))
     except CheckpointFormatError as err:
@@ -445,8 +503,7 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
     Returns:
         (D2CSR, dict): the network and the ``network_g`` options it was built from.
     """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'model {path!r} does not exist')
+    _check_model_file(path)
     with open(path, 'rb') as f:
         is_zip = _is_zip(f.read(4))
     if not is_zip:
@@ -458,7 +515,10 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
         raise CheckpointFormatError(f'{path} could not be loaded as a weights-only PyTorch checkpoint '
                                     f'({type(err).__name__}: {str(err).splitlines()[0]})') from None
     state = _select_params(ckpt, path, param_key)
+    if not isinstance(state, dict):
+        raise CheckpointFormatError(f'{path}: the weights entry is a {type(state).__name__}, not a state dict')
     state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state.items())
+    check_finite(state, str(path))
     if network_opt is None:
         return build_from_state(state, scale, source=str(path))
     from basicsr.archs import build_network
