@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from d2csr.archs import D2CSR
+from d2csr.options_check import NO_TRACE_OPTIONS
 
 # (module, name) pairs the checkpoint unpickler may resolve; everything else is refused.
 _ALLOWED_GLOBALS = {
@@ -458,12 +459,21 @@ def read_network_options(path):
 
     if not osp.isfile(path):
         raise FileNotFoundError(f'options file {path!r} does not exist')
-    with open(path, encoding='utf-8') as f:
-        opt = yaml.safe_load(f)
+    try:
+        with open(path, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f'options file {path!r} is not valid YAML: {err}') from None
     network = opt.get('network_g', opt) if isinstance(opt, dict) else None
     if not isinstance(network, dict) or 'type' not in network:
         raise ValueError(f'options file {path!r} has no network_g section with a type')
     return network
+
+
+
+
+def _network_key(network):
+    return repr(sorted((str(k), repr(v)) for k, v in network.items()))
 
 
 def options_beside(path):
@@ -471,8 +481,10 @@ def options_beside(path):
 
     BasicSR copies the run's options file into ``experiments/<name>/``; a checkpoint
     ``experiments/<name>/models/net_g_*.pth`` therefore carries its full ``network_g`` (including settings that
-    leave no trace in the weights, such as ``bicubic_skip``) one folder up. Used only when exactly one
-    ``.yml`` there has a D2CSR ``network_g``.
+    leave no trace in the weights, such as ``bicubic_skip``) one folder up. Several ``.yml`` there (e.g. after
+    resuming under another options name) are used when their D2CSR ``network_g`` are identical (the first by
+    name is reported); when they differ, nothing is guessed: ``ValueError`` names the files and the
+    differing options and asks for ``-opt``.
     """
     folder = osp.dirname(osp.abspath(path))
     if osp.basename(folder) != 'models':
@@ -487,7 +499,15 @@ def options_beside(path):
                 continue
             if network.get('type') == 'D2CSR':
                 found.append((network, osp.join(parent, name)))
-    return found[0] if len(found) == 1 else None
+    if not found:
+        return None
+    if len({_network_key(n) for n, _ in found}) > 1:
+        keys = sorted({str(k) for n, _ in found for k in n})
+        differ = [k for k in keys if len({repr(n.get(k)) for n, _ in found}) > 1]
+        raise ValueError(f'{parent} holds {len(found)} options files whose network_g differ (in '
+                         f'{", ".join(differ)}): {", ".join(osp.basename(p) for _, p in found)}. Which one trained '
+                         f'{osp.basename(path)} cannot be told from the weights; pass it with -opt.')
+    return found[0]
 
 
 def load_model(path, network_opt=None, scale=None, param_key=None):
@@ -526,7 +546,13 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
     opts = dict(network_opt)
     if opts.get('type') != 'D2CSR':
         raise ValueError(f'network_g:type is {opts.get("type")!r}; D2C-SR inference needs type: D2CSR')
-    net = build_network(dict(opts))
+    try:
+        net = build_network(dict(opts))
+    except TypeError as err:  # an option D2CSR does not take (a typo such as num_feats)
+        import inspect
+
+        valid = [k for k in inspect.signature(D2CSR.__init__).parameters if k not in ('self', 'kwargs')]
+        raise ValueError(f'network_g cannot build D2CSR ({err}); valid options: {", ".join(valid)}') from None
     if scale is not None and scale != net.upscale:
         raise ValueError(f'the options give an x{net.upscale} network, but scale {scale} was asked for')
     try:
@@ -546,8 +572,11 @@ def load_network(model_path, opt_path=None, scale=None, param_key=None):
     if beside is not None:
         try:
             net, opts = load_model(model_path, beside[0], scale, param_key)
-            return net, opts, f'from {beside[1]}'
-        except CheckpointFormatError:  # the options file no longer matches the weights
-            pass
+        except CheckpointFormatError as err:  # the saved options do not build these weights: no silent guess
+            raise CheckpointFormatError(f'{err}\nThe options file {beside[1]} saved beside the checkpoint does not '
+                                        'fit its weights; pass the options that trained them with -opt.') from None
+        return net, opts, f'from {beside[1]}'
     net, opts = load_model(model_path, None, scale, param_key)
-    return net, opts, 'inferred from the weights'
+    return net, opts, ('inferred from the weights (no options file beside it; ' + ', '.join(NO_TRACE_OPTIONS)
+                       + ' leave no trace in the weights and take their defaults: pass -opt if the model was '
+                       'trained otherwise)')

@@ -56,18 +56,20 @@ def header_size(path):
 
     from PIL import Image as PILImage, UnidentifiedImageError
 
-    try:
+    limit = PILImage.MAX_IMAGE_PIXELS
+    try:  # Pillow's own bomb check would hide the size; MAX_PIXELS is checked below instead
+        PILImage.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', PILImage.DecompressionBombWarning)
             with PILImage.open(path) as img:
                 w, h = img.size
-    except PILImage.DecompressionBombError as err:
-        raise UnreadableImage(f'its header claims a huge image ({err}); refused before decoding') from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, PILImage.DecompressionBombError):
         return None
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
     if w * h > MAX_PIXELS:
-        raise UnreadableImage(f'its header claims {w}x{h} pixels, more than the {MAX_PIXELS:,} that can be '
-                              'decoded; refused before decoding')
+        raise UnreadableImage(f'its header claims a huge image ({w}x{h} pixels, more than the {MAX_PIXELS:,} that '
+                              'can be decoded); refused before decoding')
     return h, w
 
 

@@ -134,6 +134,7 @@ def check_pair_sizes(pairs, scale, lq_at_gt_size=None, where='data set', option=
             unreadable += bad
             continue
         rel = relation(gt_hw, lq_hw, scale)
+        pair['lq_hw'] = tuple(lq_hw[:2])
         if rel == 'mismatch':
             mismatched.append(mismatch_message(pair['gt_path'], pair['lq_path'], gt_hw, lq_hw, scale))
         elif rel == 'lq_at_gt_size' and lq_at_gt_size is None:
