@@ -292,6 +292,9 @@ def create_train_val_dataloader(opt, logger):
     train_loader, train_sampler = result[0], result[1]
     if train_loader is None:
         return result
+    from d2csr.data.eval_check import check_eval_dataset  # empty, sizes and gt_size, before the first batch
+
+    check_eval_dataset(train_loader.dataset, opt['scale'], opt['datasets']['train'].get('gt_size'))
     _check_batches_per_epoch(opt, train_loader, train_sampler)
     resume_path = opt['path'].get('resume_state')
     if resume_path and isinstance(train_sampler, ResumableEnlargedSampler):

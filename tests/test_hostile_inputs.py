@@ -487,6 +487,9 @@ def test_paired_image_dataset_checked_before_the_network_runs(tmp_path):
         check_eval_dataset(dataset(tmp_path / 'HR', tmp_path / 'LR'), 4)
     write_png(tmp_path / 'HR' / 'a.png', (48, 48, 3))
     check_eval_dataset(dataset(tmp_path / 'HR', tmp_path / 'LR'), 4)
+    # the training set: a gt_size larger than an image says to lower gt_size (BasicSR: "Please remove a.png")
+    with pytest.raises(DataError, match=r'a.png \(48x48\) is smaller than gt_size 64: lower gt_size'):
+        check_eval_dataset(dataset(tmp_path / 'HR', tmp_path / 'LR'), 4, gt_size=64)
 
 
 def test_prepare_names_broken_links_folders_and_a_zero_scale(tmp_path, prep):
@@ -501,3 +504,13 @@ def test_prepare_names_broken_links_folders_and_a_zero_scale(tmp_path, prep):
     code = prep('pairs', '--root', root, '--scale', 0, '--out', tmp_path / 'out')
     assert '--scale must be a positive integer' in code
     assert not (tmp_path / 'out').exists()
+
+
+def test_train_entry_point_gt_size_larger_than_the_images(photo_data, tmp_path):
+    """Through d2csr/train.py with BasicSR's PairedImageDataset: stopped before the first batch, naming gt_size."""
+    from conftest import run_entry, unique_name, write_options
+
+    opt = tiny_options(photo_data, unique_name('gt_size'), **{'datasets:train:gt_size': 400})
+    proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'train.yml'), check=False)
+    assert proc.returncode != 0
+    assert 'is smaller than gt_size 400: lower gt_size' in proc.stderr and 'Please remove' not in proc.stderr

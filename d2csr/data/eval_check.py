@@ -1,8 +1,9 @@
-"""Checks of an evaluation data set before the network runs on it.
+"""Checks of a BasicSR data set before the network runs on it (evaluation, and the training set).
 
 BasicSR's ``PairedImageDataset`` (and any data set with ``paths``) does not look at its images until they
 are loaded: an empty folder ends validation with ``UnboundLocalError``, and an HR that is not exactly
-``scale x`` its LR with an ``AssertionError`` from the metric after the network has run.
+``scale x`` its LR with an ``AssertionError`` from the metric after the network has run; in training, a
+``gt_size`` larger than an image stops the first batch with a message that says to delete the image.
 :func:`check_eval_dataset` reads the file headers (nothing is decoded) and says what is wrong first.
 d2csr's own data sets check themselves when they are built (:mod:`d2csr.data.pair_align`).
 """
@@ -12,9 +13,10 @@ from .pair_align import image_size_or_reason
 from .pair_index import DataError
 
 
-def check_eval_dataset(dataset, scale):
+def check_eval_dataset(dataset, scale, gt_size=None):
     """Raise :class:`DataError` for an empty data set, or (disk data sets with ``paths``) every unreadable
-    file and every pair whose HR is not exactly ``scale x`` LR, all at once."""
+    file, every pair whose HR is not exactly ``scale x`` LR and (training, ``gt_size``) every HR smaller than
+    ``gt_size``, all at once."""
     if getattr(dataset, '_d2csr_checked', False):
         return
     opt = getattr(dataset, 'opt', {}) or {}
@@ -38,6 +40,9 @@ def check_eval_dataset(dataset, scale):
         elif tuple(gt_hw) != (lq_hw[0] * scale, lq_hw[1] * scale):
             problems.append(f'{osp.basename(pair["gt_path"])} ({gt_hw[0]}x{gt_hw[1]}) / '
                             f'{osp.basename(pair["lq_path"])} ({lq_hw[0]}x{lq_hw[1]}): HR is not {scale} x LR')
+        elif gt_size and min(gt_hw) < gt_size:
+            problems.append(f'{osp.basename(pair["gt_path"])} ({gt_hw[0]}x{gt_hw[1]}) is smaller than gt_size '
+                            f'{gt_size}: lower gt_size (a multiple of {scale})')
     if not problems:
         dataset._d2csr_checked = True
         return
