@@ -476,6 +476,23 @@ def _network_key(network):
     return repr(sorted((str(k), repr(v)) for k, v in network.items()))
 
 
+def saved_network_options(path):
+    """``[(network_g, yml path), ...]`` of the options files BasicSR saved in the run folder of a training
+    checkpoint ``experiments/<name>/models/<file>`` (sorted by name; files that are not options are passed
+    over); ``[]`` for a checkpoint outside a ``models`` folder."""
+    folder = osp.dirname(osp.abspath(path))
+    if osp.basename(folder) != 'models':
+        return []
+    parent, found = osp.dirname(folder), []
+    for name in sorted(os.listdir(parent)):
+        if name.endswith(('.yml', '.yaml')):
+            try:
+                found.append((read_network_options(osp.join(parent, name)), osp.join(parent, name)))
+            except Exception:  # noqa: BLE001  (not an options file)
+                continue
+    return found
+
+
 def options_beside(path):
     """``(network_g, yml path)`` of the options file BasicSR saved next to a training checkpoint, or ``None``.
 
@@ -486,21 +503,10 @@ def options_beside(path):
     name is reported); when they differ, nothing is guessed: ``ValueError`` names the files and the
     differing options and asks for ``-opt``.
     """
-    folder = osp.dirname(osp.abspath(path))
-    if osp.basename(folder) != 'models':
-        return None
-    found = []
-    parent = osp.dirname(folder)
-    for name in sorted(os.listdir(parent)):
-        if name.endswith(('.yml', '.yaml')):
-            try:
-                network = read_network_options(osp.join(parent, name))
-            except Exception:  # not an options file
-                continue
-            if network.get('type') == 'D2CSR':
-                found.append((network, osp.join(parent, name)))
+    found = [(n, yml) for n, yml in saved_network_options(path) if n.get('type') == 'D2CSR']
     if not found:
         return None
+    parent = osp.dirname(found[0][1])
     if len({_network_key(n) for n, _ in found}) > 1:
         keys = sorted({str(k) for n, _ in found for k in n})
         differ = [k for k in keys if len({repr(n.get(k)) for n, _ in found}) > 1]

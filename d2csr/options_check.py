@@ -98,34 +98,16 @@ def _check_device(opt, problems):
                         'file, or add --force_yml num_gpu=0 to the command, to run on the CPU.')
 
 
-def _saved_network_options(path):
-    """``[(network_g, yml)]`` of the options files BasicSR saved in the run folder of a checkpoint
-    ``experiments/<name>/models/net_g_*.pth``."""
-    from d2csr.convert import read_network_options
-
-    folder = osp.dirname(osp.abspath(path))
-    if osp.basename(folder) != 'models':
-        return []
-    import os
-
-    parent, found = osp.dirname(folder), []
-    for name in sorted(os.listdir(parent)):
-        if name.endswith(('.yml', '.yaml')):
-            try:
-                found.append((read_network_options(osp.join(parent, name)), osp.join(parent, name)))
-            except Exception:  # noqa: BLE001  (not an options file)
-                continue
-    return found
-
-
 def _check_stage1(opt, network, problems):
     """Stage 2 loads stage 1's weights: options that leave no trace in them must agree with stage 1's run."""
     train = opt.get('train') or {}
     pretrain = (opt.get('path') or {}).get('pretrain_network_g')
     if train.get('stage') != 'convergence' or not pretrain or network is None or not osp.isfile(pretrain):
         return
+    from d2csr.convert import saved_network_options
+
     defaults = _arch_defaults(network.get('type')) or {}
-    for saved, yml in _saved_network_options(pretrain):
+    for saved, yml in saved_network_options(pretrain):
         if saved.get('type') != network.get('type'):
             continue
         saved = dict(defaults, **saved)

@@ -6,7 +6,6 @@ Tiny networks, in-process, except two forked prepare runs killed with os._exit (
 import logging
 import os
 import pickle
-import shutil
 import signal
 import struct
 import time
@@ -172,8 +171,8 @@ def test_4_stage_2_compares_the_traceless_options_with_stage_1(tmp_path, photo_d
     opt = model_options(tmp_path, photo_data, stage='convergence', pretrain=str(ckpt), network=dict(TINY_NET))
     with pytest.raises(ValueError, match=r"bicubic_skip: True in stage 1, False here"):
         build(opt)
-    opt = model_options(tmp_path, photo_data, stage='convergence', pretrain=str(ckpt), network=stage1)
-    assert build(opt).get_bare_model(build(opt).net_g).bicubic_skip
+    model = build(model_options(tmp_path, photo_data, stage='convergence', pretrain=str(ckpt), network=stage1))
+    assert model.get_bare_model(model.net_g).bicubic_skip
 
 
 @pytest.mark.parametrize('override, message', [
@@ -292,7 +291,7 @@ def _killed_prepare(root, out, when):
 
 
 def _consistent(out):
-    """HR and LR hold exactly the names of meta_info.txt, and each LR is HR / 4 of the same crop."""
+    """HR and LR hold exactly the names of meta_info.txt."""
     names = [line.split(' (')[0] for line in (Path(out) / 'meta_info.txt').read_text().splitlines()]
     assert sorted(os.listdir(Path(out) / 'HR')) == sorted(names) == sorted(os.listdir(Path(out) / 'LR'))
     return names
@@ -307,14 +306,18 @@ def test_8_a_run_killed_at_the_final_step_leaves_out_old_or_new(tmp_path):
     assert _killed_prepare(root, out, 'before') == 9
     assert snapshot(out) == old
     assert _killed_prepare(root, out, 'after') == 9  # the exchange happened: OUT is the new, complete state
-    names = _consistent(out)
-    assert len(names) == 2 * 36 and all(n.endswith(('_s001.png', '_s036.png')) or '_s0' in n for n in names)
+    assert len(_consistent(out)) == 2 * 36  # LR 24 px, crops of 4 every 4: 6 x 6 per pair
+    ref = tmp_path / 'ref'
+    prepare_module.prepare('pairs', str(root), 4, str(ref), filename_tmpl='{}_lr', crop_size=16, step=16, lmdb=True,
+                           log=lambda m: None)
+    new, expected = snapshot(out), snapshot(ref)
+    assert set(new) == set(expected) and all(new[k] == expected[k] for k in expected if not k.endswith('.mdb'))
     leftovers = [n for n in os.listdir(tmp_path) if n.startswith('.sub.prepare_tmp_')]
     assert len(leftovers) == 1 and snapshot(tmp_path / leftovers[0]) == old  # the old OUT, aside
     logged = []
     prepare_module.prepare('pairs', str(root), 4, str(out), filename_tmpl='{}_lr', crop_size=16, step=16, lmdb=True,
                            log=logged.append)
-    assert any('Removed the leftovers' in m for m in logged) and sorted(os.listdir(tmp_path)) == ['cam', 'sub']
+    assert any('Removed the leftovers' in m for m in logged) and sorted(os.listdir(tmp_path)) == ['cam', 'ref', 'sub']
 
 
 def test_8_without_an_atomic_exchange_a_killed_swap_is_put_back(tmp_path, monkeypatch):
