@@ -295,6 +295,8 @@ def create_train_val_dataloader(opt, logger):
     from d2csr.data.eval_check import check_eval_dataset  # empty, sizes and gt_size, before the first batch
 
     check_eval_dataset(train_loader.dataset, opt['scale'], opt['datasets']['train'].get('gt_size'))
+    for val_loader in result[2] or []:  # not only at the first validation, hours later
+        check_eval_dataset(val_loader.dataset, opt['scale'])
     _check_batches_per_epoch(opt, train_loader, train_sampler)
     resume_path = opt['path'].get('resume_state')
     if resume_path and isinstance(train_sampler, ResumableEnlargedSampler):

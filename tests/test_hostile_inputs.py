@@ -6,6 +6,7 @@ Tiny networks, in-process, except two forked prepare runs killed with os._exit (
 import logging
 import os
 import pickle
+import re
 import signal
 import struct
 import time
@@ -517,3 +518,11 @@ def test_train_entry_point_gt_size_larger_than_the_images(photo_data, tmp_path):
     proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'train.yml'), check=False)
     assert proc.returncode != 0
     assert 'is smaller than gt_size 400: lower gt_size' in proc.stderr and 'Please remove' not in proc.stderr
+    # an empty validation folder is named at start, not by an UnboundLocalError at the first validation
+    (tmp_path / 'empty_HR').mkdir()
+    (tmp_path / 'empty_LR').mkdir()
+    opt = tiny_options(photo_data, unique_name('empty_val'), **{'datasets:val:dataroot_gt': str(tmp_path / 'empty_HR'),
+                                                                'datasets:val:dataroot_lq': str(tmp_path / 'empty_LR')})
+    proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'train.yml'), check=False)
+    assert proc.returncode != 0 and 'photos_val: the data set is empty' in proc.stderr
+    assert not re.search(r'iter:\s+\d+,', proc.stdout + proc.stderr)  # stopped before the first iteration
