@@ -75,20 +75,41 @@ def atomic_save(obj, path):
     _fsync_dir(osp.dirname(osp.abspath(path)))
 
 
+def _is_disk_full(error):
+    """ENOSPC as ``OSError`` (plain writes), or as torch's ``RuntimeError`` from its zip writer
+    (``[enforce fail at inline_container.cc] . unexpected pos ...`` / ``file write failed``)."""
+    import errno
+
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return isinstance(error, RuntimeError) and ('unexpected pos' in text or 'file write failed' in text)
+
+
 def save_with_retry(obj, path, logger, retries=3):
     """:func:`atomic_save` with BasicSR's retry-on-error policy.
 
     BasicSR retries a failed save three times and then carries on training; so does this (the previous
-    complete checkpoint stays in place and the next save tries again). Returns whether it was saved.
+    complete checkpoint stays in place and the next save tries again). A full disk (``OSError`` ENOSPC, or
+    torch's ``RuntimeError: ... unexpected pos`` form of it) is handled the same way and logged as
+    "disk full". Returns whether it was saved.
     """
+    full = False
     for attempt in range(retries):
         try:
             atomic_save(obj, path)
             return True
-        except OSError as error:
-            logger.warning(f'Saving {path} failed: {error}; {retries - attempt - 1} retries left.')
+        except (OSError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and not _is_disk_full(error):
+                raise
+            full = _is_disk_full(error)
+            what = 'disk full' if full else str(error).splitlines()[0]
+            logger.warning(f'Saving {path} failed ({what}); {retries - attempt - 1} retries left.')
             time.sleep(1)
-    logger.error(f'Could not save {path}; training continues, the previous checkpoint is kept.')
+    hint = (f' The disk holding {osp.dirname(osp.abspath(path))} is full: free some space (e.g. delete old '
+            'net_g_<iter>.pth / <iter>.state files); the next save tries again.') if full else ''
+    logger.error(f'Could not save {path}{" (disk full)" if full else ""}; training continues, the previous '
+                 f'checkpoint is kept.{hint}')
     return False
 
 
@@ -209,6 +230,87 @@ def _network_shapes(network_opt):
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
+def state_differences(expected, found, strict=True):
+    """What keeps a state dict with shapes ``found`` (``{key: shape}``) from loading into a network with
+    ``expected``: shape differences always, missing / unexpected keys with ``strict``; ``[]`` when it fits."""
+    shape = [k for k in expected if k in found and tuple(expected[k]) != tuple(found[k])]
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    problems = []
+    if shape:
+        k = shape[0]
+        problems.append(f'{len(shape)} tensors differ in shape (e.g. {k}: {tuple(found[k])} saved, '
+                        f'{tuple(expected[k])} now)')
+    if strict and missing:
+        problems.append(f'{len(missing)} are missing (e.g. {missing[0]})')
+    if strict and unexpected:
+        problems.append(f'{len(unexpected)} are unexpected (e.g. {unexpected[0]})')
+    return problems
+
+
+def read_network_weights(load_path, param_key='params', logger=None):
+    """The state dict of a BasicSR network checkpoint, as BasicSR's ``load_network`` picks it (``param_key``,
+    else ``params``; ``module.`` prefixes removed), read with ``weights_only=True`` and checked to be finite.
+
+    Raises ``ValueError`` naming the file and the fix: the authors' MegEngine pickle (convert it with
+    ``scripts/convert_official.py``; never ``weights_only=False``), a truncated or foreign file, a missing
+    entry, NaN/Inf weights.
+    """
+    from d2csr.convert import CheckpointFormatError, check_finite
+
+    if osp.isdir(load_path):
+        raise ValueError(f'{load_path!r} is a folder, not a network checkpoint (net_g_<iter>.pth).')
+    with open(load_path, 'rb') as f:
+        head = f.read(4)
+    if not head.startswith(b'PK\x03\x04'):
+        raise ValueError(f'{load_path} is not a PyTorch checkpoint (no zip archive): if it is the authors\' '
+                         'MegEngine checkpoint (.pkl), convert it first with python scripts/convert_official.py '
+                         f'{load_path} OUT.pth and load OUT.pth. (Loading it with weights_only=False, as torch '
+                         'suggests, would let the file run code.)')
+    try:
+        ckpt = torch.load(load_path, map_location='cpu', weights_only=True)
+    except Exception as error:  # noqa: BLE001  (truncated archive, objects weights_only refuses)
+        raise ValueError(f'{load_path} could not be loaded as a weights-only PyTorch checkpoint '
+                         f'({type(error).__name__}: {str(error).splitlines()[0][:200]}); it is truncated or not '
+                         'a network checkpoint.') from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{load_path} holds a {type(ckpt).__name__}, not a network checkpoint.')
+    if param_key is not None:
+        if param_key not in ckpt and 'params' in ckpt:
+            if logger is not None:
+                logger.info(f'Loading: {param_key} does not exist, use params.')
+            param_key = 'params'
+        if param_key not in ckpt:
+            raise ValueError(f'{load_path} has no {param_key!r} entry (it has {sorted(map(str, ckpt))}); is it a '
+                             'BasicSR network checkpoint (net_g_<iter>.pth)?')
+        ckpt = ckpt[param_key]
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{load_path}: entry {param_key!r} is a {type(ckpt).__name__}, not a state dict.')
+    state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in ckpt.items()}
+    try:
+        check_finite(state, load_path)
+    except CheckpointFormatError as error:
+        raise ValueError(str(error)) from None
+    return state, param_key
+
+
+def load_network_checked(net, load_path, strict=True, param_key='params', logger=None):
+    """BasicSR's ``load_network`` with every check: :func:`read_network_weights`, then the shapes compared
+    with ``net`` (the check resuming uses) before ``load_state_dict``, so that weights of another network
+    give one line naming the first differing tensor instead of a page of ``load_state_dict`` errors."""
+    state, param_key = read_network_weights(load_path, param_key, logger)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    problems = state_differences(expected, {k: tuple(v.shape) for k, v in state.items()}, strict)
+    if problems:
+        raise ValueError(f'{load_path} does not fit network_g ({"; ".join(problems)}): it was trained with other '
+                         'network_g options (num_feat, depth, width, upscale, ...). Use the options of the run '
+                         'that wrote it (a copy is in its experiments/<name>/ folder), or set '
+                         'path:strict_load_g: false to load only matching keys (shapes must still match).')
+    if logger is not None:
+        logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+    net.load_state_dict(state, strict=strict)
+
+
 def check_network_matches(network_opt, net_path, state_path, strict=True, saved_network_opt=None):
     """Raise ``ValueError`` when the weights in ``net_path`` do not fit ``network_opt``'s network.
 
@@ -220,19 +322,9 @@ def check_network_matches(network_opt, net_path, state_path, strict=True, saved_
     if isinstance(saved, dict) and isinstance(saved.get('params'), dict):
         saved = saved['params']
     found = {(k[len('module.'):] if k.startswith('module.') else k): tuple(v.shape) for k, v in saved.items()}
-    shape = [k for k in expected if k in found and expected[k] != found[k]]
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    if not shape and not (strict and (missing or unexpected)):
+    problems = state_differences(expected, found, strict)
+    if not problems:
         return
-    problems = []
-    if shape:
-        k = shape[0]
-        problems.append(f'{len(shape)} tensors differ in shape (e.g. {k}: {found[k]} saved, {expected[k]} now)')
-    if strict and missing:
-        problems.append(f'{len(missing)} are missing (e.g. {missing[0]})')
-    if strict and unexpected:
-        problems.append(f'{len(unexpected)} are unexpected (e.g. {unexpected[0]})')
     if saved_network_opt:
         now = dict(network_opt)
         diff = [f'{k}: {saved_network_opt.get(k)!r} saved, {now.get(k)!r} now'

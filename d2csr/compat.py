@@ -196,7 +196,16 @@ def load_resume_state(opt):
         raise FileNotFoundError(f'path:resume_state {resume_state_path!r} does not exist; '
                                 'point it at an existing experiments/<name>/training_states/<iter>.state '
                                 'or remove it to start from scratch.')
-    resume_state = torch.load(resume_state_path, map_location=resume_map_location(opt), weights_only=True)
+    try:
+        resume_state = torch.load(resume_state_path, map_location=resume_map_location(opt), weights_only=True)
+    except Exception as error:  # noqa: BLE001  (a truncated or foreign file)
+        raise ValueError(f'path:resume_state {resume_state_path} cannot be read ({type(error).__name__}: '
+                         f'{str(error).splitlines()[0][:160]}); it is truncated or not a training state. Point it '
+                         'at another <iter>.state, or drop it and use --auto_resume, which picks the newest '
+                         'complete one.') from None
+    if not isinstance(resume_state, dict) or 'iter' not in resume_state:
+        raise ValueError(f'path:resume_state {resume_state_path} is not a BasicSR training state (no "iter"); '
+                         'point it at experiments/<name>/training_states/<iter>.state, or use --auto_resume.')
     saved_stage, stage = resume_state.get('stage'), (opt.get('train') or {}).get('stage')
     if saved_stage is not None and saved_stage != stage:
         raise ValueError(f'refusing to resume from {resume_state_path}: it was written by the {saved_stage!r} '
@@ -283,6 +292,11 @@ def create_train_val_dataloader(opt, logger):
     train_loader, train_sampler = result[0], result[1]
     if train_loader is None:
         return result
+    from d2csr.data.eval_check import check_eval_dataset  # empty, sizes and gt_size, before the first batch
+
+    check_eval_dataset(train_loader.dataset, opt['scale'], opt['datasets']['train'].get('gt_size'))
+    for val_loader in result[2] or []:  # not only at the first validation, hours later
+        check_eval_dataset(val_loader.dataset, opt['scale'])
     _check_batches_per_epoch(opt, train_loader, train_sampler)
     resume_path = opt['path'].get('resume_state')
     if resume_path and isinstance(train_sampler, ResumableEnlargedSampler):

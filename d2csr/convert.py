@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from d2csr.archs import D2CSR
+from d2csr.options_check import NO_TRACE_OPTIONS
 
 # (module, name) pairs the checkpoint unpickler may resolve; everything else is refused.
 _ALLOWED_GLOBALS = {
@@ -90,22 +91,70 @@ class _DataOnlyUnpickler(pickle.Unpickler):
                                     'an official D2C-SR checkpoint never does.')
 
 
+MAX_DEPTH = 32  # an official checkpoint nests 2 levels (dict of OrderedDicts of arrays)
+MAX_NODES = 1_000_000  # containers and values visited, in all
+
+
 def _check_arrays(obj, source, where='checkpoint'):
-    """Object-dtype arrays could smuggle arbitrary objects; numeric arrays only."""
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise UnsafeCheckpointError(f'{source}: refused to load: {where} is an object array; only '
-                                        'numeric arrays are allowed.')
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            _check_arrays(value, source, f'{where}[{key!r}]')
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            _check_arrays(value, source, f'{where}[{i}]')
+    """Numeric arrays only (object arrays could smuggle arbitrary objects, strings are no weights), in a
+    bounded walk: every container is visited once however often it is referenced, and the nesting depth
+    and the number of nodes are capped, so that a tiny crafted pickle (the same list referenced 50 times
+    on each of 8 levels: 50**8 paths) or a 200,000-deep one is refused at once instead of hanging or
+    overflowing the stack. Raises :class:`UnsafeCheckpointError` naming the place."""
+    seen = set()
+    stack = [(obj, where, 0)]
+    nodes = 0
+    while stack:
+        value, place, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise UnsafeCheckpointError(f'{source}: refused to load: more than {MAX_NODES:,} entries; an official '
+                                        'D2C-SR checkpoint holds a few hundred arrays.')
+        if isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise UnsafeCheckpointError(f'{source}: refused to load: {place} is an object array; only '
+                                            'numeric arrays are allowed.')
+            if value.dtype.kind not in 'biuf':
+                raise CheckpointFormatError(f'{source}: {place} is an array of {value.dtype} ({value.dtype.kind!r} '
+                                            'kind); weights must be numeric arrays.')
+            continue
+        if not isinstance(value, (dict, list, tuple)):
+            continue
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if depth >= MAX_DEPTH:
+            raise UnsafeCheckpointError(f'{source}: refused to load: containers nested deeper than {MAX_DEPTH} '
+                                        f'levels (at {place[:200]}); an official checkpoint nests 2.')
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            stack.append((item, f'{place}[{key!r}]', depth + 1))
+
+
+def check_finite(state, source):
+    """Raise :class:`CheckpointFormatError` naming the first tensor of ``state`` (name -> tensor / array)
+    that holds NaN or Inf: such weights give black or garbage images without any other sign."""
+    for name, value in state.items():
+        tensor = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.device.type != 'meta' \
+                and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointFormatError(f'{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or Inf) '
+                                        f'of {tensor.numel()}; the checkpoint is corrupt (or from a diverged '
+                                        'training run). Use an earlier checkpoint.')
+
+
+def _check_model_file(path):
+    if osp.isdir(path):
+        raise FileNotFoundError(f'model {path!r} is a folder, not a checkpoint file; give the file itself (e.g. '
+                                f'{osp.join(path, "net_g_latest.pth")}).')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'model {path!r} does not exist')
 
 
 def read_official_pickle(path):
     """Read an official checkpoint (or any data-only pickle) without running code; returns the object."""
+    _check_model_file(path)
     with open(path, 'rb') as f:
         data = f.read()
     if _is_zip(data[:4]):
@@ -117,7 +166,7 @@ def read_official_pickle(path):
     except UnsafeCheckpointError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError) as err:
+            KeyError, MemoryError, RecursionError) as err:
         raise CheckpointFormatError(
             f'{path} could not be read as a checkpoint pickle ({type(err).__name__}: {err}); the file is '
             'truncated or is not the authors\' checkpoint (a pickle of {"state_dict_D", "state_dict_C"}).'
@@ -361,7 +410,17 @@ def load_official(path, scale=None):
     if 'state_dict_C' not in payload:
         raise CheckpointFormatError(f'{path} has no state_dict_C (the convergence net); the official checkpoint '
                                     'holds both state_dict_D and state_dict_C.')
+    for key in OFFICIAL_KEYS:
+        if not isinstance(payload[key], dict):
+            raise CheckpointFormatError(f'{path}: {key} is a {type(payload[key]).__name__}, not a dict of arrays; '
+                                        'the file is not the authors\' checkpoint (or is damaged).')
+        odd = [str(k) for k, v in payload[key].items() if not isinstance(v, np.ndarray)]
+        if odd:
+            raise CheckpointFormatError(f'{path}: {key} holds {len(odd)} entries that are not arrays (e.g. '
+                                        f'{odd[0][:100]!r}); the file is not the authors\' checkpoint.')
     try:
+        check_finite(payload['state_dict_D'], str(path))
+        check_finite(payload['state_dict_C'], str(path))
         state = official_to_d2csr(payload['state_dict_D'], payload['state_dict_C'])
         net, opts = build_from_state(state, scale, source=str(path))
     except CheckpointFormatError as err:
@@ -400,12 +459,38 @@ def read_network_options(path):
 
     if not osp.isfile(path):
         raise FileNotFoundError(f'options file {path!r} does not exist')
-    with open(path, encoding='utf-8') as f:
-        opt = yaml.safe_load(f)
+    try:
+        with open(path, encoding='utf-8') as f:
+            opt = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f'options file {path!r} is not valid YAML: {err}') from None
     network = opt.get('network_g', opt) if isinstance(opt, dict) else None
     if not isinstance(network, dict) or 'type' not in network:
         raise ValueError(f'options file {path!r} has no network_g section with a type')
     return network
+
+
+
+
+def _network_key(network):
+    return repr(sorted((str(k), repr(v)) for k, v in network.items()))
+
+
+def saved_network_options(path):
+    """``[(network_g, yml path), ...]`` of the options files BasicSR saved in the run folder of a training
+    checkpoint ``experiments/<name>/models/<file>`` (sorted by name; files that are not options are passed
+    over); ``[]`` for a checkpoint outside a ``models`` folder."""
+    folder = osp.dirname(osp.abspath(path))
+    if osp.basename(folder) != 'models':
+        return []
+    parent, found = osp.dirname(folder), []
+    for name in sorted(os.listdir(parent)):
+        if name.endswith(('.yml', '.yaml')):
+            try:
+                found.append((read_network_options(osp.join(parent, name)), osp.join(parent, name)))
+            except Exception:  # noqa: BLE001  (not an options file)
+                continue
+    return found
 
 
 def options_beside(path):
@@ -413,23 +498,22 @@ def options_beside(path):
 
     BasicSR copies the run's options file into ``experiments/<name>/``; a checkpoint
     ``experiments/<name>/models/net_g_*.pth`` therefore carries its full ``network_g`` (including settings that
-    leave no trace in the weights, such as ``bicubic_skip``) one folder up. Used only when exactly one
-    ``.yml`` there has a D2CSR ``network_g``.
+    leave no trace in the weights, such as ``bicubic_skip``) one folder up. Several ``.yml`` there (e.g. after
+    resuming under another options name) are used when their D2CSR ``network_g`` are identical (the first by
+    name is reported); when they differ, nothing is guessed: ``ValueError`` names the files and the
+    differing options and asks for ``-opt``.
     """
-    folder = osp.dirname(osp.abspath(path))
-    if osp.basename(folder) != 'models':
+    found = [(n, yml) for n, yml in saved_network_options(path) if n.get('type') == 'D2CSR']
+    if not found:
         return None
-    found = []
-    parent = osp.dirname(folder)
-    for name in sorted(os.listdir(parent)):
-        if name.endswith(('.yml', '.yaml')):
-            try:
-                network = read_network_options(osp.join(parent, name))
-            except Exception:  # not an options file
-                continue
-            if network.get('type') == 'D2CSR':
-                found.append((network, osp.join(parent, name)))
-    return found[0] if len(found) == 1 else None
+    parent = osp.dirname(found[0][1])
+    if len({_network_key(n) for n, _ in found}) > 1:
+        keys = sorted({str(k) for n, _ in found for k in n})
+        differ = [k for k in keys if len({repr(n.get(k)) for n, _ in found}) > 1]
+        raise ValueError(f'{parent} holds {len(found)} options files whose network_g differ (in '
+                         f'{", ".join(differ)}): {", ".join(osp.basename(p) for _, p in found)}. Which one trained '
+                         f'{osp.basename(path)} cannot be told from the weights; pass it with -opt.')
+    return found[0]
 
 
 def load_model(path, network_opt=None, scale=None, param_key=None):
@@ -445,8 +529,7 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
     Returns:
         (D2CSR, dict): the network and the ``network_g`` options it was built from.
     """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'model {path!r} does not exist')
+    _check_model_file(path)
     with open(path, 'rb') as f:
         is_zip = _is_zip(f.read(4))
     if not is_zip:
@@ -458,7 +541,10 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
         raise CheckpointFormatError(f'{path} could not be loaded as a weights-only PyTorch checkpoint '
                                     f'({type(err).__name__}: {str(err).splitlines()[0]})') from None
     state = _select_params(ckpt, path, param_key)
+    if not isinstance(state, dict):
+        raise CheckpointFormatError(f'{path}: the weights entry is a {type(state).__name__}, not a state dict')
     state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state.items())
+    check_finite(state, str(path))
     if network_opt is None:
         return build_from_state(state, scale, source=str(path))
     from basicsr.archs import build_network
@@ -466,7 +552,13 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
     opts = dict(network_opt)
     if opts.get('type') != 'D2CSR':
         raise ValueError(f'network_g:type is {opts.get("type")!r}; D2C-SR inference needs type: D2CSR')
-    net = build_network(dict(opts))
+    try:
+        net = build_network(dict(opts))
+    except TypeError as err:  # an option D2CSR does not take (a typo such as num_feats)
+        import inspect
+
+        valid = [k for k in inspect.signature(D2CSR.__init__).parameters if k not in ('self', 'kwargs')]
+        raise ValueError(f'network_g cannot build D2CSR ({err}); valid options: {", ".join(valid)}') from None
     if scale is not None and scale != net.upscale:
         raise ValueError(f'the options give an x{net.upscale} network, but scale {scale} was asked for')
     try:
@@ -486,8 +578,11 @@ def load_network(model_path, opt_path=None, scale=None, param_key=None):
     if beside is not None:
         try:
             net, opts = load_model(model_path, beside[0], scale, param_key)
-            return net, opts, f'from {beside[1]}'
-        except CheckpointFormatError:  # the options file no longer matches the weights
-            pass
+        except CheckpointFormatError as err:  # the saved options do not build these weights: no silent guess
+            raise CheckpointFormatError(f'{err}\nThe options file {beside[1]} saved beside the checkpoint does not '
+                                        'fit its weights; pass the options that trained them with -opt.') from None
+        return net, opts, f'from {beside[1]}'
     net, opts = load_model(model_path, None, scale, param_key)
-    return net, opts, 'inferred from the weights'
+    return net, opts, ('inferred from the weights (no options file beside it; ' + ', '.join(NO_TRACE_OPTIONS)
+                       + ' leave no trace in the weights and take their defaults: pass -opt if the model was '
+                       'trained otherwise)')

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+MAX_PIXELS = 1 << 30  # OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS); larger headers are refused before decoding
 _MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -48,11 +49,65 @@ def list_images(path):
             if name.lower().endswith(IMG_EXTENSIONS) and osp.isfile(osp.join(path, name))]
 
 
-def read_image(path):
-    """Read ``path`` (8/16-bit; gray, colour or colour + alpha). Raises :class:`UnreadableImage`."""
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+def header_size(path):
+    """``(h, w)`` from the file's header (Pillow, nothing decoded), or ``None`` when Pillow does not know the
+    format. Raises :class:`UnreadableImage` for a header claiming more than :data:`MAX_PIXELS` pixels."""
+    import warnings
+
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    limit = PILImage.MAX_IMAGE_PIXELS
+    try:  # Pillow's own bomb check would hide the size; MAX_PIXELS is checked below instead
+        PILImage.MAX_IMAGE_PIXELS = None
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', PILImage.DecompressionBombWarning)
+            with PILImage.open(path) as img:
+                w, h = img.size
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, PILImage.DecompressionBombError):
+        return None
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
+    if w * h > MAX_PIXELS:
+        raise UnreadableImage(f'its header claims a huge image ({w}x{h} pixels, more than the {MAX_PIXELS:,} that '
+                              'can be decoded); refused before decoding')
+    return h, w
+
+
+def _is_truncated_jpeg(path):
+    """A JPEG whose header is intact but whose data is cut short (OpenCV fills the rest with grey)."""
+    from PIL import Image as PILImage
+
+    with open(path, 'rb') as f:
+        if f.read(2) != b'\xff\xd8':
+            return False
+    try:
+        with PILImage.open(path) as img:
+            img.load()
+    except OSError:
+        return True
+    return False
+
+
+def decode_image(path, flags=cv2.IMREAD_UNCHANGED, strict=False):
+    """``cv2.imread(path, flags)`` that never raises anything but :class:`UnreadableImage` (with the reason):
+    the header is checked first (a huge claimed size is refused before any memory is taken), decoder errors
+    (``cv2.error``) become a skip, and with ``strict`` a JPEG whose data is cut short is refused instead of
+    being returned with a grey band."""
+    header_size(path)
+    try:
+        img = cv2.imread(str(path), flags)
+    except cv2.error as err:
+        raise UnreadableImage(f'the decoder failed ({str(err).strip().splitlines()[-1][:160]})') from None
     if img is None:
         raise UnreadableImage('not a readable image (empty, truncated or of an unknown format)')
+    if strict and _is_truncated_jpeg(path):
+        raise UnreadableImage('a truncated JPEG (its data ends early; decoded, part of it would be grey)')
+    return img
+
+
+def read_image(path):
+    """Read ``path`` (8/16-bit; gray, colour or colour + alpha). Raises :class:`UnreadableImage`."""
+    img = decode_image(path, cv2.IMREAD_UNCHANGED)
     if img.dtype not in _MAX_VALUE:
         raise UnreadableImage(f'samples of type {img.dtype} are not supported (8-bit or 16-bit images only)')
     scale = _MAX_VALUE[img.dtype]

@@ -25,7 +25,10 @@ def resolve_device(name):
 
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f'error: --device {name!r} is not a device; use auto, cpu, cuda or cuda:N')
     if device.type == 'cuda' and not torch.cuda.is_available():
         sys.exit(f'error: --device {name} asks for a GPU, but none is available (use --device cpu)')
     return device

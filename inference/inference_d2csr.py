@@ -47,6 +47,36 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def plan_outputs(paths, args, num_branches=None):
+    """``{input: (output, [branch outputs])}``; exits naming them when two inputs would write the same file
+    (``photo.png`` and ``photo.jpg`` with ``--ext png``) or an output would overwrite an input (the output
+    folder is the input folder, so a second run would upscale the first one's results)."""
+    if osp.isdir(args.input) and osp.realpath(args.output) == osp.realpath(args.input):
+        sys.exit(f'error: the output folder {args.output!r} is the input folder: the results would be mixed with '
+                 'the inputs (and a second run would upscale them again); choose another -o.')
+    outputs, owner = {}, {}
+    inputs = {osp.realpath(p): p for p in paths}
+    clashes = []
+    for path in paths:
+        imgname, ext = osp.splitext(osp.basename(path))
+        ext = '.png' if args.ext == 'png' else ext.lower()
+        sr = osp.join(args.output, f'{imgname}_{args.suffix}{ext}')
+        branches = [osp.join(args.output, f'{imgname}_{args.suffix}_branch{i + 1}{ext}')
+                    for i in range(num_branches or 0)] if args.save_branches else []
+        for out in [sr] + branches:
+            real = osp.realpath(out)
+            if real in owner:
+                clashes.append(f'{owner[real]} and {path} would both write {out}')
+            elif real in inputs:
+                clashes.append(f'{path} would overwrite the input {inputs[real]}')
+            owner.setdefault(real, path)
+        outputs[path] = (sr, branches)
+    if clashes:
+        sys.exit('error: output names collide, nothing was written:\n  ' + '\n  '.join(clashes)
+                 + '\nUse --ext auto (keeps each input\'s extension), another --suffix or another -o.')
+    return outputs
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -68,13 +98,17 @@ def main(argv=None):
     paths = list_images(args.input)
     if not paths:
         sys.exit(f'error: no images found in {args.input!r}')
-    os.makedirs(args.output, exist_ok=True)
+    outputs = plan_outputs(paths, args, net.num_branches)
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as err:
+        sys.exit(f'error: cannot create the output folder {args.output!r} ({err.strerror or err}); choose another '
+                 '-o (a folder, not a file).')
     skipped = []
     bar = tqdm(paths, unit='img')
     for path in bar:
-        imgname, ext = osp.splitext(osp.basename(path))
-        ext = '.png' if args.ext == 'png' else ext.lower()
-        bar.set_postfix_str(imgname)
+        sr_path, branch_paths = outputs[path]
+        bar.set_postfix_str(osp.basename(path))
         try:
             image = read_image(path)
         except UnreadableImage as err:
@@ -99,10 +133,9 @@ def main(argv=None):
         finally:
             tiles.close()
         try:
-            write_image(osp.join(args.output, f'{imgname}_{args.suffix}{ext}'), tensor_to_rgb(out.sr), image)
-            for i, branch in enumerate(out.branches or []):
-                write_image(osp.join(args.output, f'{imgname}_{args.suffix}_branch{i + 1}{ext}'),
-                            tensor_to_rgb(branch), image)
+            write_image(sr_path, tensor_to_rgb(out.sr), image)
+            for branch_path, branch in zip(branch_paths, out.branches or []):
+                write_image(branch_path, tensor_to_rgb(branch), image)
         except OSError as err:
             skipped.append((path, str(err)))
             tqdm.write(f'skipped {path}: {err}')

@@ -19,7 +19,8 @@ Examples (paths as in the README's "Data" section)::
 
 Train on the result with BasicSR's PairedImageDataset: ``dataroot_gt: OUT/HR``, ``dataroot_lq: OUT/LR``
 (``io_backend: disk``), or ``OUT/HR.lmdb`` / ``OUT/LR.lmdb`` with ``io_backend: {type: lmdb}``.
-Interrupting it leaves OUT as it was; re-running it writes the same files.
+Interrupting or killing it leaves OUT as it was (it is swapped in whole when complete); re-running it writes the
+same files. It refuses to delete files in OUT that it did not write, unless --overwrite.
 """
 import argparse
 import os.path as osp
@@ -47,6 +48,8 @@ def parse_args(argv=None):
                         '(default: 120 x scale for train, 0 for test)')
     parser.add_argument('--step', type=int, default=None, help='HR step between sub-images (default: crop / 2)')
     parser.add_argument('--lmdb', action='store_true', help='also write OUT/HR.lmdb and OUT/LR.lmdb')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace OUT even when it holds files an earlier run did not write (they are deleted)')
     parser.add_argument('--compression-level', type=int, default=3, help='PNG compression (BasicSR: 3)')
     parser.add_argument('--lq-at-gt-size', choices=['bicubic'], default=None,
                         help='LR stored at HR size (RealSR before V3): downsample it by the scale')
@@ -80,7 +83,8 @@ def main(argv=None):
     try:
         prepare(args.layout, args.root, args.scale, args.out, split=args.split, crop_size=args.crop_size,
                 step=args.step, lmdb=args.lmdb, compression_level=args.compression_level,
-                lq_at_gt_size=args.lq_at_gt_size, log=lambda msg: print(msg, flush=True), **kwargs)
+                lq_at_gt_size=args.lq_at_gt_size, log=lambda msg: print(msg, flush=True), overwrite=args.overwrite,
+                **kwargs)
     except DataError as err:
         sys.exit(f'error: {err}')
     except KeyboardInterrupt:

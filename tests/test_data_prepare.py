@@ -141,8 +141,12 @@ def test_rerun_gives_the_same_result_and_leaves_nothing_behind(run, trees, tmp_p
     assert images and all(first[k] == second[k] for k in images) and set(first) == set(second)
     assert lmdb_items(out / 'HR.lmdb') == first_lmdb
     assert sorted(os.listdir(out)) == ['HR', 'HR.lmdb', 'LR', 'LR.lmdb', 'meta_info.txt']
-    # without --lmdb the LMDBs of the previous run (now stale) go; the folders are the same
-    prepare_realsr(run, trees, out)
+    # without --lmdb the LMDBs of the previous run would go: refused, naming them, until --overwrite
+    code, _, stderr = run('realsr', '--root', trees['realsr'], '--scale', 4, '--out', out, '--crop-size', 48,
+                          '--step', 24)
+    assert code == 1 and 'HR.lmdb' in stderr and 'LR.lmdb' in stderr and '--overwrite' in stderr
+    assert snapshot(out) == second
+    prepare_realsr(run, trees, out, '--overwrite')
     assert sorted(os.listdir(out)) == ['HR', 'LR', 'meta_info.txt']
     assert all(snapshot(out)[k] == first[k] for k in snapshot(out))
 
@@ -173,6 +177,7 @@ def test_interrupted_run_leaves_out_unchanged(run, trees, tmp_path, monkeypatch)
     assert code == 1 and f'interrupted: nothing in {out} was changed' in stderr
     assert '[1/3] Canon_001' in stdout  # it was well under way
     assert snapshot(out) == before and not [p for p in os.listdir(out) if p.startswith('.')]
+    assert sorted(os.listdir(tmp_path)) == ['sub']  # no staging folder or lock left beside it
 
 
 def test_killed_run_leaves_out_unchanged_and_rerun_cleans_up(run, cli, trees, tmp_path):
@@ -202,9 +207,9 @@ def test_killed_run_leaves_out_unchanged_and_rerun_cleans_up(run, cli, trees, tm
             pytest.fail('the forked prepare run did not finish')
         time.sleep(0.05)
     assert os.WEXITSTATUS(status) == 9
-    leftovers = [p for p in os.listdir(out) if p.startswith('.prepare_tmp_')]
-    assert len(leftovers) == 1 and len(os.listdir(out / leftovers[0] / 'HR')) > 0  # half-written, but aside
-    assert {k: v for k, v in snapshot(out).items() if not k.startswith('.')} == before
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith('.sub.prepare_tmp_')]
+    assert len(leftovers) == 1 and len(os.listdir(tmp_path / leftovers[0] / 'HR')) > 0  # half-written, but aside
+    assert snapshot(out) == before
     code, stdout, _ = run('realsr', '--root', trees['realsr'], '--scale', 4, '--out', out, '--crop-size', 48,
                           '--step', 24, '--lmdb')
     assert code == 0 and f'Removed the leftovers of an interrupted run: {leftovers[0]}' in stdout

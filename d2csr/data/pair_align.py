@@ -3,8 +3,9 @@
 Real captures rarely line up exactly. Three cases are accepted:
 
 * ``exact``: HR is ``scale x`` LR.
-* ``crop_gt``: HR is a few pixels larger (``HR // LR == scale`` on both sides, the authors' test); HR is
-  cropped to ``scale x`` LR at the top left, as the authors do.
+* ``crop_gt``: HR is a few pixels larger than ``scale x`` LR (at most :data:`GT_CROP_TOLERANCE` on each side);
+  HR is cropped to ``scale x`` LR at the top left, as the authors do. (The authors' test, ``HR // LR == scale``,
+  also accepts an HR of 96 beside an LR of 20 at x4, which is misaligned, not a few pixels too large.)
 * ``lq_at_gt_size``: LR stored at HR size (older RealSR versions). Only with ``lq_at_gt_size: bicubic`` in the
   options: both are cropped to a multiple of the scale and LR is downsampled by the scale (bicubic).
 
@@ -18,6 +19,7 @@ import numpy as np
 from .pair_index import DataError
 
 LQ_AT_GT_SIZE_MODES = ('bicubic', )
+GT_CROP_TOLERANCE = 8  # HR pixels an HR may exceed scale x LR by on each side (cropped away)
 
 
 def check_lq_at_gt_size(mode, option='lq_at_gt_size'):
@@ -34,7 +36,7 @@ def relation(gt_hw, lq_hw, scale):
         return 'exact'
     if min(hg, wg, hl, wl) <= 0:
         return 'mismatch'
-    if hg // hl == scale and wg // wl == scale:
+    if 0 <= hg - hl * scale <= GT_CROP_TOLERANCE and 0 <= wg - wl * scale <= GT_CROP_TOLERANCE:
         return 'crop_gt'
     if scale > 1 and abs(hg - hl) < scale and abs(wg - wl) < scale:
         return 'lq_at_gt_size'
@@ -49,7 +51,8 @@ def mismatch_message(gt_path, lq_path, gt_hw, lq_hw, scale):
     (hg, wg), (hl, wl) = gt_hw[:2], lq_hw[:2]
     ratio = f'{hg / hl:.2f} x {wg / wl:.2f}' if min(hl, wl) > 0 else 'undefined'
     return (f'{_name(gt_path)} ({hg}x{wg}) / {_name(lq_path)} ({hl}x{wl}): size ratio {ratio}, not the scale {scale} '
-            f'(a larger HR is cropped to {scale} x LR only while HR // LR is {scale} on both sides)')
+            f'(expected HR = {scale} x LR = {hl * scale}x{wl * scale}; an HR at most {GT_CROP_TOLERANCE} pixels larger on '
+            'each side is cropped to it)')
 
 
 def lq_at_gt_size_message(option='lq_at_gt_size: bicubic'):
@@ -87,15 +90,30 @@ def align_pair(img_gt, img_lq, scale, lq_at_gt_size=None, gt_path='', lq_path=''
 
 def image_size(path):
     """``(h, w)`` of an image file from its header (Pillow, no decoding); ``None`` when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-        return h, w
-    except (OSError, UnidentifiedImageError, ValueError):
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        return None if img is None else img.shape[:2]
+        return image_size_or_reason(path)[0]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def image_size_or_reason(path):
+    """``((h, w), None)`` from the header (no decoding; OpenCV for formats Pillow lacks), or ``(None, why)``:
+    a broken link, a folder, a header claiming a huge image or an undecodable file."""
+    from d2csr.image_io import UnreadableImage, decode_image, header_size
+
+    if osp.islink(path) and not osp.exists(path):
+        return None, 'a broken symbolic link'
+    if osp.isdir(path):
+        return None, 'a folder, not an image file'
+    try:
+        hw = header_size(path)
+        if hw is None:
+            hw = decode_image(path).shape[:2]
+    except UnreadableImage as err:
+        return None, str(err)
+    except OSError as err:
+        return None, f'cannot be opened ({err.strerror or err})'
+    return hw, None
 
 
 def check_pair_sizes(pairs, scale, lq_at_gt_size=None, where='data set', option='lq_at_gt_size: bicubic'):
@@ -108,13 +126,15 @@ def check_pair_sizes(pairs, scale, lq_at_gt_size=None, where='data set', option=
     groups = {'exact': [], 'crop_gt': [], 'lq_at_gt_size': []}
     unreadable, mismatched, same_size = [], [], []
     for pair in pairs:
-        gt_hw = pair.get('gt_shape') or image_size(pair['gt_path'])
-        lq_hw = pair.get('lq_shape') or image_size(pair['lq_path'])
-        bad = [pair[k] for k, hw in (('gt_path', gt_hw), ('lq_path', lq_hw)) if hw is None]
+        gt_hw, gt_why = (pair['gt_shape'], None) if pair.get('gt_shape') else image_size_or_reason(pair['gt_path'])
+        lq_hw, lq_why = (pair['lq_shape'], None) if pair.get('lq_shape') else image_size_or_reason(pair['lq_path'])
+        bad = [f'{pair[k]} ({why})' for k, hw, why in (('gt_path', gt_hw, gt_why), ('lq_path', lq_hw, lq_why))
+               if hw is None]
         if bad:
             unreadable += bad
             continue
         rel = relation(gt_hw, lq_hw, scale)
+        pair['lq_hw'] = tuple(lq_hw[:2])
         if rel == 'mismatch':
             mismatched.append(mismatch_message(pair['gt_path'], pair['lq_path'], gt_hw, lq_hw, scale))
         elif rel == 'lq_at_gt_size' and lq_at_gt_size is None:

@@ -39,12 +39,13 @@ def check_split(split):
 
 
 def list_images(folder, what='images'):
-    """Image files (by extension, hidden files skipped) directly in ``folder``, sorted by name."""
+    """Entries named like image files (by extension, hidden ones skipped) directly in ``folder``, sorted."""
     if not osp.isdir(folder):
         raise DataError(f'{what}: folder {folder!r} does not exist.')
+    # entries named like images that are not image files (broken links, folders) are kept: the size check
+    # names them with the reason, instead of their partners being reported as "HR without LR"
     names = sorted(n for n in os.listdir(folder)
-                   if not n.startswith('.') and osp.splitext(n)[1].lower() in IMG_EXTENSIONS
-                   and osp.isfile(osp.join(folder, n)))
+                   if not n.startswith('.') and osp.splitext(n)[1].lower() in IMG_EXTENSIONS)
     if not names:
         raise DataError(f'{what}: folder {folder!r} contains no images ({", ".join(IMG_EXTENSIONS)}).')
     return names

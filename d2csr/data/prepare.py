@@ -9,11 +9,22 @@ it also writes ``OUT/HR.lmdb`` and ``OUT/LR.lmdb`` with ``basicsr.utils.lmdb_uti
 ``.png``, as BasicSR's ``create_lmdb.py`` makes them), which BasicSR's ``PairedImageDataset`` reads with
 ``io_backend: lmdb``.
 
-Safe to interrupt and to re-run: everything is written into a staging folder inside ``OUT`` and moved into
-place only when complete (Ctrl-C is held back during those renames); a re-run removes the leftovers of a
-killed run and writes the same files.
+Safe to interrupt, to kill and to re-run: everything is written into a staging folder beside ``OUT``
+(``.<OUT>.prepare_tmp_*``) and, when complete, swapped with ``OUT`` in one atomic step (Linux
+``renameat2(RENAME_EXCHANGE)``; Ctrl-C and SIGTERM are held back meanwhile), so a run killed at any moment
+leaves ``OUT`` as it was or complete. Where the exchange is not available, ``OUT`` is renamed aside and the
+staging folder renamed to ``OUT``; a run killed between the two leaves ``OUT`` aside as
+``.<OUT>.prepare_old_*``, which the next run puts back first. A re-run removes the leftovers of a killed
+run and writes the same files.
+
+It never deletes what it did not write: ``OUT`` may hold only the products of an earlier run
+(``HR``/``LR`` with exactly the names in ``meta_info.txt``, the LMDBs) that this run writes again; anything
+else (``OUT/HR/my_photo.png``, an ``LR.lmdb`` that a run without ``lmdb`` would not replace) is refused,
+naming it, unless ``overwrite=True``.
 """
 import contextlib
+import ctypes
+import errno
 import os
 import os.path as osp
 import shutil
@@ -22,10 +33,12 @@ import tempfile
 
 import cv2
 
+from d2csr.image_io import UnreadableImage, decode_image
+
 from .pair_align import align_pair, check_lq_at_gt_size, check_pair_sizes
 from .pair_index import DataError, folder_pairs, layout_pairs, list_pairs
 
-STAGING_PREFIX = '.prepare_tmp_'
+STAGING_TAG, OLD_TAG = '.prepare_tmp_', '.prepare_old_'
 PRODUCTS = ('HR', 'LR', 'meta_info.txt')
 LMDB_PRODUCTS = ('HR.lmdb', 'LR.lmdb')
 LQ_CROP, LQ_STEP = 120, 60  # default sub-image size / step in LR pixels (BasicSR's 480 / 240 at x4)
@@ -79,19 +92,112 @@ def _human(n):
 
 
 @contextlib.contextmanager
-def _sigint_held():
-    """Hold Ctrl-C back while the finished outputs are renamed into place; yields a list that is non-empty
-    when Ctrl-C arrived meanwhile (the run is complete by then)."""
+def _signals_held():
+    """Hold Ctrl-C and SIGTERM back while the finished output is swapped into place; yields a list that is
+    non-empty when one arrived meanwhile (the run is complete by then, and then exits as asked)."""
     caught = []
+    held = [sig for sig in (signal.SIGINT, getattr(signal, 'SIGTERM', None)) if sig is not None]
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+        for sig in held:
+            previous[sig] = signal.signal(sig, lambda *args: caught.append(args[0]))
     except ValueError:  # not the main thread
         yield caught
         return
     try:
         yield caught
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exchange(a, b):
+    """Atomically swap the directory entries ``a`` and ``b`` (Linux ``renameat2(RENAME_EXCHANGE)``); returns
+    False where that is not available (other systems, old kernels, file systems without it)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def _sibling(out, tag):
+    parent, base = osp.split(osp.abspath(out))
+    return parent, f'.{base}{tag}'
+
+
+def _swap_into_place(staging, out):
+    """Make the complete ``staging`` folder ``out`` in one atomic step; returns the folder holding the
+    previous ``out`` (to delete) or ``None``."""
+    if not osp.lexists(out):
+        os.rename(staging, out)
+        return None
+    if _exchange(staging, out):
+        return staging
+    parent, prefix = _sibling(out, OLD_TAG)
+    old = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.rmdir(old)
+    os.rename(out, old)  # killed right here: the next run renames `old` back to `out`
+    os.rename(staging, out)
+    return old
+
+
+def _recover(out, log):
+    """Put back an ``out`` that a killed run left aside, and remove the leftovers of killed runs."""
+    parent, tmp_prefix = _sibling(out, STAGING_TAG)
+    old_prefix = _sibling(out, OLD_TAG)[1]
+    if not osp.isdir(parent):
+        return
+    names = sorted(os.listdir(parent))
+    olds = [n for n in names if n.startswith(old_prefix)]
+    if olds and not osp.lexists(out):
+        os.rename(osp.join(parent, olds[-1]), out)
+        log(f'Put back {out} from {olds[-1]}, where a killed run had left it.')
+        olds = olds[:-1]
+    stale = [n for n in names if n.startswith(tmp_prefix)] + olds
+    for name in stale:
+        shutil.rmtree(osp.join(parent, name), ignore_errors=True)
+    if stale:
+        log(f'Removed the leftovers of an interrupted run: {", ".join(stale)}')
+
+
+def _foreign_entries(out, products):
+    """What in ``out`` this run would delete without having written it: anything but the products of an
+    earlier run that this run writes again (``HR``/``LR`` holding exactly the names in ``meta_info.txt``,
+    LMDB folders holding BasicSR's three files)."""
+    if not osp.isdir(out):
+        return [out] if osp.lexists(out) else []
+    foreign = []
+    listed = None
+    meta = osp.join(out, 'meta_info.txt')
+    if osp.isfile(meta):
+        with open(meta, encoding='utf-8', errors='replace') as f:
+            listed = {line.split(' (')[0] for line in f if line.strip()}
+    for name in sorted(os.listdir(out)):
+        path = osp.join(out, name)
+        if name not in products:
+            foreign.append(path)
+        elif name in ('HR', 'LR'):
+            if not osp.isdir(path):
+                foreign.append(path)
+                continue
+            extra = sorted(set(os.listdir(path)) - (listed or set()))
+            foreign += [osp.join(path, n) for n in extra]
+        elif name in LMDB_PRODUCTS:
+            if not osp.isdir(path):
+                foreign.append(path)
+                continue
+            foreign += [osp.join(path, n) for n in sorted(os.listdir(path))
+                        if n not in ('data.mdb', 'lock.mdb', 'meta_info.txt')]
+        elif name == 'meta_info.txt' and not osp.isfile(path):
+            foreign.append(path)
+    return foreign
 
 
 @contextlib.contextmanager
@@ -102,7 +208,8 @@ def _exclusive(out):
     except ImportError:  # not POSIX
         yield
         return
-    with open(osp.join(out, '.prepare.lock'), 'w') as lock:
+    parent, name = _sibling(out, '.prepare.lock')
+    with open(osp.join(parent, name), 'w') as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -114,21 +221,28 @@ def _exclusive(out):
 
 
 def _check_out(out, pairs):
+    target = osp.realpath(out)
     sources = {osp.realpath(osp.dirname(p[k])) for p in pairs for k in ('gt_path', 'lq_path')}
-    for name in PRODUCTS + LMDB_PRODUCTS:
-        target = osp.realpath(osp.join(out, name))
-        if any(s == target or s.startswith(target + os.sep) for s in sources):
-            raise DataError(f'--out {out!r} would replace the input folder {target!r}; choose another --out.')
+    for source in sorted(sources):
+        if source == target or source.startswith(target + os.sep):
+            raise DataError(f'--out {out!r} would replace the input folder {source!r}; choose another --out.')
+
+
+def check_scale(scale):
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise DataError(f'--scale must be a positive integer (2, 3, 4 or 8: HR = scale x LR), got {scale!r}.')
+    return scale
 
 
 def prepare_pairs(pairs, scale, out, crop_size=0, step=0, lmdb=False, compression_level=3, lq_at_gt_size=None,
-                  description='pairs', log=print):
+                  description='pairs', log=print, overwrite=False):
     """Write the sub-images (and LMDBs) of ``pairs`` into ``out``; return a summary dict.
 
     Raises :class:`DataError` (before anything in ``out`` changes) for bad sizes, unreadable files or bad
-    crop settings, listing every problem at once.
+    crop settings, listing every problem at once; also when ``out`` holds files this run would delete without
+    having written them (unless ``overwrite``).
     """
-    scale = int(scale)
+    scale = check_scale(scale)
     check_lq_at_gt_size(lq_at_gt_size, '--lq-at-gt-size')
     if crop_size:
         if crop_size < 0 or crop_size % scale or step <= 0 or step % scale:
@@ -138,18 +252,29 @@ def prepare_pairs(pairs, scale, out, crop_size=0, step=0, lmdb=False, compressio
         bad = [p['key'] for p in pairs if not p['key'].isascii()]
         if bad:
             raise DataError(f'LMDB keys must be ASCII; rename: {", ".join(bad)}.')
+        dotted = [p['key'] for p in pairs if '.' in p['key']]
+        if dotted:
+            raise DataError(f'--lmdb: {len(dotted)} name(s) contain a dot ({", ".join(dotted[:10])}); BasicSR\'s '
+                            'PairedImageDataset cuts LMDB keys at the first dot of each meta_info line, so these '
+                            'would collapse (e.g. "astro.v1_s001" -> "astro"). Rename them without dots, or drop '
+                            '--lmdb (the HR/LR folders read fine).')
     option = '--lq-at-gt-size bicubic'
     groups = check_pair_sizes(pairs, scale, lq_at_gt_size, where=description, option=option)
     _check_out(out, pairs)
-    os.makedirs(out, exist_ok=True)
+    products = PRODUCTS + (LMDB_PRODUCTS if lmdb else ())
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
 
     with _exclusive(out):
-        stale = sorted(d for d in os.listdir(out) if d.startswith(STAGING_PREFIX))
-        for name in stale:
-            shutil.rmtree(osp.join(out, name), ignore_errors=True)
-        if stale:
-            log(f'Removed the leftovers of an interrupted run: {", ".join(stale)}')
-        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out)
+        _recover(out, log)
+        foreign = _foreign_entries(out, products)
+        if foreign and not overwrite:
+            raise DataError(f'--out {out!r} holds {len(foreign)} thing(s) this run did not write and would delete: '
+                            + ', '.join(foreign[:10]) + (' ...' if len(foreign) > 10 else '')
+                            + '. Choose another --out, move them away, or pass --overwrite to replace all of '
+                            f'{out!r}. Nothing was changed.')
+        parent, prefix = _sibling(out, STAGING_TAG)
+        staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        old = None
         try:
             summary = _write_all(pairs, scale, staging, crop_size, step, compression_level, lq_at_gt_size,
                                  description, log, out)
@@ -157,21 +282,16 @@ def prepare_pairs(pairs, scale, out, crop_size=0, step=0, lmdb=False, compressio
             raw_bytes = summary.pop('raw_bytes')
             if lmdb:
                 _make_lmdbs(staging, summary['names'], raw_bytes, log)
-            products = PRODUCTS + (LMDB_PRODUCTS if lmdb else ())
-            old = osp.join(staging, 'replaced')
-            os.makedirs(old)
-            with _sigint_held() as ctrl_c:
-                for name in PRODUCTS + LMDB_PRODUCTS:
-                    dst = osp.join(out, name)
-                    if osp.lexists(dst):
-                        os.rename(dst, osp.join(old, name))
-                    if name in products:
-                        os.rename(osp.join(staging, name), dst)
+            _fsync_tree(staging)
+            with _signals_held() as ctrl_c:
+                old = _swap_into_place(staging, out)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            for folder in (staging, old):
+                if folder is not None and osp.lexists(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
 
     if ctrl_c:
-        log('Ctrl-C arrived while the finished outputs were moved into place; they are complete.')
+        log('Ctrl-C / SIGTERM arrived while the finished outputs were moved into place; they are complete.')
     summary.update(out=out, bytes={name: _folder_bytes(osp.join(out, name)) for name in products})
     sizes = ', '.join(f'{name} {_human(n)}' for name, n in summary['bytes'].items())
     total = sum(summary['bytes'].values())
@@ -188,6 +308,19 @@ def prepare_pairs(pairs, scale, out, crop_size=0, step=0, lmdb=False, compressio
     return summary
 
 
+def _fsync_tree(folder):
+    """Flush the staged files to disk before the swap, so that a crash right after it finds them complete."""
+    if os.name == 'nt':
+        return
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(osp.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def _write_all(pairs, scale, staging, crop_size, step, compression_level, lq_at_gt_size, description, log, out):
     hr_dir, lq_dir = osp.join(staging, 'HR'), osp.join(staging, 'LR')
     os.makedirs(hr_dir)
@@ -196,13 +329,17 @@ def _write_all(pairs, scale, staging, crop_size, step, compression_level, lq_at_
     names, meta, skipped, unreadable = [], [], [], []
     raw_bytes = {'HR': 0, 'LR': 0}
     for i, pair in enumerate(pairs, 1):
-        img_gt = cv2.imread(pair['gt_path'], cv2.IMREAD_COLOR)
-        img_lq = cv2.imread(pair['lq_path'], cv2.IMREAD_COLOR)
-        bad = [pair[k] for k, img in (('gt_path', img_gt), ('lq_path', img_lq)) if img is None]
+        images, bad = {}, []
+        for k in ('gt_path', 'lq_path'):
+            try:
+                images[k] = decode_image(pair[k], cv2.IMREAD_COLOR, strict=True)
+            except UnreadableImage as err:
+                bad.append(f'{pair[k]} ({err})')
         if bad:
             unreadable += bad
             log(f'[{i}/{len(pairs)}] {pair["key"]}: cannot read {", ".join(bad)}')
             continue
+        img_gt, img_lq = images['gt_path'], images['lq_path']
         img_gt, img_lq, _ = align_pair(img_gt, img_lq, scale, lq_at_gt_size, pair['gt_path'], pair['lq_path'],
                                        option='--lq-at-gt-size bicubic')
         crops = sub_image_pairs(img_gt, img_lq, scale, crop_size, step)
@@ -248,7 +385,7 @@ def _make_lmdbs(staging, names, raw_bytes, log):
 
 
 def prepare(layout, root, scale, out, split='train', crop_size=None, step=None, lmdb=False, compression_level=3,
-            lq_at_gt_size=None, log=print, **layout_opt):
+            lq_at_gt_size=None, log=print, overwrite=False, **layout_opt):
     """Find the pairs of ``layout`` under ``root`` and :func:`prepare_pairs` them.
 
     ``layout``: ``realsr``, ``drealsr``, ``d2crealsr`` (``layout_opt``: ``cameras`` for RealSR) or ``pairs``
@@ -256,7 +393,7 @@ def prepare(layout, root, scale, out, split='train', crop_size=None, step=None, 
     ``gt_filename_tmpl``, ``lq_regex``, ``gt_regex``; or ``list_file``, relative paths taken from ``root``).
     ``crop_size`` / ``step`` default to :func:`default_crop`.
     """
-    scale = int(scale)
+    scale = check_scale(scale)
     if layout == 'pairs':
         list_file = layout_opt.pop('list_file', None)
         if list_file:
@@ -273,4 +410,5 @@ def prepare(layout, root, scale, out, split='train', crop_size=None, step=None, 
         description = f'{layout} x{scale} {split}'
     crop_size = default_crop(scale, split)[0] if crop_size is None else crop_size
     step = (max(scale, crop_size // 2 // scale * scale) if crop_size else 0) if step is None else step
-    return prepare_pairs(pairs, scale, out, crop_size, step, lmdb, compression_level, lq_at_gt_size, description, log)
+    return prepare_pairs(pairs, scale, out, crop_size, step, lmdb, compression_level, lq_at_gt_size, description, log,
+                         overwrite=overwrite)

@@ -47,6 +47,7 @@ class RealPairedDataset(data.Dataset):
 
     layout = 'pairs'
     supports_lmdb = False
+    checks_own_sizes = True  # sizes are checked (and HR cropped) here, see d2csr.data.eval_check
 
     def __init__(self, opt):
         super().__init__()
@@ -76,8 +77,26 @@ class RealPairedDataset(data.Dataset):
             if groups['lq_at_gt_size']:
                 logger.info(f'{self.name}: {len(groups["lq_at_gt_size"])} LR images are stored at HR size; '
                             f'downsampling them by {self.scale} ({self.lq_at_gt_size}).')
+            if self.phase == 'train':
+                self._check_gt_size()
         self.paths = [dict(lq_path=p['lq_path'], gt_path=p['gt_path']) for p in self.pairs]
         self._warned_crop = False
+
+    def _check_gt_size(self):
+        """``gt_size`` a multiple of the scale and no larger than the smallest HR (after alignment), checked
+        here rather than at the first batch (where BasicSR's message says to delete the image)."""
+        gt_size = self.opt.get('gt_size')
+        if not isinstance(gt_size, int) or isinstance(gt_size, bool) or gt_size <= 0 or gt_size % self.scale:
+            raise DataError(f'{self.name}: gt_size must be a positive multiple of the scale {self.scale} (the LR '
+                            f'patch is gt_size / scale), got {gt_size!r}.')
+        small = [p for p in self.pairs if min(p.get('lq_hw') or (gt_size, )) * self.scale < gt_size]
+        if small:
+            smallest = min(min(p['lq_hw']) for p in small) * self.scale
+            names = ', '.join(f'{osp.basename(str(p["gt_path"]))} ({p["lq_hw"][0] * self.scale}x'
+                              f'{p["lq_hw"][1] * self.scale})' for p in small[:5])
+            raise DataError(f'{self.name}: gt_size {gt_size} is larger than {len(small)} HR image(s) (after '
+                            f'cropping to {self.scale} x LR), e.g. {names}. Lower gt_size to at most '
+                            f'{smallest // self.scale * self.scale} (a multiple of {self.scale}).')
 
     def scan(self):
         """The pairs: a list of ``{'key', 'gt_path', 'lq_path'}`` (see :mod:`d2csr.data.pair_index`)."""

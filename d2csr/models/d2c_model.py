@@ -34,7 +34,8 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from d2csr.checkpoint import capture_rng_state, restore_rng_state, save_with_retry
+from d2csr.checkpoint import capture_rng_state, load_network_checked, restore_rng_state, save_with_retry
+from d2csr.options_check import validate_options
 
 STAGES = ('divergence', 'convergence', 'joint')
 NAN_POLICIES = ('stop', 'skip')
@@ -64,6 +65,7 @@ class D2CModel(SRModel):
     """Divergence / convergence / joint training of a :class:`~d2csr.archs.D2CSR` ``network_g``."""
 
     def __init__(self, opt):
+        validate_options(opt)
         if opt['is_train']:
             stage = opt['train'].get('stage')
             if stage not in STAGES:
@@ -78,6 +80,11 @@ class D2CModel(SRModel):
             if path and not osp.isfile(path):
                 raise FileNotFoundError(f'path:{key} {path!r} does not exist; check the path in your options file.')
         super().__init__(opt)
+
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """BasicSR's ``load_network`` (pretrain, test and resume loads) with the checks of
+        :func:`d2csr.checkpoint.load_network_checked`: weights-only, finite, shapes before loading."""
+        load_network_checked(self.get_bare_model(net), load_path, strict, param_key, get_root_logger())
 
     # ----------------------------------------------------------------------------------------------
     # training set-up
@@ -359,6 +366,9 @@ class D2CModel(SRModel):
         stats['count'] += 1
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        from d2csr.data.eval_check import check_eval_dataset
+
+        check_eval_dataset(dataloader.dataset, self.opt.get('scale', 4))  # before the network runs
         num = self.get_bare_model(self.net_g).num_branches
         self._branch_stats = dict({f'psnr_branch{i + 1}': 0.0 for i in range(num)}, psnr_oracle=0.0, count=0)
         try:

@@ -1,0 +1,528 @@
+"""Hostile inputs (issue 15): nothing silently wrong, nothing lost, every error names the thing and the fix.
+
+Part 1: the cases that gave a wrong result, a hang or lost data. Part 2: the cases that gave a raw traceback.
+Tiny networks, in-process, except two forked prepare runs killed with os._exit (no clean-up runs).
+"""
+import logging
+import os
+import pickle
+import re
+import signal
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import d2csr.checkpoint as checkpoint_module
+import d2csr.data.prepare as prepare_module
+from basicsr.data import build_dataset
+from conftest import TINY_NET, load_script, tiny_options
+from d2csr.archs import D2CSR
+from d2csr.convert import (CheckpointFormatError, UnsafeCheckpointError, d2csr_to_official, load_model,
+                           load_network, load_official, save_basicsr_checkpoint)
+from d2csr.data.eval_check import check_eval_dataset
+from d2csr.data.pair_index import DataError
+from d2csr.image_io import UnreadableImage, read_image
+from d2csr.options_check import validate_options
+from data_trees import camera_pairs_tree
+
+
+def tiny_d2c(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    opts = dict(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    opts.update(kwargs)
+    return D2CSR(**opts).eval()
+
+
+def bomb_png(path, side=100_000):
+    """A valid PNG header claiming ``side`` x ``side`` pixels, with a few bytes of data."""
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
+
+    Path(path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, 8, 2, 0, 0, 0))
+                           + chunk(b'IDAT', zlib.compress(b'\x00' * 100)) + chunk(b'IEND', b''))
+    return path
+
+
+def write_png(path, shape, value=128):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.full(shape, value, np.uint8))
+    return path
+
+
+@pytest.fixture
+def script():
+    return load_script('inference/inference_d2csr.py')
+
+
+@pytest.fixture
+def prep():
+    module = load_script('scripts/prepare_dataset.py')
+
+    def run(*argv):
+        try:
+            module.main([str(a) for a in argv])
+        except SystemExit as exit_:
+            return exit_.code
+        return 0
+    return run
+
+
+def snapshot(out):
+    out = Path(out)
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob('*')) if p.is_file()}
+
+
+# ==================================================================================================
+# Part 1: wrong results, hangs, lost data
+def test_1_a_tiny_self_referencing_pickle_is_refused_at_once(tmp_path, capsys):
+    inner = [np.zeros(1, np.float32)]
+    for _ in range(8):  # 8 levels, each list holding the same inner list 50 times: 50**8 paths, 846 bytes
+        inner = [inner] * 50
+    path = tmp_path / 'tiny.pkl'
+    path.write_bytes(pickle.dumps({'state_dict_D': {'head.0.weight': inner}, 'state_dict_C': {}}))
+    assert path.stat().st_size < 2000
+    start = time.time()
+    with pytest.raises(CheckpointFormatError, match='not arrays'):
+        load_official(str(path))
+    assert time.time() - start < 5
+    with pytest.raises(SystemExit, match='not arrays'):
+        load_script('scripts/convert_official.py').main([str(path), str(tmp_path / 'out.pth')])
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def test_2_non_finite_weights_are_refused_naming_the_tensor(tmp_path, script):
+    net = tiny_d2c()
+    with torch.no_grad():
+        net.head.weight[0, 0, 0, 0] = float('nan')
+    model = tmp_path / 'nan.pth'
+    save_basicsr_checkpoint(net, model)
+    with pytest.raises(CheckpointFormatError, match=r"'head.weight' holds 1 non-finite"):
+        load_model(str(model))
+    write_png(tmp_path / 'in' / 'a.png', (6, 7, 3))
+    with pytest.raises(SystemExit, match='head.weight'):
+        script.main(['-i', str(tmp_path / 'in'), '-o', str(tmp_path / 'out'), '--model_path', str(model)])
+    assert not (tmp_path / 'out').exists()
+    # the converter refuses an official pickle with an Inf as well
+    payload = d2csr_to_official(tiny_d2c(mean_shift='learnable'))
+    payload['state_dict_C']['fusion_final.0.conv.weight'][0, 0, 0, 0] = np.inf
+    pkl = tmp_path / 'inf.pkl'
+    pkl.write_bytes(pickle.dumps(payload))
+    with pytest.raises(SystemExit, match='fusion_final.0.conv.weight'):
+        load_script('scripts/convert_official.py').main([str(pkl), str(tmp_path / 'out.pth')])
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def _run_folder(tmp_path, net, ymls):
+    run = tmp_path / 'experiments' / 'run'
+    (run / 'models').mkdir(parents=True)
+    save_basicsr_checkpoint(net, run / 'models' / 'net_g_latest.pth')
+    for name, network in ymls.items():
+        (run / name).write_text(yaml.safe_dump({'name': 'run', 'network_g': network}))
+    return run / 'models' / 'net_g_latest.pth'
+
+
+def test_3_inference_never_guesses_the_network_silently(tmp_path):
+    net = tiny_d2c(bicubic_skip=True)
+    network = dict(type='D2CSR', num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    ckpt = _run_folder(tmp_path, net, {'train_a.yml': dict(network, bicubic_skip=True),
+                                       'train_b.yml': dict(network, bicubic_skip=False)})
+    with pytest.raises(ValueError, match=r'differ \(in bicubic_skip\).*train_a.yml, train_b.yml.*-opt'):
+        load_network(str(ckpt))
+    # the same network_g in both (a resume under another options name): used, and the log names the file
+    (ckpt.parent.parent / 'train_b.yml').write_text(yaml.safe_dump({'network_g': dict(network, bicubic_skip=True)}))
+    loaded, _, source = load_network(str(ckpt))
+    assert loaded.bicubic_skip and source == f'from {ckpt.parent.parent / "train_a.yml"}'
+    x = torch.rand(1, 3, 5, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    # saved options that no longer fit the weights: an error, not a network inferred from the weights
+    for name in ('train_a.yml', 'train_b.yml'):
+        (ckpt.parent.parent / name).write_text(yaml.safe_dump({'network_g': dict(network, num_feat=16)}))
+    with pytest.raises(CheckpointFormatError, match='does not fit its weights; pass the options .* with -opt'):
+        load_network(str(ckpt))
+
+
+def model_options(tmp_path, photo_data, **kwargs):
+    """A parsed-looking options dict for building a D2CModel in-process."""
+    opt = tiny_options(photo_data, 'pytest_hostile', **kwargs)
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
+    opt['path'].update(experiments_root=str(tmp_path), models=str(tmp_path), training_states=str(tmp_path),
+                       log=str(tmp_path), visualization=str(tmp_path))
+    for phase, dataset in opt['datasets'].items():
+        dataset.update(phase=phase, scale=opt['scale'])
+    return opt
+
+
+def build(opt):
+    from basicsr.models import build_model
+
+    return build_model(opt)
+
+
+def test_4_stage_2_compares_the_traceless_options_with_stage_1(tmp_path, photo_data):
+    stage1 = dict(TINY_NET, bicubic_skip=True)
+    ckpt = _run_folder(tmp_path, D2CSR(**{k: v for k, v in stage1.items() if k != 'type'}), {'train_div.yml': stage1})
+    opt = model_options(tmp_path, photo_data, stage='convergence', pretrain=str(ckpt), network=dict(TINY_NET))
+    with pytest.raises(ValueError, match=r"bicubic_skip: True in stage 1, False here"):
+        build(opt)
+    model = build(model_options(tmp_path, photo_data, stage='convergence', pretrain=str(ckpt), network=stage1))
+    assert model.get_bare_model(model.net_g).bicubic_skip
+
+
+@pytest.mark.parametrize('override, message', [
+    ({'train:divergence_opt:alpha': -1}, r'divergence_opt:alpha must be a finite number >= 0.*got -1'),
+    ({'train:divergence_opt:depth': 1, 'train:divergence_opt:width': 4, 'train:divergence_opt:margins': [5e-5]},
+     r'divergence_opt:depth is 1 but network_g:depth is 2'),
+    ({'train:divergence_opt:margins': [5e-5, -1]}, r'margins must be finite numbers >= 0'),
+])
+def test_5_nonsense_option_values_stop_the_run_at_start(tmp_path, photo_data, override, message):
+    with pytest.raises(ValueError, match=message):
+        build(model_options(tmp_path, photo_data, **override))
+
+
+def test_6_outputs_never_overwrite_each_other_or_the_inputs(tmp_path, script):
+    model = tmp_path / 'net.pth'
+    save_basicsr_checkpoint(tiny_d2c(), model)
+    folder = tmp_path / 'in'
+    write_png(folder / 'photo.png', (6, 7, 3), 10)
+    assert cv2.imwrite(str(folder / 'photo.jpg'), np.full((6, 7, 3), 200, np.uint8))
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit, match=r'photo.jpg and .*photo.png would both write .*photo_D2CSR.png'):
+        script.main(['-i', str(folder), '-o', str(out), '--model_path', str(model), '--ext', 'png'])
+    assert not out.exists()
+    assert script.main(['-i', str(folder), '-o', str(out), '--model_path', str(model), '--tile', '0']) == 0
+    assert sorted(os.listdir(out)) == ['photo_D2CSR.jpg', 'photo_D2CSR.png']
+    before = snapshot(folder)
+    with pytest.raises(SystemExit, match='is the input folder'):
+        script.main(['-i', str(folder), '-o', str(folder), '--model_path', str(model)])
+    assert snapshot(folder) == before
+
+
+def test_7_an_image_header_claiming_a_huge_size_is_skipped_not_fatal(tmp_path, script, capsys):
+    model = tmp_path / 'net.pth'
+    save_basicsr_checkpoint(tiny_d2c(), model)
+    folder = tmp_path / 'in'
+    bomb_png(folder.mkdir() or folder / 'a_bomb.png')
+    write_png(folder / 'b_fine.png', (6, 7, 3))
+    with pytest.raises(UnreadableImage, match='100000x100000'):
+        read_image(str(folder / 'a_bomb.png'))
+    assert script.main(['-i', str(folder), '-o', str(tmp_path / 'out'), '--model_path', str(model)]) == 1
+    stdout = capsys.readouterr().out
+    assert '1 of 2 images written' in stdout and 'a_bomb.png' in stdout.split('skipped:')[1]
+    assert (tmp_path / 'out' / 'b_fine_D2CSR.png').is_file()
+    # prepare_dataset names it instead of a raw DecompressionBombError
+    root = camera_pairs_tree(tmp_path / 'cam')
+    bomb_png(root / 'LR' / 'IMG_0001_lr.png')
+    with pytest.raises(DataError, match=r'IMG_0001_lr.png \(its header claims a huge image'):
+        prepare_module.prepare('pairs', str(root), 4, str(tmp_path / 'sub'), filename_tmpl='{}_lr', log=lambda m: None)
+
+
+def test_8_prepare_refuses_truncated_jpegs_and_dotted_lmdb_keys(tmp_path):
+    root = camera_pairs_tree(tmp_path / 'cam')
+    hr = cv2.imread(str(root / 'HR' / 'IMG_0001.png'))
+    data = cv2.imencode('.jpg', hr)[1].tobytes()
+    (root / 'HR' / 'IMG_0001.png').unlink()
+    (root / 'HR' / 'IMG_0001.jpg').write_bytes(data[:len(data) * 2 // 3])  # header intact, data cut short
+    assert cv2.imread(str(root / 'HR' / 'IMG_0001.jpg')) is not None  # OpenCV decodes it, with a grey band
+    out = tmp_path / 'sub'
+    with pytest.raises(DataError, match=r'IMG_0001.jpg \(a truncated JPEG'):
+        prepare_module.prepare('pairs', str(root), 4, str(out), filename_tmpl='{}_lr', crop_size=0, log=lambda m: None)
+    assert not out.exists()
+
+    root = camera_pairs_tree(tmp_path / 'dots')
+    for side, suffix in (('HR', ''), ('LR', '_lr')):
+        os.rename(root / side / f'IMG_0001{suffix}.png', root / side / f'astro.v1{suffix}.png')
+    with pytest.raises(DataError, match=r'astro.v1.*cuts LMDB keys at the first dot'):
+        prepare_module.prepare('pairs', str(root), 4, str(out), filename_tmpl='{}_lr', lmdb=True, log=lambda m: None)
+    assert not out.exists()
+
+
+def test_8_prepare_never_deletes_files_it_did_not_write(tmp_path, prep, capsys):
+    root = camera_pairs_tree(tmp_path / 'cam')
+    out = tmp_path / 'sub'
+    args = ['pairs', '--root', root, '--scale', 4, '--out', out, '--filename-tmpl', '{}_lr', '--crop-size', 0]
+    assert prep(*args) == 0
+    write_png(out / 'HR' / 'my_photo.png', (8, 8, 3))
+    before = snapshot(out)
+    code = prep(*args)
+    assert 'my_photo.png' in code and '--overwrite' in code and snapshot(out) == before
+    assert prep(*args, '--overwrite') == 0 and not (out / 'HR' / 'my_photo.png').exists()
+    # an LMDB of an earlier --lmdb run would go with a run without --lmdb: asked first
+    assert prep(*args, '--lmdb') == 0
+    before = snapshot(out)
+    code = prep(*args)
+    assert 'LR.lmdb' in code and snapshot(out) == before
+    # a folder the user made, with other files in it
+    mine = tmp_path / 'mine'
+    write_png(mine / 'notes.png', (4, 4, 3))
+    code = prep('pairs', '--root', root, '--scale', 4, '--out', mine, '--filename-tmpl', '{}_lr', '--crop-size', 0)
+    assert 'notes.png' in code and os.listdir(mine) == ['notes.png']
+    assert sorted(os.listdir(tmp_path)) == ['cam', 'mine', 'sub']  # no staging folder or lock left beside OUT
+
+
+def _killed_prepare(root, out, when):
+    """Fork a prepare run that is killed (os._exit, no clean-up) right before or right after the final swap."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            real = prepare_module._exchange
+
+            def exchange(a, b):
+                if when == 'before':
+                    os._exit(9)
+                result = real(a, b)
+                os._exit(9 if result else 8)
+            prepare_module._exchange = exchange
+            prepare_module.prepare('pairs', str(root), 4, str(out), filename_tmpl='{}_lr', crop_size=16, step=16,
+                                   lmdb=True, log=lambda m: None)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status)
+
+
+def _consistent(out):
+    """HR and LR hold exactly the names of meta_info.txt."""
+    names = [line.split(' (')[0] for line in (Path(out) / 'meta_info.txt').read_text().splitlines()]
+    assert sorted(os.listdir(Path(out) / 'HR')) == sorted(names) == sorted(os.listdir(Path(out) / 'LR'))
+    return names
+
+
+def test_8_a_run_killed_at_the_final_step_leaves_out_old_or_new(tmp_path):
+    root = camera_pairs_tree(tmp_path / 'cam')
+    out = tmp_path / 'sub'
+    prepare_module.prepare('pairs', str(root), 4, str(out), filename_tmpl='{}_lr', crop_size=32, step=32, lmdb=True,
+                           log=lambda m: None)
+    old = snapshot(out)
+    assert _killed_prepare(root, out, 'before') == 9
+    assert snapshot(out) == old
+    assert _killed_prepare(root, out, 'after') == 9  # the exchange happened: OUT is the new, complete state
+    assert len(_consistent(out)) == 2 * 36  # LR 24 px, crops of 4 every 4: 6 x 6 per pair
+    ref = tmp_path / 'ref'
+    prepare_module.prepare('pairs', str(root), 4, str(ref), filename_tmpl='{}_lr', crop_size=16, step=16, lmdb=True,
+                           log=lambda m: None)
+    new, expected = snapshot(out), snapshot(ref)
+    assert set(new) == set(expected) and all(new[k] == expected[k] for k in expected if not k.endswith('.mdb'))
+    leftovers = [n for n in os.listdir(tmp_path) if n.startswith('.sub.prepare_tmp_')]
+    assert len(leftovers) == 1 and snapshot(tmp_path / leftovers[0]) == old  # the old OUT, aside
+    logged = []
+    prepare_module.prepare('pairs', str(root), 4, str(out), filename_tmpl='{}_lr', crop_size=16, step=16, lmdb=True,
+                           log=logged.append)
+    assert any('Removed the leftovers' in m for m in logged) and sorted(os.listdir(tmp_path)) == ['cam', 'ref', 'sub']
+
+
+def test_8_without_an_atomic_exchange_a_killed_swap_is_put_back(tmp_path, monkeypatch):
+    root = camera_pairs_tree(tmp_path / 'cam')
+    out = tmp_path / 'sub'
+    prepare_module.prepare('pairs', str(root), 4, str(out), filename_tmpl='{}_lr', crop_size=0, log=lambda m: None)
+    old = snapshot(out)
+    monkeypatch.setattr(prepare_module, '_exchange', lambda a, b: False)
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):  # killed between moving OUT aside and moving the new one in
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+    monkeypatch.setattr(prepare_module.os, 'rename', rename)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_module.prepare('pairs', str(root), 4, str(out), filename_tmpl='{}_lr', crop_size=16, step=16,
+                               log=lambda m: None)
+    monkeypatch.setattr(prepare_module.os, 'rename', real_rename)
+    assert not out.exists() and [n for n in os.listdir(tmp_path) if n.startswith('.sub.prepare_old_')]
+    logged = []
+    prepare_module._recover(str(out), logged.append)
+    assert snapshot(out) == old and 'Put back' in logged[0]
+
+
+def test_8_sigterm_is_held_back_during_the_swap():
+    with prepare_module._signals_held() as caught:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+    assert caught == [signal.SIGTERM]
+
+
+def test_9_an_hr_more_than_a_few_pixels_larger_is_an_error(tmp_path):
+    root = tmp_path / 'pairs'
+    write_png(root / 'HR' / 'a.png', (96, 96, 3))
+    write_png(root / 'LR' / 'a.png', (20, 20, 3))
+    with pytest.raises(DataError, match=r'expected HR = 4 x LR = 80x80; an HR at most 8 pixels larger'):
+        prepare_module.prepare('pairs', str(root), 4, str(tmp_path / 'out'), crop_size=0, log=lambda m: None)
+    write_png(root / 'HR' / 'a.png', (83, 86, 3))  # a few pixels: cropped
+    summary = prepare_module.prepare('pairs', str(root), 4, str(tmp_path / 'out'), crop_size=0, log=lambda m: None)
+    assert summary['cropped_gt'] == 1
+
+
+def test_10_a_full_disk_does_not_crash_training_and_says_so(tmp_path, monkeypatch, caplog):
+    def full(obj, f):
+        f.write(b'PK\x03\x04partial')
+        raise RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 4736 vs 4630')
+    monkeypatch.setattr(checkpoint_module.torch, 'save', full)
+    monkeypatch.setattr(checkpoint_module.time, 'sleep', lambda s: None)
+    logger = logging.getLogger('pytest_hostile_disk')
+    path = tmp_path / 'net_g_4.pth'
+    with caplog.at_level(logging.WARNING, logger='pytest_hostile_disk'):
+        assert checkpoint_module.save_with_retry({'params': {}}, path, logger) is False
+    assert 'disk full' in caplog.text and 'free some space' in caplog.text
+    assert os.listdir(tmp_path) == []  # nothing partial left
+    # any other RuntimeError is a bug, not a full disk: raised
+    monkeypatch.setattr(checkpoint_module.torch, 'save', lambda obj, f: (_ for _ in ()).throw(RuntimeError('bug')))
+    with pytest.raises(RuntimeError, match='bug'):
+        checkpoint_module.save_with_retry({'params': {}}, path, logger)
+
+
+# ==================================================================================================
+# Part 2: raw tracebacks -> messages naming the thing and the fix
+def test_inference_arguments(tmp_path, script):
+    model = tmp_path / 'net.pth'
+    save_basicsr_checkpoint(tiny_d2c(), model)
+    img = write_png(tmp_path / 'a.png', (6, 7, 3))
+    (tmp_path / 'file').write_text('x')
+    base = ['-i', str(img), '--model_path', str(model)]
+    with pytest.raises(SystemExit, match='cannot create the output folder'):
+        script.main(base + ['-o', str(tmp_path / 'file')])
+    with pytest.raises(SystemExit, match='cannot create the output folder'):
+        script.main(base + ['-o', str(tmp_path / 'file' / 'sub')])
+    with pytest.raises(SystemExit, match='is a folder, not a checkpoint file'):
+        script.main(['-i', str(img), '-o', str(tmp_path / 'o'), '--model_path', str(tmp_path)])
+    opt = tmp_path / 'net.yml'
+    opt.write_text('network_g:\n  type: D2CSR\n  num_feats: 8\n  upscale: 2\n')
+    with pytest.raises(SystemExit, match=r'num_feats.*valid options: num_in_ch, num_out_ch, num_feat'):
+        script.main(base + ['-o', str(tmp_path / 'o'), '-opt', str(opt)])
+    opt.write_text('network_g:\n  type: D2CSR\n   num_feat: [8\n')
+    with pytest.raises(SystemExit, match='is not valid YAML'):
+        script.main(base + ['-o', str(tmp_path / 'o'), '-opt', str(opt)])
+    with pytest.raises(SystemExit, match="--device 'tpu' is not a device; use auto, cpu, cuda"):
+        script.main(base + ['-o', str(tmp_path / 'o'), '--device', 'tpu'])
+
+
+def test_official_pickles_of_the_wrong_shape(tmp_path):
+    def refused(payload, error, match, raw=None):
+        path = tmp_path / 'x.pkl'
+        path.write_bytes(raw if raw is not None else pickle.dumps(payload))
+        with pytest.raises(error, match=match):
+            load_official(str(path))
+    refused({'state_dict_D': 3, 'state_dict_C': {}}, CheckpointFormatError, 'state_dict_D is a int, not a dict')
+    refused({'state_dict_D': [1, 2], 'state_dict_C': {}}, CheckpointFormatError, 'state_dict_D is a list')
+    refused({'state_dict_D': {'head.0.weight': np.array(['a', 'b'])}, 'state_dict_C': {}}, CheckpointFormatError,
+            r"\['head.0.weight'\] is an array of <U1")
+    depth = 200_000  # ']' pushes an empty list, 'a' appends it to the one below: 200,000 nested lists
+    refused(None, UnsafeCheckpointError, 'nested deeper than 32 levels', raw=b']' * depth + b'a' * (depth - 1) + b'.')
+
+
+def test_the_authors_pickle_as_pretrain_points_to_the_converter(tmp_path, photo_data):
+    pkl = tmp_path / 'D2C-SR_x4.pkl'
+    net = D2CSR(**dict({k: v for k, v in TINY_NET.items() if k != 'type'}, mean_shift='learnable'))
+    pkl.write_bytes(pickle.dumps(d2csr_to_official(net)))
+    opt = model_options(tmp_path, photo_data, pretrain=str(pkl), network=dict(TINY_NET, mean_shift='learnable'))
+    with pytest.raises(ValueError, match=r'convert it first with python scripts/convert_official.py'):
+        build(opt)
+
+
+def test_training_options_that_would_fail_later(tmp_path, photo_data):
+    def refused(match, **kwargs):
+        with pytest.raises(ValueError, match=match):
+            build(model_options(tmp_path, photo_data, **kwargs))
+    refused(r'network_g \(D2CSR\) has no option\(s\) num_feats; valid: num_in_ch, num_out_ch, num_feat',
+            network=dict(TINY_NET, num_feats=8))
+    refused(r'gt_size must be a positive multiple of scale 4.*got 66', **{'datasets:train:gt_size': 66})
+    refused(r'scale is 2 but network_g:upscale is 4', scale=2)
+    refused(r'num_gpu is 1 but this machine has no usable GPU; set num_gpu: 0 .* --force_yml num_gpu=0', num_gpu=1)
+    # weights of another shape: one line naming the first differing tensor
+    other = tmp_path / 'other.pth'
+    save_basicsr_checkpoint(D2CSR(**dict({k: v for k, v in TINY_NET.items() if k != 'type'}, num_feat=8)), other)
+    with pytest.raises(ValueError, match=r'does not fit network_g \(\d+ tensors differ in shape \(e.g. head.weight: '
+                       r'\(8, 3, 3, 3\) saved, \(16, 3, 3, 3\) now\)') as info:
+        build(model_options(tmp_path, photo_data, pretrain=str(other)))
+    assert len(str(info.value)) < 800
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message given without a GPU')
+def test_all_problems_are_listed_at_once(photo_data, tmp_path):
+    opt = model_options(tmp_path, photo_data, num_gpu=1, scale=2, **{'train:divergence_opt:alpha': float('nan')})
+    with pytest.raises(ValueError, match=r'3 problem\(s\)') as info:
+        validate_options(opt)
+    assert 'num_gpu' in str(info.value) and 'upscale' in str(info.value) and 'alpha' in str(info.value)
+
+
+def test_gt_size_larger_than_an_image_says_to_lower_gt_size(tmp_path):
+    root = camera_pairs_tree(tmp_path / 'cam')  # 96 px HR
+    opt = dict(name='cam', type='PairedFolderDataset', dataroot_gt=str(root / 'HR'), dataroot_lq=str(root / 'LR'),
+               filename_tmpl='{}_lr', io_backend={'type': 'disk'}, phase='train', scale=4, gt_size=128)
+    with pytest.raises(DataError, match=r'gt_size 128 is larger than 2 HR image\(s\).*Lower gt_size to at most 96'):
+        build_dataset(opt)
+    with pytest.raises(DataError, match=r'gt_size must be a positive multiple of the scale 4'):
+        build_dataset(dict(opt, gt_size=50))
+
+
+def test_a_truncated_resume_state_names_the_file_and_auto_resume(tmp_path):
+    from d2csr.compat import load_resume_state
+
+    state = tmp_path / '4.state'
+    torch.save({'iter': 4, 'epoch': 0}, state)
+    state.write_bytes(state.read_bytes()[:100])
+    opt = dict(auto_resume=False, num_gpu=0, path=dict(resume_state=str(state), training_states=str(tmp_path),
+                                                        models=str(tmp_path)), train={'stage': 'divergence'})
+    with pytest.raises(ValueError, match=r'4.state cannot be read .* truncated .*--auto_resume'):
+        load_resume_state(opt)
+
+
+def test_paired_image_dataset_checked_before_the_network_runs(tmp_path):
+    def dataset(gt, lq):
+        return build_dataset(dict(name='val', type='PairedImageDataset', dataroot_gt=str(gt), dataroot_lq=str(lq),
+                                  filename_tmpl='{}', io_backend={'type': 'disk'}, phase='val', scale=4))
+    (tmp_path / 'HR').mkdir()
+    (tmp_path / 'LR').mkdir()
+    with pytest.raises(DataError, match='val: the data set is empty'):
+        check_eval_dataset(dataset(tmp_path / 'HR', tmp_path / 'LR'), 4)
+    write_png(tmp_path / 'HR' / 'a.png', (40, 40, 3))
+    write_png(tmp_path / 'LR' / 'a.png', (12, 12, 3))
+    with pytest.raises(DataError, match=r'a.png \(40x40\) / a.png \(12x12\): HR is not 4 x LR'):
+        check_eval_dataset(dataset(tmp_path / 'HR', tmp_path / 'LR'), 4)
+    write_png(tmp_path / 'HR' / 'a.png', (48, 48, 3))
+    check_eval_dataset(dataset(tmp_path / 'HR', tmp_path / 'LR'), 4)
+    # the training set: a gt_size larger than an image says to lower gt_size (BasicSR: "Please remove a.png")
+    with pytest.raises(DataError, match=r'a.png \(48x48\) is smaller than gt_size 64: lower gt_size'):
+        check_eval_dataset(dataset(tmp_path / 'HR', tmp_path / 'LR'), 4, gt_size=64)
+
+
+def test_prepare_names_broken_links_folders_and_a_zero_scale(tmp_path, prep):
+    root = camera_pairs_tree(tmp_path / 'cam')
+    (root / 'LR' / 'IMG_0001_lr.png').unlink()
+    os.symlink(tmp_path / 'nowhere.png', root / 'LR' / 'IMG_0001_lr.png')
+    (root / 'LR' / 'IMG_0002_lr.png').unlink()
+    (root / 'LR' / 'IMG_0002_lr.png').mkdir()
+    code = prep('pairs', '--root', root, '--scale', 4, '--out', tmp_path / 'out', '--filename-tmpl', '{}_lr')
+    assert 'IMG_0001_lr.png (a broken symbolic link)' in code and 'IMG_0002_lr.png (a folder' in code
+    assert 'HR without LR' not in code
+    code = prep('pairs', '--root', root, '--scale', 0, '--out', tmp_path / 'out')
+    assert '--scale must be a positive integer' in code
+    assert not (tmp_path / 'out').exists()
+
+
+def test_train_entry_point_gt_size_larger_than_the_images(photo_data, tmp_path):
+    """Through d2csr/train.py with BasicSR's PairedImageDataset: stopped before the first batch, naming gt_size."""
+    from conftest import run_entry, unique_name, write_options
+
+    opt = tiny_options(photo_data, unique_name('gt_size'), **{'datasets:train:gt_size': 400})
+    proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'train.yml'), check=False)
+    assert proc.returncode != 0
+    assert 'is smaller than gt_size 400: lower gt_size' in proc.stderr and 'Please remove' not in proc.stderr
+    # an empty validation folder is named at start, not by an UnboundLocalError at the first validation
+    (tmp_path / 'empty_HR').mkdir()
+    (tmp_path / 'empty_LR').mkdir()
+    opt = tiny_options(photo_data, unique_name('empty_val'), **{'datasets:val:dataroot_gt': str(tmp_path / 'empty_HR'),
+                                                                'datasets:val:dataroot_lq': str(tmp_path / 'empty_LR')})
+    proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'train.yml'), check=False)
+    assert proc.returncode != 0 and 'photos_val: the data set is empty' in proc.stderr
+    assert not re.search(r'iter:\s+\d+,', proc.stdout + proc.stderr)  # stopped before the first iteration
