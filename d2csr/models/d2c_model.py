@@ -35,6 +35,7 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from d2csr.checkpoint import capture_rng_state, restore_rng_state, save_with_retry
+from d2csr.losses.perceptual import build_perceptual_loss, perceptual_terms
 
 STAGES = ('divergence', 'convergence', 'joint')
 NAN_POLICIES = ('stop', 'skip')
@@ -151,6 +152,8 @@ class D2CModel(SRModel):
             if not train_opt.get('convergence_opt'):
                 raise ValueError(f'train:convergence_opt is required for stage {self.stage!r}')
             self.cri_conv = build_loss(train_opt['convergence_opt']).to(self.device)
+        percep_opt = train_opt.get('perceptual_opt')
+        self.cri_perceptual = build_perceptual_loss(percep_opt).to(self.device) if percep_opt else None
 
         self.setup_optimizers(trained)
         self.setup_schedulers()
@@ -189,11 +192,14 @@ class D2CModel(SRModel):
             self.optimizer_g.zero_grad(set_to_none=True)
             branches = self.net_g(self.lq, mode='branches')
             terms = self.cri_div.terms(branches, self.gt, current_iter)
-            terms['l_div'].backward()
+            percep = self._perceptual_terms(branches, self.gt)
+            sum([terms['l_div'], *percep.values()]).backward()
             losses = {k: terms[k].detach() for k in ('l_branch', 'l_triplet', 'l_div')}
+            losses.update((k, v.detach()) for k, v in percep.items())
             self._guarded_step(self.optimizer_g, current_iter, losses)
             loss_dict['l_branch'] = losses['l_branch']
             loss_dict['l_triplet'] = losses['l_triplet']
+            loss_dict.update((k, losses[k]) for k in percep)
             loss_dict['alpha'] = torch.tensor(terms['alpha'], device=self.device)
             del branches, terms
         if self.stage in ('convergence', 'joint'):
@@ -201,15 +207,25 @@ class D2CModel(SRModel):
             optimizer.zero_grad(set_to_none=True)
             self.output = self.net_g(self.lq, mode='converge')
             l_conv = self.cri_conv(self.output, self.gt)
-            l_conv.backward()
-            loss_dict['l_conv'] = l_conv.detach()
-            self._guarded_step(optimizer, current_iter, {'l_conv': loss_dict['l_conv']})
+            percep = self._perceptual_terms([self.output], self.gt, suffix='_fused' if self.stage == 'joint' else '')
+            sum([l_conv, *percep.values()]).backward()
+            losses = {'l_conv': l_conv.detach(), **{k: v.detach() for k, v in percep.items()}}
+            loss_dict.update(losses)
+            self._guarded_step(optimizer, current_iter, losses)
 
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.nan_skips:
             self.log_dict['nan_skips'] = self.nan_skips
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _perceptual_terms(self, outputs, gt, suffix=''):
+        """``train: perceptual_opt``'s terms for ``outputs`` (list of ``(N, 3, H, W)``, summed over the list, as
+        the branches' MSE terms are): ``{'l_percep' + suffix: ..., 'l_style' + suffix: ...}`` (those set), ``{}``
+        without ``perceptual_opt``."""
+        if self.cri_perceptual is None:
+            return {}
+        return {k + suffix: v for k, v in perceptual_terms(self.cri_perceptual, outputs, gt).items()}
 
     def _guarded_step(self, optimizer, current_iter, losses):
         """``optimizer.step()`` unless a loss term or a gradient is NaN/Inf (on any process).
