@@ -17,6 +17,7 @@ or VGG16 ImageNet weights) is downloaded once by torchvision or read from ``pret
 package's linear layers: **for tests only**, it is not LPIPS.
 """
 import functools
+import warnings
 
 import numpy as np
 import torch
@@ -43,7 +44,9 @@ def _default_device():
 def _cached_lpips_net(net, path, device):
     import lpips
 
-    model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)  # backbone filled in below; linear layers: lpips'
+    with warnings.catch_warnings():  # lpips asks torchvision for `pretrained=False`, deprecated but working
+        warnings.filterwarnings('ignore', category=UserWarning, module='torchvision')
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)  # backbone below; linear layers: lpips'
     if path is not None:
         features = load_backbone(lpips_backbone(net), path).features
         for stage in model.net.children():  # lpips' slices keep torchvision's module indices as names
