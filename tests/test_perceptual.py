@@ -145,6 +145,30 @@ def test_missing_weight_files_are_named_with_the_option_to_set(tmp_path, monkeyp
     assert resolve_weights('alexnet', None, 'x') == str(cached)
 
 
+def test_training_step_adds_the_vgg_terms_and_guards_them(photo_data, tmp_path):
+    from test_numerics import batch, make_model, weights
+
+    def step(stage, percep, bad=None):
+        model = make_model(photo_data, tmp_path, stage=stage, **({'train:perceptual_opt': dict(PERCEP_OPT)}
+                                                                 if percep else {}))
+        model.feed_data(batch(bad))
+        model.optimize_parameters(1)
+        return model
+
+    plain, joint = step('joint', False), step('joint', True)
+    log = joint.get_current_log()
+    assert log['l_percep'] > 0 and log['l_percep_fused'] > 0  # every branch, and the fused output
+    assert log['l_branch'] == plain.get_current_log()['l_branch']  # same forward, same MSE terms
+    fusion = [k for k in weights(joint) if k.startswith('fusion.')]
+    tree = [k for k in weights(joint) if not k.startswith('fusion.')]
+    for keys in (tree, fusion):  # the VGG terms change both updates
+        assert any(not torch.equal(weights(joint)[k], weights(plain)[k]) for k in keys)
+    with pytest.raises(FloatingPointError, match=r'stage divergence\): .*l_percep=nan'):
+        step('divergence', True, bad=float('nan'))
+    with pytest.raises(FloatingPointError, match=r'stage convergence\): l_conv=nan, l_percep=nan'):
+        step('convergence', True, bad=float('nan'))
+
+
 # ------------------------------------------------------------------------------------------------------
 # through the entry points
 def lpips_values(log):
