@@ -19,7 +19,9 @@ This module must be imported *before* ``basicsr`` (``import d2csr`` does it firs
    trained on and restores the saved RNG states when the first new batch is drawn. BasicSR itself restarts
    the epoch from its first batch. It also refuses a world size / batch size with no batch per epoch;
 5. lets BasicSR's ``VGGFeatureExtractor`` (``PerceptualLoss``) take its weights from a given file, or none
-   (random, for tests), instead of a fixed path or torchvision's download (:func:`basicsr_vgg_weights`);
+   (random, for tests), instead of a fixed path or torchvision's download (:func:`basicsr_vgg_weights`), and
+   gives ``PerceptualLoss`` a working ``criterion: l2`` (BasicSR 1.4.2 refers to the non-existent
+   ``torch.nn.L2loss``; :func:`build_basicsr_perceptual_loss`);
 6. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
    resume), that every backbone weight file the options need (perceptual loss, LPIPS) is there or
    downloadable (:func:`d2csr.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
@@ -372,6 +374,22 @@ class basicsr_vgg_weights:  # noqa: N801  (used as a context manager, like torch
 
         vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = self._saved
         return False
+
+
+def build_basicsr_perceptual_loss(opt):
+    """``build_loss(opt)`` for BasicSR's ``PerceptualLoss``, with ``criterion: l2`` working (MSE of the
+    features, SRGAN's VGG loss): built as ``l1``, then given ``torch.nn.MSELoss``, which its ``forward`` calls
+    like the L1 criterion."""
+    from basicsr.losses import build_loss
+
+    opt = dict(opt)
+    l2 = opt.get('criterion') == 'l2'
+    if l2:
+        opt['criterion'] = 'l1'
+    loss = build_loss(opt)
+    if l2:
+        loss.criterion, loss.criterion_type = torch.nn.MSELoss(), 'l2'
+    return loss
 
 
 # --- 6. backbone weight files checked before the experiment folder is made ------------------------------------

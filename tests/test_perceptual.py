@@ -89,9 +89,11 @@ def test_lpips_reads_the_backbone_from_pretrained_path(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------
 # the VGG loss
-def test_perceptual_terms_sum_over_outputs_like_the_branch_mse():
+@pytest.mark.parametrize('criterion', ['l1', 'l2', 'fro'])
+def test_perceptual_terms_sum_over_outputs_like_the_branch_mse(criterion):
     torch.manual_seed(0)
-    cri = build_perceptual_loss(dict(PERCEP_OPT, style_weight=0.5, layer_weights={'conv2_2': 0.5, 'conv3_4': 1.0}))
+    cri = build_perceptual_loss(dict(PERCEP_OPT, style_weight=0.5, layer_weights={'conv2_2': 0.5, 'conv3_4': 1.0},
+                                     criterion=criterion))
     outputs = [torch.rand(2, 3, 32, 32, requires_grad=True) for _ in range(3)]
     gt = torch.rand(2, 3, 32, 32)
     terms = perceptual_terms(cri, outputs, gt)
@@ -102,6 +104,10 @@ def test_perceptual_terms_sum_over_outputs_like_the_branch_mse():
     sum(terms.values()).backward()
     assert all(out.grad is not None and out.grad.abs().sum() > 0 for out in outputs)
     assert not any(p.requires_grad for p in cri.parameters())  # the VGG is never trained
+    if criterion == 'l2':  # SRGAN's VGG loss: MSE of the features (BasicSR 1.4.2's own 'l2' is broken)
+        fx, fg = cri.vgg(outputs[0]), cri.vgg(gt)
+        expected = 0.01 * sum(w * torch.mean((fx[k] - fg[k])**2) for k, w in {'conv2_2': 0.5, 'conv3_4': 1.0}.items())
+        assert one_by_one[0][0].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_perceptual_loss_reads_vgg_weights_from_pretrained_path(tmp_path):

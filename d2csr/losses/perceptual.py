@@ -1,8 +1,8 @@
 """BasicSR's ``PerceptualLoss`` (VGG feature loss, SRGAN's "VGG loss") for D2C-SR's perceptual variant.
 
 ``train: perceptual_opt`` takes BasicSR's ``PerceptualLoss`` options (``layer_weights``, ``vgg_type``,
-``use_input_norm``, ``range_norm``, ``perceptual_weight``, ``style_weight``, ``criterion``) plus two of its own,
-which choose the VGG weights:
+``use_input_norm``, ``range_norm``, ``perceptual_weight``, ``style_weight``, ``criterion``: ``l1`` | ``l2`` |
+``fro``; ``l2`` fixed by :mod:`d2csr.compat`) plus two of its own, which choose the VGG weights:
 
 - ``pretrained_path``: a torchvision VGG checkpoint (``vgg19-dcbb9e9d.pth`` for ``vgg19``, the whole
   ``state_dict`` or its ``features.*`` part). Unset: torch hub's cache, BasicSR's
@@ -13,12 +13,10 @@ which choose the VGG weights:
 from copy import deepcopy
 
 import torch
-from basicsr.losses import build_loss
-
-from d2csr.compat import basicsr_vgg_weights
+from d2csr.compat import basicsr_vgg_weights, build_basicsr_perceptual_loss
 from d2csr.pretrained_weights import basicsr_vgg_default_path, resolve_weights
 
-CRITERIA = ('l1', 'fro')  # BasicSR 1.4.2's 'l2' refers to torch.nn.L2loss, which does not exist
+CRITERIA = ('l1', 'l2', 'fro')  # 'l2' through d2csr.compat (BasicSR 1.4.2's refers to a missing torch.nn.L2loss)
 
 
 def build_perceptual_loss(opt, option='train:perceptual_opt'):
@@ -39,8 +37,7 @@ def build_perceptual_loss(opt, option='train:perceptual_opt'):
                          'other; remove one.')
     criterion = opt.get('criterion', 'l1')
     if criterion not in CRITERIA:
-        raise ValueError(f'{option}:criterion must be one of {CRITERIA}, got {criterion!r} (BasicSR 1.4.2\'s '
-                         '"l2" is broken: it refers to torch.nn.L2loss).')
+        raise ValueError(f'{option}:criterion must be one of {CRITERIA}, got {criterion!r}')
     if not opt.get('layer_weights'):
         raise ValueError(f'{option}:layer_weights is required, e.g. {{conv5_4: 1.0}} (SRGAN\'s VGG54).')
     vgg_type = opt.get('vgg_type', 'vgg19')
@@ -48,7 +45,7 @@ def build_perceptual_loss(opt, option='train:perceptual_opt'):
         extra = (basicsr_vgg_default_path(), ) if vgg_type == 'vgg19' else ()
         path = resolve_weights(vgg_type, path, f'{option}:pretrained_path', extra)
     with basicsr_vgg_weights(path if pretrained else None):
-        loss = build_loss(opt)
+        loss = build_basicsr_perceptual_loss(opt)
     return loss
 
 
@@ -62,8 +59,9 @@ def perceptual_terms(cri, outputs, gt):
 
     Returns:
         dict: ``l_percep`` (if ``perceptual_weight > 0``) and ``l_style`` (if ``style_weight > 0``), 0-d
-        tensors equal to the sum over outputs of ``cri(output, gt)``'s terms. With the ``l1`` criterion (a mean,
-        so linear in the outputs) all outputs go through VGG as one batch.
+        tensors equal to the sum over outputs of ``cri(output, gt)``'s terms. With the ``l1`` / ``l2`` criteria
+        (means, so the sum is the mean over the stacked outputs times ``P``) all outputs go through VGG as one
+        batch.
     """
     outputs = list(outputs)
     if cri.criterion_type == 'fro':  # a norm: not a mean over the batch, so one output at a time
