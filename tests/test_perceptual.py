@@ -175,6 +175,34 @@ def test_training_step_adds_the_vgg_terms_and_guards_them(photo_data, tmp_path):
         step('convergence', True, bad=float('nan'))
 
 
+def test_percep_option_files_are_the_plain_ones_plus_the_vgg_loss_and_lpips():
+    import yaml
+
+    from conftest import ROOT
+
+    def load(name):
+        return yaml.safe_load((ROOT / 'options' / name).read_text())
+
+    for plain_name, stage in (('train_D2C_div_x4.yml', 'div'), ('train_D2C_conv_x4.yml', 'conv'),
+                              ('test_D2C_x4.yml', None)):
+        plain, percep = load(plain_name), load(plain_name.replace('_x4.yml', '_x4_percep.yml'))
+        assert percep['name'] == plain['name'] + '_percep'
+        lpips = percep['val']['metrics'].pop('lpips')
+        assert lpips['type'] == 'calculate_lpips' and lpips['better'] == 'lower' and lpips['crop_border'] == 4
+        if stage is not None:
+            vgg = percep['train'].pop('perceptual_opt')
+            assert vgg['layer_weights'] == {'relu5_4': 1.0} and vgg['criterion'] == 'l2'  # SRGAN's VGG54
+            assert vgg['perceptual_weight'] == 0.006  # SRGAN's 1/12.75
+            cri = build_perceptual_loss(dict(vgg, pretrained=False, pretrained_path=None))
+            assert cri.vgg.layer_name_list == ['relu5_4'] and isinstance(cri.criterion, torch.nn.MSELoss)
+        if stage != 'div':  # their weights come from the percep runs
+            assert percep['path']['pretrain_network_g'].replace('_percep/', '/') == plain['path']['pretrain_network_g']
+            percep['path']['pretrain_network_g'] = plain['path']['pretrain_network_g']
+        for opt in (plain, percep):
+            del opt['name']
+        assert percep == plain
+
+
 # ------------------------------------------------------------------------------------------------------
 # through the entry points
 def lpips_values(log):
