@@ -59,20 +59,24 @@ def perceptual_terms(cri, outputs, gt):
 
     Returns:
         dict: ``l_percep`` (if ``perceptual_weight > 0``) and ``l_style`` (if ``style_weight > 0``), 0-d
-        tensors equal to the sum over outputs of ``cri(output, gt)``'s terms. With the ``l1`` / ``l2`` criteria
-        (means, so the sum is the mean over the stacked outputs times ``P``) all outputs go through VGG as one
-        batch.
+        tensors equal to ``sum(cri(output, gt)[i] for output in outputs)`` (tested). With the ``l1`` / ``l2``
+        criteria (means, so that sum is ``P`` times the mean over the stacked outputs) the outputs go through
+        VGG as one batch of ``P * N`` and ``gt`` once, instead of ``P`` times.
     """
     outputs = list(outputs)
-    if cri.criterion_type == 'fro':  # a norm: not a mean over the batch, so one output at a time
+    if cri.criterion_type == 'fro' or len(outputs) == 1:  # 'fro' is a norm: one output at a time
         pairs = [cri(out, gt) for out in outputs]
-    else:
-        percep, style = cri(torch.cat(outputs), gt.repeat(len(outputs), 1, 1, 1))
-        pairs = [(None if percep is None else percep * len(outputs), None if style is None else style * len(outputs))]
+        return {key: sum(pair[i] for pair in pairs)
+                for i, key in enumerate(('l_percep', 'l_style')) if pairs[0][i] is not None}
+    num = len(outputs)
+    x_feats = cri.vgg(torch.cat(outputs))
+    gt_feats = cri.vgg(gt.detach())
     terms = {}
-    for key, index in (('l_percep', 0), ('l_style', 1)):
-        values = [pair[index] for pair in pairs if pair[index] is not None]
-        if values:
-            terms[key] = sum(values)
+    if cri.perceptual_weight > 0:
+        terms['l_percep'] = num * cri.perceptual_weight * sum(
+            cri.criterion(x_feats[k], gt_feats[k].repeat(num, 1, 1, 1)) * cri.layer_weights[k] for k in x_feats)
+    if cri.style_weight > 0:
+        grams = {k: (cri._gram_mat(x_feats[k]), cri._gram_mat(gt_feats[k]).repeat(num, 1, 1)) for k in x_feats}
+        terms['l_style'] = num * cri.style_weight * sum(
+            cri.criterion(*grams[k]) * cri.layer_weights[k] for k in x_feats)
     return terms
-
