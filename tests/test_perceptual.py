@@ -291,3 +291,11 @@ def test_missing_weight_file_stops_before_anything_is_written(photo_data, tmp_pa
     proc = run_entry('test', '-opt', write_options(opt, tmp_path / 'test.yml'), check=False)
     assert proc.returncode != 0 and 'val:metrics:lpips:pretrained_path' in proc.stderr
     assert not results_dir(name).exists()
+
+
+def test_benchmark_runs():
+    from conftest import load_script
+
+    train, val = load_script('benchmarks/bench_percep.py').main(['--smoke'])
+    assert set(train) == {'divergence', 'convergence'} and all(t > 0 for pair in train.values() for t in pair)
+    assert set(val) == {'psnr + ssim (Y)', 'lpips (alex)'}
