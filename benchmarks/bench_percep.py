@@ -8,7 +8,8 @@ stage (the VGG loss on every one of the 4 branches) and the convergence stage (o
 and with ``perceptual_opt`` as in ``options/train_D2C_{div,conv}_x4_percep.yml`` (VGG19 up to relu5_4). The
 VGG is randomly initialised (``pretrained: false``): the same computation as with the ImageNet weights, which
 this benchmark does not need. Rows alternate (plain, VGG, plain, VGG, ...) so that a change of load hits both.
-The validation rows time BasicSR's PSNR + SSIM and ``calculate_lpips`` (AlexNet, random backbone: same
+Each figure is the median wall time and the process's CPU time (all threads; with ``--threads 1`` the less
+load-sensitive figure on a shared machine). The validation rows time BasicSR's PSNR + SSIM and ``calculate_lpips`` (AlexNet, random backbone: same
 computation) on one ``--val-size``² image pair.
 
 Examples::
@@ -67,7 +68,7 @@ def model_options(stage, network, percep, tmp):
 
 
 def time_training(args, network):
-    """``{(stage, percep): [seconds per iteration, ...]}``, rows alternating."""
+    """``{(stage, percep): [(wall seconds, CPU seconds) per iteration, ...]}``, rows alternating."""
     g = torch.Generator().manual_seed(0)
     data = {'lq': torch.rand(args.batch, 3, args.patch, args.patch, generator=g),
             'gt': torch.rand(args.batch, 3, 4 * args.patch, 4 * args.patch, generator=g)}
@@ -81,9 +82,10 @@ def time_training(args, network):
             for it in range(args.iters):
                 for percep, model in models.items():
                     model.feed_data(data)
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     model.optimize_parameters(it + 2)
-                    times.setdefault((stage, percep), []).append(time.perf_counter() - start)
+                    times.setdefault((stage, percep), []).append(
+                        (time.perf_counter() - start, time.process_time() - cpu))
             del models
     return times
 
@@ -99,9 +101,9 @@ def time_validation(args):
     times = {}
     for _ in range(args.iters):
         for name, fn in rows.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
-            times.setdefault(name, []).append(time.perf_counter() - start)
+            times.setdefault(name, []).append((time.perf_counter() - start, time.process_time() - cpu))
     return times
 
 
@@ -127,19 +129,23 @@ def main(argv=None):
           f'({4 * args.patch}x{4 * args.patch} HR), {torch.get_num_threads()} threads, torch {torch.__version__}, '
           f'load average {os.getloadavg()[0]:.1f} at start')
     train = time_training(args, network)
-    print('\n| stage | plain (s / iter) | with VGG loss (s / iter) | ratio |')
+    print('\n| stage | plain: wall / CPU (s / iter) | with VGG loss: wall / CPU (s / iter) | ratio (wall, CPU) |')
     print('| --- | ---: | ---: | ---: |')
     results = {}
     for stage in ('divergence', 'convergence'):
-        plain, vgg = statistics.median(train[(stage, False)]), statistics.median(train[(stage, True)])
+        plain, vgg = (tuple(statistics.median(t[i] for t in train[(stage, percep)]) for i in (0, 1))
+                      for percep in (False, True))
         results[stage] = (plain, vgg)
-        print(f'| {stage} | {plain:.3f} | {vgg:.3f} | {vgg / plain:.2f}x |')
+        print(f'| {stage} | {plain[0]:.2f} / {plain[1]:.2f} | {vgg[0]:.2f} / {vgg[1]:.2f} | '
+              f'{vgg[0] / plain[0]:.2f}x, {vgg[1] / plain[1]:.2f}x |')
     val = time_validation(args)
-    print(f'\n| validation metric, {args.val_size}x{args.val_size} image | s / image |')
+    print(f'\n| validation metric, {args.val_size}x{args.val_size} image | wall / CPU (s / image) |')
     print('| --- | ---: |')
     for name, values in val.items():
-        print(f'| {name} | {statistics.median(values):.3f} |')
-    print(f'\nmedians of {args.iters} iterations; load average {os.getloadavg()[0]:.1f} at the end')
+        wall, cpu = (statistics.median(t[i] for t in values) for i in (0, 1))
+        print(f'| {name} | {wall:.3f} / {cpu:.3f} |')
+    print(f'\nmedians of {args.iters} iterations; CPU = process CPU time (all threads); '
+          f'load average {os.getloadavg()[0]:.1f} at the end')
     return results, val
 
 

@@ -10,6 +10,10 @@ One ``network_g`` (:class:`d2csr.archs.D2CSR`) holds both parts, so one ``net_g_
 - ``joint``: both at every step, as the authors' code does (``optim_g`` for the tree, ``optim_c``
   for the convergence net, which defaults to ``optim_g``'s settings).
 
+``train: perceptual_opt`` (optional, the paper's perceptual variant, Table 2) adds BasicSR's VGG
+``PerceptualLoss`` (:mod:`d2csr.losses.perceptual`) to every branch in the divergence stage and to the fused
+output in the convergence stage (both in ``joint``), logged as ``l_percep`` / ``l_style``.
+
 Training is guarded and resumable: a NaN/Inf loss or gradient stops the run before the optimizer step
 (``train: nan_policy: stop``, the default) or skips the step and counts it (``nan_policy: skip``);
 checkpoints and training states are written atomically and the training state also holds every process's
