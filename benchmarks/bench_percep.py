@@ -9,8 +9,8 @@ and with ``perceptual_opt`` as in ``options/train_D2C_{div,conv}_x4_percep.yml``
 VGG is randomly initialised (``pretrained: false``): the same computation as with the ImageNet weights, which
 this benchmark does not need. Rows alternate (plain, VGG, plain, VGG, ...) so that a change of load hits both.
 Each figure is the median wall time and the process's CPU time (all threads; with ``--threads 1`` the less
-load-sensitive figure on a shared machine). The validation rows time BasicSR's PSNR + SSIM and ``calculate_lpips`` (AlexNet, random backbone: same
-computation) on one ``--val-size``² image pair.
+load-sensitive figure on a shared machine). The validation rows time BasicSR's PSNR + SSIM and
+``calculate_lpips`` (AlexNet, random backbone: same computation) on one ``--val-size``² image pair.
 
 Examples::
 
