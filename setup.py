@@ -20,6 +20,7 @@ setup(
         'numpy',
         'scikit-image',
         'tqdm',
+        'lpips>=0.1.4',
     ],
     extras_require={'test': ['pytest', 'matplotlib'], 'plot': ['matplotlib']},
     license='Apache-2.0',

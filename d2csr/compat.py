@@ -17,7 +17,15 @@ This module must be imported *before* ``basicsr`` (``import d2csr`` does it firs
    (BasicSR's ``EnlargedSampler`` that can start an epoch part-way) and its ``create_train_val_dataloader``
    is wrapped so that, on resume, the sampler skips the batches of the current epoch that were already
    trained on and restores the saved RNG states when the first new batch is drawn. BasicSR itself restarts
-   the epoch from its first batch. It also refuses a world size / batch size with no batch per epoch.
+   the epoch from its first batch. It also refuses a world size / batch size with no batch per epoch;
+5. lets BasicSR's ``VGGFeatureExtractor`` (``PerceptualLoss``) take its weights from a given file, or none
+   (random, for tests), instead of a fixed path or torchvision's download (:func:`basicsr_vgg_weights`), and
+   gives ``PerceptualLoss`` a working ``criterion: l2`` (BasicSR 1.4.2 refers to the non-existent
+   ``torch.nn.L2loss``; :func:`build_basicsr_perceptual_loss`);
+6. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
+   resume), that every backbone weight file the options need (perceptual loss, LPIPS) is there or
+   downloadable (:func:`d2csr.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
+   before anything is written.
 
 Nothing else in d2csr patches BasicSR.
 """
@@ -340,3 +348,86 @@ def _resume_data_position(opt, logger, resume_path, train_loader, train_sampler)
 
 
 basicsr.train.create_train_val_dataloader = create_train_val_dataloader
+
+
+# --- 5. the VGG weights of BasicSR's VGGFeatureExtractor -------------------------------------------------------
+class _TorchvisionVGGFromFile:
+    """Stands in for ``torchvision.models.vgg`` inside ``basicsr.archs.vgg_arch``: ``vgg19(pretrained=...)``
+    returns torchvision's network with the weights of ``path`` (random when ``path`` is None), whatever
+    ``pretrained`` says, so BasicSR neither reads its fixed path nor downloads."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __getattr__(self, vgg_type):
+        from .pretrained_weights import load_backbone
+
+        def build(pretrained=False, **kwargs):
+            return load_backbone(vgg_type, self.path)
+
+        return build
+
+
+class basicsr_vgg_weights:  # noqa: N801  (used as a context manager, like torch.no_grad)
+    """``with basicsr_vgg_weights(path): build_loss({'type': 'PerceptualLoss', ...})`` builds BasicSR's VGG
+    with the weights of ``path`` (a torchvision checkpoint, see :mod:`d2csr.pretrained_weights`), or randomly
+    initialised with ``path=None``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        from basicsr.archs import vgg_arch
+
+        self._saved = vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH
+        vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = _TorchvisionVGGFromFile(self.path), ''
+        return self
+
+    def __exit__(self, *exc):
+        from basicsr.archs import vgg_arch
+
+        vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = self._saved
+        return False
+
+
+def build_basicsr_perceptual_loss(opt):
+    """``build_loss(opt)`` for BasicSR's ``PerceptualLoss``, with ``criterion: l2`` working (MSE of the
+    features, SRGAN's VGG loss): built as ``l1``, then given ``torch.nn.MSELoss``, which its ``forward`` calls
+    like the L1 criterion."""
+    from basicsr.losses import build_loss
+
+    opt = dict(opt)
+    l2 = opt.get('criterion') == 'l2'
+    if l2:
+        opt['criterion'] = 'l1'
+    loss = build_loss(opt)
+    if l2:
+        loss.criterion, loss.criterion_type = torch.nn.MSELoss(), 'l2'
+    return loss
+
+
+# --- 6. backbone weight files checked before the experiment folder is made ------------------------------------
+import basicsr.test  # noqa: E402
+
+_basicsr_make_exp_dirs = basicsr.test.make_exp_dirs
+
+
+def make_exp_dirs(opt):
+    """BasicSR's ``make_exp_dirs`` for ``basicsr.test``, after checking the backbone weight files."""
+    from .pretrained_weights import check_pretrained_weights
+
+    check_pretrained_weights(opt)
+    _basicsr_make_exp_dirs(opt)
+
+
+def checked_load_resume_state(opt):
+    """:func:`load_resume_state` for ``basicsr.train``, after checking the backbone weight files: it is the
+    first thing the training pipeline does with the options, before the experiment folder or a resume."""
+    from .pretrained_weights import check_pretrained_weights
+
+    check_pretrained_weights(opt)
+    return load_resume_state(opt)
+
+
+basicsr.train.load_resume_state = checked_load_resume_state
+basicsr.test.make_exp_dirs = make_exp_dirs

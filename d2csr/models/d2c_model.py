@@ -10,6 +10,10 @@ One ``network_g`` (:class:`d2csr.archs.D2CSR`) holds both parts, so one ``net_g_
 - ``joint``: both at every step, as the authors' code does (``optim_g`` for the tree, ``optim_c``
   for the convergence net, which defaults to ``optim_g``'s settings).
 
+``train: perceptual_opt`` (optional, the paper's perceptual variant, Table 2) adds BasicSR's VGG
+``PerceptualLoss`` (:mod:`d2csr.losses.perceptual`) to every branch in the divergence stage and to the fused
+output in the convergence stage (both in ``joint``), logged as ``l_percep`` / ``l_style``.
+
 Training is guarded and resumable: a NaN/Inf loss or gradient stops the run before the optimizer step
 (``train: nan_policy: stop``, the default) or skips the step and counts it (``nan_policy: skip``);
 checkpoints and training states are written atomically and the training state also holds every process's
@@ -35,6 +39,7 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from d2csr.checkpoint import capture_rng_state, load_network_checked, restore_rng_state, save_with_retry
+from d2csr.losses.perceptual import build_perceptual_loss, perceptual_terms
 from d2csr.options_check import validate_options
 
 STAGES = ('divergence', 'convergence', 'joint')
@@ -158,6 +163,8 @@ class D2CModel(SRModel):
             if not train_opt.get('convergence_opt'):
                 raise ValueError(f'train:convergence_opt is required for stage {self.stage!r}')
             self.cri_conv = build_loss(train_opt['convergence_opt']).to(self.device)
+        percep_opt = train_opt.get('perceptual_opt')
+        self.cri_perceptual = build_perceptual_loss(percep_opt).to(self.device) if percep_opt else None
 
         self.setup_optimizers(trained)
         self.setup_schedulers()
@@ -196,11 +203,14 @@ class D2CModel(SRModel):
             self.optimizer_g.zero_grad(set_to_none=True)
             branches = self.net_g(self.lq, mode='branches')
             terms = self.cri_div.terms(branches, self.gt, current_iter)
-            terms['l_div'].backward()
+            percep = self._perceptual_terms(branches, self.gt)
+            sum([terms['l_div'], *percep.values()]).backward()
             losses = {k: terms[k].detach() for k in ('l_branch', 'l_triplet', 'l_div')}
+            losses.update((k, v.detach()) for k, v in percep.items())
             self._guarded_step(self.optimizer_g, current_iter, losses)
             loss_dict['l_branch'] = losses['l_branch']
             loss_dict['l_triplet'] = losses['l_triplet']
+            loss_dict.update((k, losses[k]) for k in percep)
             loss_dict['alpha'] = torch.tensor(terms['alpha'], device=self.device)
             del branches, terms
         if self.stage in ('convergence', 'joint'):
@@ -208,15 +218,25 @@ class D2CModel(SRModel):
             optimizer.zero_grad(set_to_none=True)
             self.output = self.net_g(self.lq, mode='converge')
             l_conv = self.cri_conv(self.output, self.gt)
-            l_conv.backward()
-            loss_dict['l_conv'] = l_conv.detach()
-            self._guarded_step(optimizer, current_iter, {'l_conv': loss_dict['l_conv']})
+            percep = self._perceptual_terms([self.output], self.gt, suffix='_fused' if self.stage == 'joint' else '')
+            sum([l_conv, *percep.values()]).backward()
+            losses = {'l_conv': l_conv.detach(), **{k: v.detach() for k, v in percep.items()}}
+            loss_dict.update(losses)
+            self._guarded_step(optimizer, current_iter, losses)
 
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.nan_skips:
             self.log_dict['nan_skips'] = self.nan_skips
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _perceptual_terms(self, outputs, gt, suffix=''):
+        """``train: perceptual_opt``'s terms for ``outputs`` (list of ``(N, 3, H, W)``, summed over the list, as
+        the branches' MSE terms are): ``{'l_percep' + suffix: ..., 'l_style' + suffix: ...}`` (those set), ``{}``
+        without ``perceptual_opt``."""
+        if self.cri_perceptual is None:
+            return {}
+        return {k + suffix: v for k, v in perceptual_terms(self.cri_perceptual, outputs, gt).items()}
 
     def _guarded_step(self, optimizer, current_iter, losses):
         """``optimizer.step()`` unless a loss term or a gradient is NaN/Inf (on any process).

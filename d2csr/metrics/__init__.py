@@ -1,0 +1,2 @@
+"""Metrics registered into ``basicsr.utils.registry.METRIC_REGISTRY`` (``val: metrics: <name>: type: ...``)."""
+from .lpips_metric import calculate_lpips, get_lpips_net  # noqa: F401
