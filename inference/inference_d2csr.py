@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import d2csr  # noqa: F401  (compatibility shims and registries)
 from d2csr.utils import resolve_device
-from d2csr.convert import UnsafeCheckpointError, load_network
+from d2csr.convert import UnsafeCheckpointError, describe_param_key, load_network
 from d2csr.image_io import UnreadableImage, image_to_tensor, list_images, read_image, tensor_to_rgb, write_image
 from d2csr.tiling import tiled_forward
 
@@ -33,7 +33,7 @@ def parse_args(argv=None):
     parser.add_argument('-opt', type=str, default=None,
                         help='options file whose network_g builds the model (default: inferred from the weights)')
     parser.add_argument('--param_key', type=str, default=None,
-                        help='checkpoint entry to load (default: params, else params_ema)')
+                        help='checkpoint entry to load (default: params_ema when present, else params)')
     parser.add_argument('-s', '--scale', type=int, default=None, help='expected scale (checked against the model)')
     parser.add_argument('--tile', type=int, default=128, help='tile size in LR pixels for the HR part; 0: no tiling')
     parser.add_argument('--tile_pad', type=int, default=None,
@@ -62,7 +62,7 @@ def main(argv=None):
     net = net.to(device)
     if half:
         net = net.half()
-    print(f'D2CSR x{net.upscale} from {args.model_path}, network_g {source}: '
+    print(f'D2CSR x{net.upscale} from {args.model_path}{describe_param_key(net)}, network_g {source}: '
           + ', '.join(f'{k}={v}' for k, v in opts.items() if k != 'type'))
 
     paths = list_images(args.input)
