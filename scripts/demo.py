@@ -64,7 +64,7 @@ def stage_options(name, stage, iters, data_root, pretrain=None):
         logger=dict(print_freq=max(iters // 10, 1), save_checkpoint_freq=iters, use_tb_logger=False))
     if stage == 'divergence':
         opt['train']['divergence_opt'] = dict(type='DivergenceLoss', alpha=2e-5, margins=[5e-5, 2e-5], theta=0.8,
-                                              gray='y', norm='image', depth=2, width=2)
+                                              gray='y', norm='image')
     else:
         opt['train']['convergence_opt'] = dict(type='ConvergenceLoss')
     return opt

@@ -1,2 +1,2 @@
 """Losses registered into ``basicsr.utils.registry.LOSS_REGISTRY``."""
-from .d2c_loss import ConvergenceLoss, DivergenceLoss, DivergenceWeightSchedule  # noqa: F401
+from .d2c_loss import ConvergenceLoss, DivergenceLoss, DivergenceWeightSchedule, build_divergence_loss  # noqa: F401

@@ -35,6 +35,7 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from d2csr.checkpoint import capture_rng_state, restore_rng_state, save_with_retry
+from d2csr.losses.d2c_loss import build_divergence_loss
 
 STAGES = ('divergence', 'convergence', 'joint')
 NAN_POLICIES = ('stop', 'skip')
@@ -146,7 +147,7 @@ class D2CModel(SRModel):
         if self.stage in ('divergence', 'joint'):
             if not train_opt.get('divergence_opt'):
                 raise ValueError(f'train:divergence_opt is required for stage {self.stage!r}')
-            self.cri_div = build_loss(train_opt['divergence_opt']).to(self.device)
+            self.cri_div = build_divergence_loss(train_opt['divergence_opt'], net).to(self.device)
         if self.stage in ('convergence', 'joint'):
             if not train_opt.get('convergence_opt'):
                 raise ValueError(f'train:convergence_opt is required for stage {self.stage!r}')
