@@ -36,6 +36,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from d2csr.checkpoint import capture_rng_state, restore_rng_state, save_with_retry
 from d2csr.losses.d2c_loss import build_divergence_loss
+from d2csr.utils import set_tf32
 
 STAGES = ('divergence', 'convergence', 'joint')
 NAN_POLICIES = ('stop', 'skip')
@@ -78,6 +79,8 @@ class D2CModel(SRModel):
             path = opt['path'].get(key)
             if path and not osp.isfile(path):
                 raise FileNotFoundError(f'path:{key} {path!r} does not exist; check the path in your options file.')
+        if opt.get('tf32') is not None:  # top-level option; false: full fp32 convolutions on the GPU
+            set_tf32(opt['tf32'])
         super().__init__(opt)
 
     # ----------------------------------------------------------------------------------------------
