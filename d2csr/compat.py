@@ -357,12 +357,13 @@ def run_basicsr_entry_point(kind, script=None):
     """
     import basicsr.test
     import basicsr.train
-    from d2csr.utils import check_options_file
+    from d2csr.utils import check_options_file, print_entry_help
 
     if kind not in ('train', 'test'):
         raise ValueError(f'run_basicsr_entry_point: kind must be train or test, got {kind!r}')
     if script is None:  # python -m: runpy puts '-m' in sys.argv[0] until it runs the module itself
         sys.argv[0] = os.path.join(os.path.dirname(basicsr.train.__file__), f'{kind}.py')
+    print_entry_help(kind)
     check_options_file()
     root = basicsr_root_path(script)
     if kind == 'train':

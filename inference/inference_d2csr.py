@@ -74,8 +74,10 @@ def main(argv=None):
         sys.exit(f'error: no images found in {args.input!r}')
     os.makedirs(args.output, exist_ok=True)
     skipped = []
-    bar = tqdm(paths, unit='img')
-    for path in bar:
+    # progress bars only on a terminal; piped or logged output gets one plain line per image instead
+    interactive = sys.stderr.isatty()
+    bar = tqdm(paths, unit='img', disable=not interactive)
+    for index, path in enumerate(bar, 1):
         imgname, ext = osp.splitext(osp.basename(path))
         ext = '.png' if args.ext == 'png' else ext.lower()
         bar.set_postfix_str(imgname)
@@ -88,7 +90,7 @@ def main(argv=None):
         x = image_to_tensor(image).to(device)
         if half:
             x = x.half()
-        tiles = tqdm(total=0, unit='tile', leave=False, disable=args.tile <= 0)
+        tiles = tqdm(total=0, unit='tile', leave=False, disable=args.tile <= 0 or not interactive)
 
         def progress(done, total, tiles=tiles):
             tiles.total = total
@@ -110,6 +112,9 @@ def main(argv=None):
         except OSError as err:
             skipped.append((path, str(err)))
             tqdm.write(f'skipped {path}: {err}')
+        else:
+            if not interactive:
+                print(f'[{index}/{len(paths)}] {path} -> {imgname}_{args.suffix}{ext}', flush=True)
         del out, x
 
     done = len(paths) - len(skipped)
