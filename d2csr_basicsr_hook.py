@@ -30,13 +30,14 @@ def basicsr_entry_point():
     ``('train', None)`` for ``python -m basicsr.train``, ``('test', '/path/basicsr/test.py')`` for a script in
     a ``basicsr`` package folder; ``(None, None)`` otherwise."""
     argv = getattr(sys, 'orig_argv', None) or []  # [interpreter, its options..., -m module | -c cmd | script, ...]
-    for i, arg in enumerate(argv[:-1]):
-        if i == 0:
-            continue
+    i = 1
+    while i < len(argv) - 1:
+        arg = argv[i]
         if arg == '-m':
             return {'basicsr.train': 'train', 'basicsr.test': 'test'}.get(argv[i + 1]), None
         if arg == '-c' or not arg.startswith('-'):  # the program is a command or a script: look at sys.argv
             break
+        i += 2 if arg in ('-X', '-W', '--check-hash-based-pycs') else 1  # options that take a value
     script = sys.argv[0] if sys.argv else ''
     name, ext = os.path.splitext(os.path.basename(script))
     folder = os.path.dirname(os.path.abspath(script)) if script else ''

@@ -45,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument('--device', type=str, default='auto', help='auto, cpu, cuda or cuda:N')
     parser.add_argument('--fp16', action='store_true', help='half precision (GPU only; ignored on the CPU)')
     parser.add_argument('--no_tf32', action='store_true',
-                        help='full fp32 convolutions on a GPU (PyTorch\'s default TF32 gives about 1e-3 relative error)')
+                        help='full fp32 convolutions on a GPU (PyTorch\'s default TF32: about 1e-3 relative error)')
     return parser.parse_args(argv)
 
 

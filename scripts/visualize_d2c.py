@@ -41,7 +41,7 @@ def parse_args(argv=None):
     parser.add_argument('--tile', type=int, default=128, help='tile size in LR pixels (exact); 0: no tiling')
     parser.add_argument('--device', type=str, default='auto', help='auto, cpu, cuda or cuda:N')
     parser.add_argument('--no_tf32', action='store_true',
-                        help='full fp32 convolutions on a GPU (PyTorch\'s default TF32 gives about 1e-3 relative error)')
+                        help='full fp32 convolutions on a GPU (PyTorch\'s default TF32: about 1e-3 relative error)')
     return parser.parse_args(argv)
 
 

@@ -123,3 +123,29 @@ def test_pip_install_puts_the_hook_into_site_packages(editable, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     name, where = proc.stdout.split()
     assert name == 'D2CSR' and Path(where).resolve().is_relative_to(src if editable else Path(site).resolve())
+
+
+@pytest.mark.parametrize('orig_argv, argv0, expected', [
+    (['python', '-m', 'basicsr.train', '-opt', 'x.yml'], '-m', ('train', None)),
+    (['python', '-u', '-X', 'importtime', '-m', 'basicsr.test'], '-m', ('test', None)),  # torchrun adds -u
+    (['python', '-m', 'basicsr.utils.download_util'], '-m', (None, None)),
+    (['python', '-c', 'import basicsr'], '-c', (None, None)),
+    (['python', 'd2csr/train.py', '-m', 'basicsr.train'], 'd2csr/train.py', (None, None)),
+])
+def test_which_programs_are_basicsr_entry_points(orig_argv, argv0, expected, monkeypatch):
+    import d2csr_basicsr_hook
+
+    monkeypatch.setattr(sys, 'orig_argv', orig_argv)
+    monkeypatch.setattr(sys, 'argv', [argv0])
+    assert d2csr_basicsr_hook.basicsr_entry_point() == expected
+
+
+def test_a_script_in_a_basicsr_folder_is_an_entry_point(tmp_path, monkeypatch):
+    import d2csr_basicsr_hook
+
+    (tmp_path / 'basicsr').mkdir()
+    (tmp_path / 'basicsr' / '__init__.py').write_text('')
+    script = tmp_path / 'basicsr' / 'test.py'
+    monkeypatch.setattr(sys, 'orig_argv', ['python', str(script)])
+    monkeypatch.setattr(sys, 'argv', [str(script)])
+    assert d2csr_basicsr_hook.basicsr_entry_point() == ('test', str(script))

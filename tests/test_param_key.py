@@ -56,7 +56,8 @@ def test_inference_script_uses_and_logs_the_key(ema_checkpoint, tmp_path, capsys
     """Through inference/inference_d2csr.py, with a D2C-IMDN (pixelshuffledirect tails, tiled)."""
     path, plain, ema = ema_checkpoint
     rng = np.random.default_rng(0)
-    cv2.imwrite(str(tmp_path / 'img.png'), cv2.GaussianBlur(rng.integers(0, 256, (9, 10, 3), dtype=np.uint8), (3, 3), 0))
+    image = cv2.GaussianBlur(rng.integers(0, 256, (9, 10, 3), dtype=np.uint8), (3, 3), 0)
+    cv2.imwrite(str(tmp_path / 'img.png'), image)
     script = load_script('inference/inference_d2csr.py')
     argv = ['-i', str(tmp_path / 'img.png'), '-o', str(tmp_path / 'out'), '--model_path', str(path),
             '-opt', str(path.parent / 'net.yml'), '--tile', '4', '--device', 'cpu']

@@ -13,11 +13,12 @@ def test_official_fixture_is_inside_the_repository():
 
 def test_no_tracked_file_names_a_folder_outside_the_repository():
     files = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    suffixes = ('.py', '.sh', '.md', '.yml', '.ini', '.cfg', '.txt', '.json', '.pth')
     outside = re.compile(r"\.\./shared|parent / ['\"]shared|/work/(shared|main|wt)\b")
     offenders = []
     for rel in files:
         path = ROOT / rel
-        if path.suffix not in ('.py', '.sh', '.md', '.yml', '.ini', '.cfg', '.txt', '.json', '.pth') or not path.is_file():
+        if not path.is_file() or path.suffix not in suffixes:
             continue
         text = path.read_text(errors='replace')
         offenders += [f'{rel}: {m.group(0)}' for m in outside.finditer(text)]
