@@ -8,7 +8,7 @@ paper's table too; it needs the RealSR data and full trainings, so it is not mea
 Usage::
 
     python benchmarks/table3_params.py            # x4, markdown table
-    python benchmarks/table3_params.py --scale 2  # the same files, built at x2
+    python benchmarks/table3_params.py --scale 8  # the same files, built at x2, x3 or x8
 
 Networks are built on PyTorch's ``meta`` device (shapes only), so this takes about a second on a CPU.
 D2C counts include the convergence net (46,080 parameters for 4 leaves); the tree alone is shown too.
@@ -50,42 +50,72 @@ def count(net, prefix_excluded=None):
                if prefix_excluded is None or not name.startswith(prefix_excluded))
 
 
+SCALES = (2, 3, 4, 8)  # D2CSR's scales
+# BasicSR's RRDBNet builds an x4 network for any other scale without complaint; it has only these
+ORIGINAL_SCALES = {'RRDBNet': (1, 2, 4)}
+
+
+def build_original(opt, scale):
+    """The original network at ``scale``, or ``None`` where it has no such scale (MSRResNet x8, RDN x8, ...)."""
+    if scale not in ORIGINAL_SCALES.get(opt['type'], SCALES):
+        return None
+    try:
+        return build_network(opt)
+    except (ValueError, AttributeError, KeyError, AssertionError):  # what the originals raise for a scale
+        return None
+
+
 def table_rows(scale=4):
+    """One dict per backbone; ``original`` is ``None`` where BasicSR's original has no x``scale``."""
+    if scale not in SCALES:
+        raise ValueError(f'scale must be one of {SCALES}, got {scale!r}')
     rows = []
     for backbone, (paper_orig, paper_d2c, psnr_orig, psnr_d2c) in PAPER.items():
         orig_opt = network_options(osp.join(ROOT, 'options', f'train_{backbone}_x4.yml'), scale)
         d2c_opt = network_options(osp.join(ROOT, 'options', f'train_D2C-{backbone}_div_x4.yml'), scale)
         with torch.device('meta'):
-            orig, d2c = build_network(orig_opt), build_network(d2c_opt)
-        rows.append(dict(backbone=backbone, original_type=orig_opt['type'], original=count(orig),
+            d2c = build_network(d2c_opt)
+            orig = build_original(orig_opt, scale)
+        rows.append(dict(backbone=backbone, original_type=orig_opt['type'],
+                         original=None if orig is None else count(orig),
                          d2c=count(d2c), d2c_tree=count(d2c, 'fusion.'), d2c_backbone=d2c_opt['backbone'],
                          paper_original=paper_orig, paper_d2c=paper_d2c, psnr_original=psnr_orig,
                          psnr_d2c=psnr_d2c))
     return rows
 
 
+def format_table(rows, scale):
+    """The markdown table; the column headers name the scale the networks were built at."""
+    lines = [f'| backbone | original, x{scale} | D2C, x{scale} (tree + convergence) | D2C / original '
+             '| paper original (x4) | paper D2C (x4) | paper PSNR original -> D2C (RealSR x4) |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | --- |']
+    for r in rows:
+        original = f"{r['original']:,}" if r['original'] is not None else f'n/a (no x{scale} {r["original_type"]})'
+        ratio = f"{r['d2c'] / r['original']:.2f}" if r['original'] is not None else 'n/a'
+        lines.append(f"| {r['backbone']} (`{r['original_type']}` / `backbone: {r['d2c_backbone']}`) "
+                     f"| {original} | {r['d2c']:,} ({r['d2c_tree']:,} + {r['d2c'] - r['d2c_tree']:,}) "
+                     f"| {ratio} | {millions(r['paper_original'])} | {millions(r['paper_d2c'])} "
+                     f"| {r['psnr_original']:.2f} -> {r['psnr_d2c']:.2f} |")
+    return '\n'.join(lines)
+
+
 def millions(n):
     return f'{n / 1e6:.3g}M'
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--scale', type=int, default=4, choices=(2, 3, 4), help='build the networks at this scale')
-    args = parser.parse_args()
+    parser.add_argument('--scale', type=int, default=4, choices=SCALES, help='build the networks at this scale')
+    args = parser.parse_args(argv)
     rows = table_rows(args.scale)
-    print(f'Parameters at x{args.scale} (this repository\'s option files) and paper Table 3 (RealSR x4)\n')
-    print('| backbone | original | D2C (tree + convergence) | D2C / original | paper original | paper D2C '
-          '| paper PSNR original -> D2C |')
-    print('| --- | ---: | ---: | ---: | ---: | ---: | --- |')
-    for r in rows:
-        print(f"| {r['backbone']} (`{r['original_type']}` / `backbone: {r['d2c_backbone']}`) "
-              f"| {r['original']:,} | {r['d2c']:,} ({r['d2c_tree']:,} + {r['d2c'] - r['d2c_tree']:,}) "
-              f"| {r['d2c'] / r['original']:.2f} | {millions(r['paper_original'])} | {millions(r['paper_d2c'])} "
-              f"| {r['psnr_original']:.2f} -> {r['psnr_d2c']:.2f} |")
-    if args.scale == 3:
-        print('\nBasicSR\'s RRDBNet has no x3 (built with scale 3 it still upsamples x4); its count is the x4 one.')
-    bigger = [r['backbone'] for r in rows if r['d2c'] >= r['original']]
-    print('\nD2C version smaller than the original for every backbone' if not bigger else
+    print(f'Parameters of the networks built at x{args.scale} from this repository\'s option files, beside '
+          'paper Table 3 (RealSR x4)\n')
+    print(format_table(rows, args.scale))
+    missing = [r['original_type'] for r in rows if r['original'] is None]
+    if missing:
+        print(f'\nNo x{args.scale} {" / ".join(missing)} exists: no original to compare with.')
+    bigger = [r['backbone'] for r in rows if r['original'] is not None and r['d2c'] >= r['original']]
+    print('\nD2C version smaller than the original for every backbone compared' if not bigger else
           f'\nWARNING: D2C version not smaller for {bigger}')
 
 

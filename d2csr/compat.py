@@ -26,6 +26,9 @@ This module must be imported *before* ``basicsr`` (``import d2csr`` does it firs
    resume), that every backbone weight file the options need (perceptual loss, LPIPS) is there or
    downloadable (:func:`d2csr.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
    before anything is written.
+7. :func:`run_basicsr_entry_point`: BasicSR's own ``python -m basicsr.train`` / ``basicsr/test.py`` run
+   through the imported ``basicsr.train`` / ``basicsr.test`` module, which carries the shims above (the copy
+   Python runs as ``__main__`` would not); called by the import hook ``d2csr_basicsr_hook``.
 
 Nothing else in d2csr patches BasicSR.
 """
@@ -431,3 +434,45 @@ def checked_load_resume_state(opt):
 
 basicsr.train.load_resume_state = checked_load_resume_state
 basicsr.test.make_exp_dirs = make_exp_dirs
+
+
+# --------------------------------------------------------------------------------------------------
+# BasicSR's own entry points (see d2csr_basicsr_hook)
+def basicsr_root_path(script=None):
+    """BasicSR's ``root_path`` for its entry points: the folder above the ``basicsr`` package (a source
+    checkout, as BasicSR computes it), or the current directory when that folder is site-packages (an
+    installed basicsr: ``experiments/`` and ``results/`` then land where the command runs, as with
+    ``d2csr/train.py``)."""
+    import basicsr
+
+    origin = script or basicsr.__file__
+    root = os.path.abspath(os.path.join(os.path.dirname(origin), os.pardir))
+    if os.path.basename(root) in ('site-packages', 'dist-packages'):
+        return os.getcwd()
+    return root
+
+
+def run_basicsr_entry_point(kind, script=None):
+    """Run BasicSR's ``train_pipeline`` / ``test_pipeline`` (``kind``: ``'train'`` / ``'test'``) as BasicSR's
+    ``train.py`` / ``test.py`` would, with d2csr registered and its shims in place, then exit.
+
+    ``script``: the ``basicsr/<kind>.py`` file run as a script (its checkout gives the root path), ``None``
+    for ``python -m basicsr.<kind>``. BasicSR's flags (``-opt``, ``--launcher``, ``--auto_resume``,
+    ``--debug``, ``--force_yml``) are read by BasicSR itself.
+    """
+    import basicsr.test
+    import basicsr.train
+    from d2csr.utils import check_options_file, print_entry_help
+
+    if kind not in ('train', 'test'):
+        raise ValueError(f'run_basicsr_entry_point: kind must be train or test, got {kind!r}')
+    if script is None:  # python -m: runpy puts '-m' in sys.argv[0] until it runs the module itself
+        sys.argv[0] = os.path.join(os.path.dirname(basicsr.train.__file__), f'{kind}.py')
+    print_entry_help(kind)
+    check_options_file()
+    root = basicsr_root_path(script)
+    if kind == 'train':
+        basicsr.train.train_pipeline(root)
+    else:
+        basicsr.test.test_pipeline(root)
+    sys.exit(0)

@@ -437,18 +437,25 @@ def save_basicsr_checkpoint(net, path):
 
 # --------------------------------------------------------------------------------------------------
 # any D2CSR checkpoint
+PARAM_KEYS = ('params_ema', 'params')  # preferred first: an EMA-trained checkpoint gives its EMA weights
+
+
 def _select_params(ckpt, path, param_key=None):
+    """``(state dict, key)`` of a BasicSR checkpoint: ``param_key`` if given, else ``params_ema`` when present
+    (what BasicSR saves with ``ema_decay > 0``: the weights its validation measured; Real-ESRGAN's
+    convention), else ``params``; a bare state dict gives key ``None``."""
     if not isinstance(ckpt, dict):
         raise CheckpointFormatError(f'{path} holds a {type(ckpt).__name__}, not a state dict')
     if param_key is not None:
         if param_key not in ckpt:
-            raise CheckpointFormatError(f'{path} has no {param_key!r} entry (it has {sorted(map(str, ckpt))})')
-        return ckpt[param_key]
-    for key in ('params', 'params_ema'):
+            raise CheckpointFormatError(f'{path} has no {param_key!r} entry (it has {sorted(map(str, ckpt))}); '
+                                        'pass one of those as --param_key')
+        return ckpt[param_key], param_key
+    for key in PARAM_KEYS:
         if key in ckpt:
-            return ckpt[key]
+            return ckpt[key], key
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt
+        return ckpt, None
     raise CheckpointFormatError(f'{path} has no "params" or "params_ema" entry (it has {sorted(map(str, ckpt))}); '
                                 'is it a BasicSR network checkpoint (net_g_*.pth)?')
 
@@ -524,29 +531,34 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
             dict), read with ``torch.load(weights_only=True)``; or the authors' MegEngine pickle.
         network_opt (dict, optional): ``network_g`` options; inferred from the weights when ``None``.
         scale (int, optional): expected scale; a mismatch raises ``ValueError``.
-        param_key (str, optional): which entry of a BasicSR checkpoint; ``params``, then ``params_ema``.
+        param_key (str, optional): which entry of a BasicSR checkpoint; default ``params_ema`` when
+            present, else ``params``.
 
     Returns:
-        (D2CSR, dict): the network and the ``network_g`` options it was built from.
+        (D2CSR, dict): the network and the ``network_g`` options it was built from. ``net.param_key``
+        records which checkpoint entry was loaded (``None`` for a bare state dict or the authors' pickle).
     """
     _check_model_file(path)
     with open(path, 'rb') as f:
         is_zip = _is_zip(f.read(4))
     if not is_zip:
         net = load_official(path, scale)
+        net.param_key = None
         return net, net.network_options
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # truncated archive, or objects weights_only refuses
         raise CheckpointFormatError(f'{path} could not be loaded as a weights-only PyTorch checkpoint '
                                     f'({type(err).__name__}: {str(err).splitlines()[0]})') from None
-    state = _select_params(ckpt, path, param_key)
+    state, key = _select_params(ckpt, path, param_key)
     if not isinstance(state, dict):
         raise CheckpointFormatError(f'{path}: the weights entry is a {type(state).__name__}, not a state dict')
     state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state.items())
     check_finite(state, str(path))
     if network_opt is None:
-        return build_from_state(state, scale, source=str(path))
+        net, opts = build_from_state(state, scale, source=str(path))
+        net.param_key = key
+        return net, opts
     from basicsr.archs import build_network
 
     opts = dict(network_opt)
@@ -565,7 +577,14 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointFormatError(f'{path} does not fit network_g {opts}: {str(err)[:2000]}') from None
+    net.param_key = key
     return net.eval(), opts
+
+
+def describe_param_key(net):
+    """``' (weights: params_ema)'``: which checkpoint entry :func:`load_model` loaded, for the scripts' logs."""
+    key = getattr(net, 'param_key', None)
+    return f' (weights: {key})' if key else ''
 
 
 def load_network(model_path, opt_path=None, scale=None, param_key=None):

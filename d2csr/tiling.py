@@ -11,6 +11,11 @@ only global operation, channel attention's average pooling, lives in the tree at
    centre is kept. Tiles touching the image border see the same zero padding as the whole image, interior
    tiles see real neighbours: the result equals the untiled forward up to float rounding.
 
+With ``upsampler: bicubic_input`` (VDSR-style) the tree itself runs at the output size, so the leaf
+features are ``(N, F, s*h, s*w)``: tiles are still laid out in LR pixels and the features are cropped at
+``s`` times those positions (:func:`feature_factor`). Every backbone x upsampler that :class:`D2CSR` accepts
+tiles exactly.
+
 The ``P`` full-size HR branches are never held at once unless ``return_branches=True``.
 """
 import math
@@ -36,14 +41,22 @@ def _conv_radius(module):
     return radius, resolution
 
 
+def feature_factor(net):
+    """Resolution of the leaf features relative to the LR input: ``net.upscale`` for ``upsampler:
+    bicubic_input`` (the tree runs on the bicubic-upsampled input), 1 otherwise."""
+    return net.upscale if getattr(net, 'upsampler', 'pixelshuffle') == 'bicubic_input' else 1
+
+
 def receptive_radius(net):
     """LR pixels of context each side of a tile that make the tile's centre exact.
 
-    Radius of one leaf's tail (convs at LR and intermediate resolutions, 1x1 output mean shift), or 2 LR
-    pixels for the bicubic skip, plus the convergence net's radius at HR, rounded up, plus one pixel for
-    the rounding of HR positions to LR ones. For the default RCAN D2CSR: x2 4, x3 4, x4 4, x8 4.
+    Radius of one leaf's tail (convs at the features' and intermediate resolutions, rescaled to LR pixels;
+    1x1 output mean shift), or 2 LR pixels for the bicubic skip, plus the convergence net's radius at HR,
+    rounded up, plus one pixel for the rounding of HR positions to LR ones. For the default RCAN D2CSR:
+    x2 4, x3 4, x4 4, x8 4.
     """
     tail_radius, _ = _conv_radius(net.tails[0])
+    tail_radius /= feature_factor(net)
     if net.bicubic_skip:
         tail_radius = max(tail_radius, 2.0)
     fusion_radius, _ = _conv_radius(net.fusion)
@@ -97,21 +110,26 @@ def tiled_forward(net, x, tile=128, tile_pad=None, return_branches=False, return
     s = net.upscale
     device = output_device if output_device is not None else x.device
     features = net.leaf_features(x)
+    fs = feature_factor(net)
+    if tuple(features[0].shape[-2:]) != (h * fs, w * fs):
+        raise ValueError(f'tiled_forward: leaf features of shape {tuple(features[0].shape)} for an input of '
+                         f'{h}x{w}; expected {h * fs}x{w * fs} (upsampler {getattr(net, "upsampler", None)!r})')
 
     def buffer(channels):
         return torch.empty(n, channels, h * s, w * s, dtype=torch.float32, device=device)
 
-    out_ch = net.tails[0][-1].out_channels
-    sr = buffer(out_ch)
-    branches = [buffer(out_ch) for _ in features] if return_branches else None
-    weights = buffer(len(features)) if return_weights else None
-
+    sr = branches = weights = None  # allocated at the first tile, when the output channels are known
     boxes = tile_boxes(h, w, tile)
     for done, (y0, y1, x0, x1) in enumerate(boxes, 1):
         cy0, cy1, cx0, cx1 = max(y0 - tile_pad, 0), min(y1 + tile_pad, h), max(x0 - tile_pad, 0), min(x1 + tile_pad, w)
         x_crop = x[..., cy0:cy1, cx0:cx1]
-        preds = [net.leaf_prediction(i, f[..., cy0:cy1, cx0:cx1], x_crop) for i, f in enumerate(features)]
+        preds = [net.leaf_prediction(i, f[..., cy0 * fs:cy1 * fs, cx0 * fs:cx1 * fs], x_crop)
+                 for i, f in enumerate(features)]
         sr_tile, w_tile = net.fuse(preds)
+        if sr is None:
+            sr = buffer(sr_tile.shape[1])
+            branches = [buffer(sr_tile.shape[1]) for _ in features] if return_branches else None
+            weights = buffer(len(features)) if return_weights else None
         src = (..., slice((y0 - cy0) * s, (y1 - cy0) * s), slice((x0 - cx0) * s, (x1 - cx0) * s))
         dst = (..., slice(y0 * s, y1 * s), slice(x0 * s, x1 * s))
         sr[dst] = sr_tile[src].to(device, torch.float32)

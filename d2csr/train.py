@@ -7,9 +7,10 @@ import os.path as osp
 import d2csr  # noqa: F401  (compatibility shims, then registers archs, data, losses, models)
 from basicsr.train import train_pipeline
 
-from d2csr.utils import check_options_file
+from d2csr.utils import check_options_file, print_entry_help
 
 if __name__ == '__main__':
+    print_entry_help('train')
     check_options_file()
     root_path = osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
     train_pipeline(root_path)

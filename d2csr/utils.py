@@ -1,4 +1,6 @@
 """Small helpers shared by the entry points."""
+import math
+import os
 import os.path as osp
 import sys
 
@@ -18,6 +20,36 @@ def check_options_file(argv=None):
                          'options/train_D2C_div_x4.yml).')
 
 
+ENTRY_HELP = {
+    'train': """D2C-SR training (ECCV 2022: a tree of divergent branches, then a convergence net that fuses them)
+through BasicSR's train pipeline, with d2csr's archs (D2CSR), losses (DivergenceLoss, ConvergenceLoss),
+model (D2CModel) and data sets registered.
+
+  python d2csr/train.py -opt options/train_D2C_div_x4.yml    # stage 1: the divergence tree
+  python d2csr/train.py -opt options/train_D2C_conv_x4.yml   # stage 2: the convergence net, tree frozen
+  torchrun --nproc_per_node=4 d2csr/train.py -opt options/train_D2C_div_x4.yml --launcher pytorch
+
+The options file sets everything (train: stage: divergence | convergence | joint); add
+--force_yml num_gpu=0 to run on the CPU. Results: experiments/<name>/. The flags are BasicSR's own:""",
+    'test': """D2C-SR testing (ECCV 2022) through BasicSR's test pipeline, with d2csr's D2CSR / D2CModel / data sets
+registered: PSNR / SSIM of the fused output, each branch and the oracle fusion, SR images.
+
+  python d2csr/test.py -opt options/test_D2C_x4.yml
+  python d2csr/test.py -opt options/test_D2C_official_x4.yml --force_yml num_gpu=0   # the authors' model, CPU
+
+Results: results/<name>/. Top-level option tf32: false gives full fp32 convolutions on a GPU. The flags are
+BasicSR's own:""",
+}
+
+
+def print_entry_help(kind, argv=None):
+    """With ``-h`` / ``--help`` in ``argv``: print what ``d2csr/<kind>.py`` does; BasicSR's parser then prints
+    its flags and exits."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ('-h', '--help') for arg in argv):
+        print(ENTRY_HELP[kind] + '\n', flush=True)
+
+
 def resolve_device(name):
     """``'auto'`` -> the GPU when there is one, else the CPU; other names as given. Exits with a clear
     message when a GPU is asked for and none is available."""
@@ -32,3 +64,62 @@ def resolve_device(name):
     if device.type == 'cuda' and not torch.cuda.is_available():
         sys.exit(f'error: --device {name} asks for a GPU, but none is available (use --device cpu)')
     return device
+
+
+def set_tf32(enabled):
+    """TF32 (``True``) or full fp32 (``False``) for CUDA convolutions (cuDNN) and matmuls.
+
+    PyTorch's default runs fp32 convolutions on a GPU in TF32 (10-bit mantissa): the authors' outputs are then
+    reproduced to about 3e-3 relative instead of about 1e-6 (measured on an H200 with the official
+    fixtures). No effect on the CPU. Returns the previous ``(cudnn, matmul)`` settings.
+    """
+    import torch
+
+    if not isinstance(enabled, bool):
+        raise ValueError(f'tf32 must be true or false, got {enabled!r}')
+    previous = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    return previous
+
+
+def available_cpus():
+    """CPUs this process may run on: its affinity mask (``os.sched_getaffinity``), capped by a cgroup v2 CPU
+    quota (``/sys/fs/cgroup/cpu.max``, containers); ``os.cpu_count()`` where neither exists."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        with open('/sys/fs/cgroup/cpu.max') as f:
+            quota, period = f.read().split()[:2]
+        if quota != 'max':
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(cpus, 1)
+
+
+def compute_threads(cpus=None, load=None):
+    """Intra-op threads for a CPU run: the CPUs that are free now, at least 1.
+
+    ``cpus`` defaults to :func:`available_cpus`, ``load`` to the 1-minute load average (other programs'
+    runnable threads). On a busy machine fewer threads are faster: each OpenMP thread of an op waits at a
+    barrier for the slowest one, and a thread that is not scheduled holds up all the others.
+    """
+    cpus = available_cpus() if cpus is None else cpus
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            load = 0.0
+    return max(1, min(cpus, int(cpus - load + 0.5)))
+
+
+def thread_env(threads, env=None):
+    """``env`` (default ``os.environ``) with OpenMP / MKL / OpenBLAS limited to ``threads`` threads, for a
+    child process (``torch.set_num_threads`` does not reach it)."""
+    env = dict(os.environ if env is None else env)
+    for key in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
+        env[key] = str(threads)
+    return env

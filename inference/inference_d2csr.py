@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 import d2csr  # noqa: F401  (compatibility shims and registries)
-from d2csr.utils import resolve_device
-from d2csr.convert import UnsafeCheckpointError, load_network
+from d2csr.utils import resolve_device, set_tf32
+from d2csr.convert import UnsafeCheckpointError, describe_param_key, load_network
 from d2csr.image_io import UnreadableImage, image_to_tensor, list_images, read_image, tensor_to_rgb, write_image
 from d2csr.tiling import tiled_forward
 
@@ -33,7 +33,7 @@ def parse_args(argv=None):
     parser.add_argument('-opt', type=str, default=None,
                         help='options file whose network_g builds the model (default: inferred from the weights)')
     parser.add_argument('--param_key', type=str, default=None,
-                        help='checkpoint entry to load (default: params, else params_ema)')
+                        help='checkpoint entry to load (default: params_ema when present, else params)')
     parser.add_argument('-s', '--scale', type=int, default=None, help='expected scale (checked against the model)')
     parser.add_argument('--tile', type=int, default=128, help='tile size in LR pixels for the HR part; 0: no tiling')
     parser.add_argument('--tile_pad', type=int, default=None,
@@ -44,6 +44,8 @@ def parse_args(argv=None):
                         help='output format: auto (the input\'s) or png')
     parser.add_argument('--device', type=str, default='auto', help='auto, cpu, cuda or cuda:N')
     parser.add_argument('--fp16', action='store_true', help='half precision (GPU only; ignored on the CPU)')
+    parser.add_argument('--no_tf32', action='store_true',
+                        help='full fp32 convolutions on a GPU (PyTorch\'s default TF32: about 1e-3 relative error)')
     return parser.parse_args(argv)
 
 
@@ -80,6 +82,8 @@ def plan_outputs(paths, args, num_branches=None):
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
+    if args.no_tf32:
+        set_tf32(False)
     try:
         net, opts, source = load_network(args.model_path, args.opt, args.scale, args.param_key)
     except (UnsafeCheckpointError, ValueError, FileNotFoundError) as err:
@@ -92,7 +96,7 @@ def main(argv=None):
     net = net.to(device)
     if half:
         net = net.half()
-    print(f'D2CSR x{net.upscale} from {args.model_path}, network_g {source}: '
+    print(f'D2CSR x{net.upscale} from {args.model_path}{describe_param_key(net)}, network_g {source}: '
           + ', '.join(f'{k}={v}' for k, v in opts.items() if k != 'type'))
 
     paths = list_images(args.input)
@@ -105,8 +109,10 @@ def main(argv=None):
         sys.exit(f'error: cannot create the output folder {args.output!r} ({err.strerror or err}); choose another '
                  '-o (a folder, not a file).')
     skipped = []
-    bar = tqdm(paths, unit='img')
-    for path in bar:
+    # progress bars only on a terminal; piped or logged output gets one plain line per image instead
+    interactive = sys.stderr.isatty()
+    bar = tqdm(paths, unit='img', disable=not interactive)
+    for index, path in enumerate(bar, 1):
         sr_path, branch_paths = outputs[path]
         bar.set_postfix_str(osp.basename(path))
         try:
@@ -118,7 +124,7 @@ def main(argv=None):
         x = image_to_tensor(image).to(device)
         if half:
             x = x.half()
-        tiles = tqdm(total=0, unit='tile', leave=False, disable=args.tile <= 0)
+        tiles = tqdm(total=0, unit='tile', leave=False, disable=args.tile <= 0 or not interactive)
 
         def progress(done, total, tiles=tiles):
             tiles.total = total
@@ -139,6 +145,9 @@ def main(argv=None):
         except OSError as err:
             skipped.append((path, str(err)))
             tqdm.write(f'skipped {path}: {err}')
+        else:
+            if not interactive:
+                print(f'[{index}/{len(paths)}] {path} -> {sr_path}', flush=True)
         del out, x
 
     done = len(paths) - len(skipped)

@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 import d2csr  # noqa: E402,F401
 from d2csr.data.photo_pairs import build_photo_pairs  # noqa: E402
 from d2csr.evaluation import evaluate_pairs, format_table  # noqa: E402
+from d2csr.utils import compute_threads, thread_env  # noqa: E402
 
 SCALE = 4
 NETWORK = dict(type='D2CSR', num_feat=32, num_group=2, num_block=1, squeeze_factor=8, upscale=SCALE, depth=2,
@@ -64,7 +65,7 @@ def stage_options(name, stage, iters, data_root, pretrain=None):
         logger=dict(print_freq=max(iters // 10, 1), save_checkpoint_freq=iters, use_tb_logger=False))
     if stage == 'divergence':
         opt['train']['divergence_opt'] = dict(type='DivergenceLoss', alpha=2e-5, margins=[5e-5, 2e-5], theta=0.8,
-                                              gray='y', norm='image', depth=2, width=2)
+                                              gray='y', norm='image')
     else:
         opt['train']['convergence_opt'] = dict(type='ConvergenceLoss')
     return opt
@@ -78,12 +79,12 @@ def test_options(name, data_root, weights):
                 val=dict(save_img=True, suffix=None, metrics=metrics()))
 
 
-def run(script, opt, opt_dir):
+def run(script, opt, opt_dir, threads):
     path = osp.join(opt_dir, f'{opt["name"]}.yml')
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
     print(f'\n$ python d2csr/{script}.py -opt {osp.relpath(path, ROOT)}', flush=True)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = thread_env(threads, dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')))
     proc = subprocess.Popen([sys.executable, osp.join(ROOT, 'd2csr', f'{script}.py'), '-opt', path], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # show BasicSR's progress lines and metrics, not the option dump
@@ -99,10 +100,15 @@ def main():
     parser.add_argument('--conv-iters', type=int, default=150, help='stage-2 iterations (default 150)')
     parser.add_argument('--out', default=osp.join(ROOT, 'demo_output'), help='folder for data, options, table')
     parser.add_argument('--name', default='D2C_demo_x4', help='experiment name prefix')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='CPU threads for training and testing (default: the CPUs this process may use '
+                             'minus the current load average, at least 1)')
     args = parser.parse_args()
 
     start = time.time()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    threads = args.threads or compute_threads()
+    torch.set_num_threads(threads)
+    print(f'Using {threads} CPU thread(s) (--threads to change; the data loaders run in the main process).')
     data_root, opt_dir = osp.join(args.out, 'data'), osp.join(args.out, 'options')
     os.makedirs(opt_dir, exist_ok=True)
     print('[1/4] Building the x4 data set from scikit-image photographs (blur, downsampling, noise, JPEG)...')
@@ -114,13 +120,14 @@ def main():
     shutil.rmtree(osp.join(ROOT, 'results', test), ignore_errors=True)
 
     print(f'[2/4] Stage 1: divergence tree, {args.div_iters} iterations (CPU)...')
-    run('train', stage_options(div, 'divergence', args.div_iters, data_root), opt_dir)
+    run('train', stage_options(div, 'divergence', args.div_iters, data_root), opt_dir, threads)
     div_weights = osp.join(ROOT, 'experiments', div, 'models', 'net_g_latest.pth')
     print(f'[3/4] Stage 2: convergence net (tree frozen), {args.conv_iters} iterations...')
-    run('train', stage_options(conv, 'convergence', args.conv_iters, data_root, pretrain=div_weights), opt_dir)
+    run('train', stage_options(conv, 'convergence', args.conv_iters, data_root, pretrain=div_weights), opt_dir,
+        threads)
     weights = osp.join(ROOT, 'experiments', conv, 'models', 'net_g_latest.pth')
     print('[4/4] Testing on the held-out photographs...')
-    run('test', test_options(test, data_root, weights), opt_dir)
+    run('test', test_options(test, data_root, weights), opt_dir, threads)
 
     from basicsr.archs import build_network
     net_opt = dict(NETWORK)

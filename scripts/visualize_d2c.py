@@ -18,8 +18,8 @@ import cv2
 from tqdm import tqdm
 
 import d2csr  # noqa: F401  (compatibility shims and registries)
-from d2csr.utils import resolve_device
-from d2csr.convert import UnsafeCheckpointError, load_network
+from d2csr.utils import resolve_device, set_tf32
+from d2csr.convert import UnsafeCheckpointError, describe_param_key, load_network
 from d2csr.image_io import UnreadableImage, image_to_tensor, list_images, read_image
 from d2csr.tiling import tiled_forward
 from d2csr.visualize import format_table, make_panel, write_table
@@ -33,22 +33,28 @@ def parse_args(argv=None):
     parser.add_argument('--model_path', type=str, required=True,
                         help='BasicSR checkpoint (net_g_*.pth) or the authors\' MegEngine pickle')
     parser.add_argument('-opt', type=str, default=None, help='options file with network_g (default: inferred)')
-    parser.add_argument('--param_key', type=str, default=None, help='checkpoint entry (default: params)')
+    parser.add_argument('--param_key', type=str, default=None,
+                        help='checkpoint entry (default: params_ema when present, else params)')
     parser.add_argument('--crop_border', type=int, default=None, help='PSNR border (default: the scale)')
     parser.add_argument('--rgb', action='store_true', help='PSNR on RGB instead of the Y channel')
     parser.add_argument('--max_side', type=int, default=480, help='longer side of a panel cell; 0: full size')
     parser.add_argument('--tile', type=int, default=128, help='tile size in LR pixels (exact); 0: no tiling')
     parser.add_argument('--device', type=str, default='auto', help='auto, cpu, cuda or cuda:N')
+    parser.add_argument('--no_tf32', action='store_true',
+                        help='full fp32 convolutions on a GPU (PyTorch\'s default TF32: about 1e-3 relative error)')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
+    if args.no_tf32:
+        set_tf32(False)
     try:
         net, _, _ = load_network(args.model_path, args.opt, param_key=args.param_key)
     except (UnsafeCheckpointError, ValueError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
+    print(f'D2CSR x{net.upscale} from {args.model_path}{describe_param_key(net)}')
     net = net.to(device)
     scale = net.upscale
     psnr_opts = dict(crop_border=scale if args.crop_border is None else args.crop_border,

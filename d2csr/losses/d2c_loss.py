@@ -68,7 +68,9 @@ class DivergenceLoss(nn.Module):
         gray (str): ``'y'`` (Y channel, paper eq. 2) or ``'mean'`` (channel mean, authors' code).
         norm (str): statistics of ``G``: ``'image'`` (each image's own mean/std, paper) or ``'batch'``
             (the whole batch tensor's, authors' code). The std is the population std.
-        depth (int), width (int): the tree's ``L`` and ``C``.
+        depth (int), width (int): the tree's ``L`` and ``C``. In training leave them out of
+            ``divergence_opt``: :func:`build_divergence_loss` takes them from ``network_g`` (a value that
+            disagrees with the network stops the run at start).
         alpha_schedule (dict, optional): arguments of :class:`DivergenceWeightSchedule`.
         loss_weight (float): scales the whole loss.
     """
@@ -137,6 +139,32 @@ class DivergenceLoss(nn.Module):
 
     def forward(self, branches, target, current_iter=None):
         return self.terms(branches, target, current_iter)['l_div']
+
+
+def build_divergence_loss(loss_opt, net):
+    """``train: divergence_opt`` built for the tree of ``net`` (a :class:`~d2csr.archs.D2CSR`).
+
+    The network is the one source of truth for the tree's shape: ``depth`` / ``width`` are filled in from
+    ``net`` when absent; a value that differs raises ``ValueError`` naming both, when the run starts rather
+    than when alpha first turns on. Returns the loss module (``DivergenceLoss`` or a subclass).
+    """
+    from basicsr.losses import build_loss
+
+    opt = dict(loss_opt)
+    tree = {'depth': net.depth, 'width': net.width}
+    wrong = {k: opt[k] for k in tree if k in opt and opt[k] != tree[k]}
+    if wrong:
+        given = ', '.join(f'{k}: {v}' for k, v in wrong.items())
+        has = ', '.join(f'{k}: {v}' for k, v in tree.items())
+        raise ValueError(f'train:divergence_opt gives {given}, but network_g is a tree with {has} '
+                         f'({net.width ** net.depth} leaves). Remove depth / width from divergence_opt (they '
+                         'are taken from network_g) or make them equal.')
+    opt.update(tree)
+    try:
+        return build_loss(opt)
+    except ValueError as err:
+        raise ValueError(f'train:divergence_opt does not fit network_g (depth {net.depth}, width {net.width}): '
+                         f'{err}') from err
 
 
 @LOSS_REGISTRY.register()

@@ -39,8 +39,10 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from d2csr.checkpoint import capture_rng_state, load_network_checked, restore_rng_state, save_with_retry
+from d2csr.losses.d2c_loss import build_divergence_loss
 from d2csr.losses.perceptual import build_perceptual_loss, perceptual_terms
 from d2csr.options_check import validate_options
+from d2csr.utils import set_tf32
 
 STAGES = ('divergence', 'convergence', 'joint')
 NAN_POLICIES = ('stop', 'skip')
@@ -84,6 +86,8 @@ class D2CModel(SRModel):
             path = opt['path'].get(key)
             if path and not osp.isfile(path):
                 raise FileNotFoundError(f'path:{key} {path!r} does not exist; check the path in your options file.')
+        if opt.get('tf32') is not None:  # top-level option; false: full fp32 convolutions on the GPU
+            set_tf32(opt['tf32'])
         super().__init__(opt)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
@@ -158,7 +162,7 @@ class D2CModel(SRModel):
         if self.stage in ('divergence', 'joint'):
             if not train_opt.get('divergence_opt'):
                 raise ValueError(f'train:divergence_opt is required for stage {self.stage!r}')
-            self.cri_div = build_loss(train_opt['divergence_opt']).to(self.device)
+            self.cri_div = build_divergence_loss(train_opt['divergence_opt'], net).to(self.device)
         if self.stage in ('convergence', 'joint'):
             if not train_opt.get('convergence_opt'):
                 raise ValueError(f'train:convergence_opt is required for stage {self.stage!r}')
