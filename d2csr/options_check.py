@@ -3,8 +3,9 @@
 :func:`validate_options` is called by :class:`~d2csr.models.D2CModel` first thing. Every problem it finds
 would otherwise run silently with a wrong meaning (``alpha: -1`` switches the triplet term off while the log
 says -1; stage 2 on weights trained with another ``bicubic_skip``) or die later with a raw traceback (a
-``network_g`` key typo, ``gt_size`` not a multiple of the scale, ``scale`` different from ``upscale``, a loss
-tree shape different from the network's, ``num_gpu: 1`` without a GPU). It raises ``ValueError`` listing all
+``network_g`` key typo, ``gt_size`` not a multiple of the scale, ``scale`` different from ``upscale``,
+``num_gpu: 1`` without a GPU). The loss's tree shape is checked where the loss is built
+(:func:`d2csr.losses.build_divergence_loss`), also at start. It raises ``ValueError`` listing all
 of them at once, each naming the option and the fix.
 """
 import inspect
@@ -81,12 +82,7 @@ def _check_divergence(train, network, problems):
         if schedule.get(key) is not None and not (_number(schedule[key]) and schedule[key] >= 0):
             problems.append(f'train:divergence_opt:alpha_schedule:{key} must be a finite number >= 0, got '
                             f'{schedule[key]!r}.')
-    if network is not None and network.get('type') == 'D2CSR':
-        for key in ('depth', 'width'):
-            if key in div and div[key] != network.get(key):
-                problems.append(f'train:divergence_opt:{key} is {div[key]} but network_g:{key} is '
-                                f'{network.get(key)}: the triplet margins are per tree level, so they must '
-                                'describe the same tree; remove it from divergence_opt or make them equal.')
+    # depth / width against network_g: checked where the loss is built (d2csr.losses.build_divergence_loss)
 
 
 def _check_device(opt, problems):

@@ -147,7 +147,7 @@ def main(argv=None):
             tqdm.write(f'skipped {path}: {err}')
         else:
             if not interactive:
-                print(f'[{index}/{len(paths)}] {path} -> {sr_path}', flush=True)
+                print(f'[{index}/{len(paths)}] {path} -> {osp.basename(sr_path)}', flush=True)
         del out, x
 
     done = len(paths) - len(skipped)

@@ -179,7 +179,7 @@ def test_4_stage_2_compares_the_traceless_options_with_stage_1(tmp_path, photo_d
 @pytest.mark.parametrize('override, message', [
     ({'train:divergence_opt:alpha': -1}, r'divergence_opt:alpha must be a finite number >= 0.*got -1'),
     ({'train:divergence_opt:depth': 1, 'train:divergence_opt:width': 4, 'train:divergence_opt:margins': [5e-5]},
-     r'divergence_opt:depth is 1 but network_g:depth is 2'),
+     r'divergence_opt gives depth: 1, width: 4, but network_g is a tree with depth: 2, width: 2'),
     ({'train:divergence_opt:margins': [5e-5, -1]}, r'margins must be finite numbers >= 0'),
 ])
 def test_5_nonsense_option_values_stop_the_run_at_start(tmp_path, photo_data, override, message):
