@@ -435,8 +435,11 @@ def model_from_options(path, device, workdir, net_opt=None, amp=None, compile_mo
 
 def model_step(model, lq, gt):
     """One ``optimize_parameters`` per call, iterations counted on from where the triplet term is on."""
-    schedule = getattr(model.cri_div, 'schedule', None) if model.cri_div is not None else None
-    state = {'iter': (schedule.start_iter + 1) if schedule is not None else 1}
+    schedule = model.cri_div.schedule if model.cri_div is not None else None
+    first = 1
+    while schedule is not None and schedule(first) == 0 and first < 10**7:  # the triplet term on, as in its windows
+        first += 1
+    state = {'iter': first}
     data = {'lq': lq, 'gt': gt}
 
     def step():
