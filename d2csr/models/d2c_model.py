@@ -270,6 +270,8 @@ class D2CModel(SRModel):
             optimizer.zero_grad(set_to_none=True)
             return self._forward_backward(site, optimizer, *args)
         self._compiled_ok[site] = True
+        if self._mark_cudagraph_step:  # CUDA-graph outputs are overwritten by the next replay: keep a copy
+            values = values.clone()
         return values
 
     def optimize_parameters(self, current_iter):
@@ -330,6 +332,10 @@ class D2CModel(SRModel):
             more = f' ({count} bad steps since the last check)' if count > 1 else ''
             logger.warning(f'{message} Step skipped (train:nan_policy: skip){more}; {self.nan_skips} skipped so far.')
             return
+        now = self.guard._next_iter - 1 if self.guard._next_iter else first_iter
+        if now != first_iter:  # found at a later sync point (fused optimizer: no host sync per step)
+            message += (f' Found at iteration {now}; the optimizer skipped every step from iteration {first_iter} '
+                        'on.')
         message += (' Training stopped before the optimizer step: the weights were not updated and the last '
                     f'saved checkpoint in {self.opt["path"].get("models", "experiments/<name>/models")} is intact. '
                     'Lower the learning rate or check the data, then resume with --auto_resume; or set '
