@@ -556,7 +556,8 @@ def print_step_table(res):
         print(f"{name:<22}{r['wall_ms']:>9.1f}{r['wall_ms_median']:>9.1f}{kernel:>10}{busy:>6}"
               f"{r['launches_per_step']:>9.0f}{r['gflop_per_step']:>8.1f}{r['gflops']:>9.1f}{r['of_limit']:>7.0%}"
               f"{r['paper_x4_hours']:>11.1f}")
-    print(f'(launches: GPU kernels per step on CUDA, top-level aten ops on CPU; paper x4 h: {PAPER_X4_ITERS / 1e6:.2f} M '
+    print('(launches: GPU kernels per step on CUDA, top-level aten ops on CPU; paper x4 h: '
+          f'{PAPER_X4_ITERS / 1e6:.2f} M '
           'iterations at this row\'s best time, meaningful at batch 4 x 96^2)')
 
 

@@ -124,7 +124,8 @@ def summarize(args):
             it, t, data_t, loss = lines[-1]
             it = it.strip(',')
             figure = (f"iter {it}: {float(t) * 1e3:.1f} ms/iter (data {float(data_t) * 1e3:.1f}), l_branch {loss}, "
-                      f"paper x4 {float(t) * PAPER_X4_ITERS / 3600:.1f} h" + (' [compile fell back]' if fell_back else ''))
+                      f"paper x4 {float(t) * PAPER_X4_ITERS / 3600:.1f} h" +
+                      (' [compile fell back]' if fell_back else ''))
             summary[part] = dict(iter=it, s_per_iter=float(t), data_s=float(data_t), l_branch=float(loss),
                                  compile_fell_back=fell_back)
         else:

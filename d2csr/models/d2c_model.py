@@ -17,6 +17,13 @@ RNG states, so that a resumed CPU run is bit-identical to an uninterrupted one (
 :mod:`d2csr.compat`). Under ``--launcher`` only what the stage trains is synchronised by
 ``DistributedDataParallel``: parameters frozen by the stage are frozen before wrapping.
 
+The step (``optimize_parameters``) runs without host overhead (:mod:`d2csr.models.train_step`):
+``train: amp: bf16 | fp16`` (autocast; fp16 with a ``GradScaler`` kept in the training state), the NaN/Inf
+guard as one fused check on the device (with ``optim_g: fused: true`` no host sync per step: the decision
+is read at log lines, checkpoints and validation), loss values kept on the device until
+:meth:`D2CModel.get_current_log`, and ``train: compile: <mode>`` (``torch.compile`` of forward + losses,
+falling back to eager with a log line).
+
 Validation reports BasicSR's metrics on the fused output and also logs each branch's PSNR and the PSNR of
 the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6).
 """
@@ -371,7 +378,8 @@ class D2CModel(SRModel):
             if not flags:
                 raise
             raise ValueError(f'train:optim_g {optim_type} with {flags} was refused by PyTorch: {error}. Use fused '
-                             'with Adam, AdamW or SGD (torch >= 2.4 on CPU), and fused or foreach, not both.') from error
+                             'with Adam, AdamW or SGD (torch >= 2.4 on CPU), and fused or foreach, '
+                             'not both.') from error
 
     def save(self, epoch, current_iter):
         self.check_numerics()  # a stop found here raises before anything is written
