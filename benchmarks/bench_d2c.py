@@ -388,6 +388,179 @@ def print_table(res):
     print('ratios: ' + ', '.join(f'{k} {v:.2f}' for k, v in res['ratios'].items()))
 
 
+# --------------------------------------------------------------------------------------------------
+# training steps as users run them: D2CModel.optimize_parameters from the option files
+PAPER_X4_ITERS = 2.29e6  # the paper's x4 schedule: 20,000 of the authors' epochs of ~115 iterations (batch 4, 96^2)
+STEP_OPTION_FILES = {'divergence': 'options/train_D2C_div_x4.yml', 'convergence': 'options/train_D2C_conv_x4.yml'}
+SMOKE_NET = dict(num_feat=16, num_group=1, num_block=1, squeeze_factor=4, fusion_feat=16)
+
+
+def model_from_options(path, device, workdir, net_opt=None, amp=None, compile_mode=None, optim=None,
+                       compile_backend=None):
+    """A :class:`~d2csr.models.D2CModel` built in this process from an option file, as ``d2csr/train.py``
+    builds it (no data sets, no launcher). The convergence stage gets a fresh stage-1 checkpoint."""
+    import yaml
+    from basicsr.models import build_model
+    from basicsr.utils.options import ordered_yaml
+
+    root = Path(__file__).resolve().parents[1]
+    with open(root / path) as f:
+        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False,
+               num_gpu=1 if device.type == 'cuda' else 0)
+    opt['network_g'].update(net_opt or {})
+    train = opt['train']
+    train.update(amp=amp, compile=compile_mode)
+    if compile_backend:
+        train['compile_backend'] = compile_backend
+    train['ema_decay'] = 0
+    for key in ('optim_g', 'optim_c'):
+        if key in train and optim in ('fused', 'foreach'):
+            train[key][optim] = True
+    workdir = Path(workdir)
+    for key in ('models', 'training_states'):
+        (workdir / key).mkdir(parents=True, exist_ok=True)
+        opt['path'][key] = str(workdir / key)
+    opt['path']['resume_state'] = None
+    if train['stage'] == 'convergence':
+        from basicsr.archs import build_network
+
+        stage1 = workdir / 'stage1.pth'
+        torch.save({'params': build_network(dict(opt['network_g'])).state_dict()}, stage1)
+        opt['path']['pretrain_network_g'] = str(stage1)
+    for dataset in opt['datasets'].values():
+        dataset['scale'] = opt['scale']
+    return build_model(opt)
+
+
+def model_step(model, lq, gt):
+    """One ``optimize_parameters`` per call, iterations counted on from where the triplet term is on."""
+    schedule = model.cri_div.schedule if model.cri_div is not None else None
+    first = 1
+    while schedule is not None and schedule(first) == 0 and first < 10**7:  # the triplet term on, as in its windows
+        first += 1
+    state = {'iter': first}
+    data = {'lq': lq, 'gt': gt}
+
+    def step():
+        model.feed_data(data)
+        model.optimize_parameters(state['iter'])
+        state['iter'] += 1
+
+    return step
+
+
+def hand_written_step(net, lq, gt, div_loss, dtype):
+    """The bare stage-1 step: ``net(lq, mode='branches')``, ``DivergenceLoss.terms``, fused Adam, no guard."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)
+    alpha = torch.full((), 2e-5, device=lq.device)
+    autocast = dtype != torch.float32
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(lq.device.type, dtype=dtype, enabled=autocast):
+            branches = net(lq, mode='branches')
+        div_loss.terms([b.float() for b in branches], gt, alpha=alpha)['l_div'].backward()
+        optimizer.step()
+
+    return step
+
+
+def profile_steps(step, device, steps):
+    """``(wall s, summed kernel s or None, kernel launches or top-level ops)`` per step, from ``torch.profiler``.
+
+    On CUDA: the GPU kernels' (and copies') summed duration and count; on CPU: the count of top-level
+    ``aten::`` ops (each a dispatch from Python or the autograd engine) and no kernel time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    step()
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        wall = (time.perf_counter() - start) / steps
+    events = prof.events()
+    if device.type == 'cuda':
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        kernel_s = sum(e.time_range.elapsed_us() for e in kernels) / 1e6 / steps
+        return wall, kernel_s, len(kernels) / steps
+    ops = [e for e in events if e.name.startswith('aten::') and
+           (e.cpu_parent is None or not e.cpu_parent.name.startswith('aten::'))]
+    return wall, None, len(ops) / steps
+
+
+def run_step_rows(args, device):
+    """Rows: ``optimize_parameters`` of both stages from the option files and the hand-written step, per
+    training dtype in ``--train-dtype``; each with its time, profile, FLOPs, limit in its dtype, hours for the
+    paper's x4 schedule."""
+    import tempfile
+
+    net_opt = dict(SMOKE_NET) if args.smoke else {}
+    batch, patch, scale = args.train_batch, args.train_patch, 4
+    lq = torch.rand(batch, 3, patch, patch, device=device)
+    gt = torch.rand(batch, 3, patch * scale, patch * scale, device=device)
+    rows, limits = {}, {}
+    for dtype_name in args.train_dtype.split(','):
+        dtype_name = dtype_name.strip()
+        dtype = DTYPES[dtype_name]
+        label = 'tf32' if dtype == torch.float32 and device.type == 'cuda' else dtype_name
+        limits[label] = conv_limit(batch, patch, 64, device, dtype, args.warmup, max(args.train_repeats, 1))
+        amp = None if dtype == torch.float32 else dtype_name
+        with tempfile.TemporaryDirectory() as workdir:
+            fns = {}
+            for stage, path in STEP_OPTION_FILES.items():
+                model = model_from_options(path, device, Path(workdir) / stage, net_opt, amp, args.train_compile,
+                                           args.optim, args.compile_backend)
+                fns[f'{stage}_{label}'] = (model, model_step(model, lq, gt))
+            net = D2CSR(**dict(net_opt, upscale=scale)).to(device).to(memory_format=CL)
+            div_loss = DivergenceLoss(alpha=2e-5, margins=[5e-5, 2e-5]).to(device)
+            fns[f'hand_written_{label}'] = (net, hand_written_step(net, lq, gt, div_loss, dtype))
+            warmup = 1 if args.smoke else max(args.warmup, 3 if args.train_compile else 1)
+            times = time_rows({k: f for k, (_, f) in fns.items()}, device, warmup, args.train_repeats)
+            for name, (_, fn) in fns.items():
+                flops = count_flops(fn)
+                wall, kernel_s, launches = profile_steps(fn, device, 1 if args.smoke else args.profile_steps)
+                best = min(times[name])
+                rows[name] = dict(dtype=label, batch=batch, patch=patch, wall_ms=best * 1e3,
+                                  wall_ms_median=statistics.median(times[name]) * 1e3,
+                                  profiled_wall_ms=wall * 1e3,
+                                  kernel_ms=None if kernel_s is None else kernel_s * 1e3,
+                                  gpu_busy=None if kernel_s is None else kernel_s / wall,
+                                  launches_per_step=launches, gflop_per_step=flops / 1e9,
+                                  gflops=flops / best / 1e9, of_limit=flops / best / 1e9 / limits[label]['limit'],
+                                  paper_x4_hours=best * PAPER_X4_ITERS / 3600)
+            del fns
+            gc.collect()
+    return dict(setting=dict(train_batch=batch, train_patch=patch, train_dtype=args.train_dtype, optim=args.optim,
+                             compile=args.train_compile, option_files=STEP_OPTION_FILES,
+                             tf32=device.type == 'cuda' and torch.backends.cuda.matmul.allow_tf32),
+                limits_gflops={k: v['limit'] for k, v in limits.items()}, rows=rows)
+
+
+def print_step_table(res):
+    s = res['setting']
+    print(f"\ntraining steps, {s['train_batch']}x3x{s['train_patch']}^2 LR (x4), optimizer {s['optim']}, compile "
+          f"{s['compile']}: D2CModel.optimize_parameters from {s['option_files']['divergence']} / "
+          f"{s['option_files']['convergence']}, and the hand-written stage-1 step")
+    print('limits (64-ch 3x3 conv at the training size, GFLOP/s): ' +
+          ', '.join(f'{k} {v:.1f}' for k, v in res['limits_gflops'].items()))
+    print(f"{'row':<22}{'wall ms':>9}{'(med)':>9}{'kernel ms':>10}{'busy':>6}{'launches':>9}{'GFLOP':>8}"
+          f"{'GFLOP/s':>9}{'limit':>7}{'paper x4 h':>11}")
+    for name, r in res['rows'].items():
+        kernel = '-' if r['kernel_ms'] is None else f"{r['kernel_ms']:.1f}"
+        busy = '-' if r['gpu_busy'] is None else f"{r['gpu_busy']:.0%}"
+        print(f"{name:<22}{r['wall_ms']:>9.1f}{r['wall_ms_median']:>9.1f}{kernel:>10}{busy:>6}"
+              f"{r['launches_per_step']:>9.0f}{r['gflop_per_step']:>8.1f}{r['gflops']:>9.1f}{r['of_limit']:>7.0%}"
+              f"{r['paper_x4_hours']:>11.1f}")
+    print('(launches: GPU kernels per step on CUDA, top-level aten ops on CPU; paper x4 h: '
+          f'{PAPER_X4_ITERS / 1e6:.2f} M '
+          'iterations at this row\'s best time, meaningful at batch 4 x 96^2)')
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--scale', type=int, default=4, choices=(2, 3, 4, 8))
@@ -408,16 +581,40 @@ def parse_args(argv=None):
     parser.add_argument('--compile', action='store_true', help='add a torch.compile row (compiles first)')
     parser.add_argument('--smoke', action='store_true', help='tiny networks and sizes, one round (for tests)')
     parser.add_argument('--json', action='store_true', help='print JSON instead of the table')
+    steps = parser.add_argument_group('training-step rows (D2CModel.optimize_parameters from the option files)')
+    steps.add_argument('--steps', choices=('on', 'off', 'only'), default='on',
+                       help="the training-step rows: 'only' skips the inference and hand-written-model rows")
+    steps.add_argument('--train-dtype', default='fp32',
+                       help="comma list of fp32 (TF32 on CUDA), bf16, fp16: train:amp of each row (default fp32)")
+    steps.add_argument('--optim', choices=('fused', 'foreach', 'file'), default='fused',
+                       help="optim_g: fused: true / foreach: true, or as in the option file (default fused)")
+    steps.add_argument('--train-compile', default=None, help='train:compile mode of the rows (default eager)')
+    steps.add_argument('--compile-backend', default=None, help='train:compile_backend (default inductor)')
+    steps.add_argument('--profile-steps', type=int, default=5, help='steps under torch.profiler per row (default 5)')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    res = run_benchmark(args)
+    device = torch.device(args.device)
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise SystemExit('bench_d2c: --device cuda but torch.cuda.is_available() is False; use --device cpu')
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 rows are TF32
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.train_batch, args.train_patch, args.warmup, args.train_repeats = 2, 8, 0, 1
+    res = run_benchmark(args) if args.steps != 'only' else {}
+    if args.steps != 'off' and not args.skip_train:
+        res['steps'] = run_step_rows(args, device)
     if args.json:
         print(json.dumps(res, indent=1, default=str))
     else:
-        print_table(res)
+        if args.steps != 'only':
+            print_table(res)
+        if 'steps' in res:
+            print_step_table(res['steps'])
     return res
 
 

@@ -99,12 +99,14 @@ class DivergenceLoss(nn.Module):
         margin_of_depth = torch.tensor([0.0] + [float(m) for m in margins])
         self.register_buffer('pair_margin', margin_of_depth[common] * off_diag, persistent=False)
         self.register_buffer('pair_beta', (theta**(common - 1).double()).float() * off_diag, persistent=False)
+        # on the loss's device once (``.to(device)``), so that no call copies host data to the device
+        self.register_buffer('y_coeffs', torch.tensor(_Y_COEFFS).view(3, 1, 1), persistent=False)
 
     def normalized_gray(self, img):
         """``G(I)`` of eq. 2: ``(..., C, H, W)`` -> ``(..., 1, H, W)`` with zero mean and unit std."""
         if self.gray == 'y':
-            coeffs = img.new_tensor(_Y_COEFFS).view(3, 1, 1)
-            g = (img * coeffs).sum(dim=-3, keepdim=True)
+            coeffs = self.y_coeffs if self.y_coeffs.device == img.device else self.y_coeffs.to(img.device)
+            g = (img * coeffs.to(img.dtype)).sum(dim=-3, keepdim=True)
         else:
             g = img.mean(dim=-3, keepdim=True)
         dims = tuple(range(-3, 0)) if self.norm == 'image' else tuple(range(-4, 0))
@@ -128,17 +130,39 @@ class DivergenceLoss(nn.Module):
         trip = F.relu(2 * gram - gram.diagonal().unsqueeze(0) + self.pair_margin)
         return (self.pair_beta * trip).sum() / (num * (num - 1))
 
-    def terms(self, branches, target, current_iter=None):
-        """Dict of ``l_branch`` (sum of per-branch MSE), ``l_triplet`` (``T_D``), ``alpha`` and ``l_div``."""
+    def terms(self, branches, target, current_iter=None, alpha=None):
+        """Dict of ``l_branch`` (sum of per-branch MSE), ``l_triplet`` (``T_D``), ``alpha`` and ``l_div``.
+
+        ``alpha``: the triplet weight as a 0-dim tensor on the device (:meth:`alpha_tensor`); then the
+        triplet term is always computed (times 0 when the schedule is off) and nothing depends on host
+        values: no host-device copy, no branch on data, the same kernels every call (what
+        ``torch.compile`` and CUDA graphs need). Without it, ``alpha`` comes from the schedule at
+        ``current_iter`` (a float) and the triplet term is skipped while it is 0.
+        """
         branches = list(branches)
         l_branch = sum(F.mse_loss(b, target) for b in branches)
-        alpha = self.schedule(current_iter)
-        l_trip = self.triplet(branches, target) if alpha > 0 else target.new_zeros(())
+        if alpha is None:
+            alpha = self.schedule(current_iter)
+            l_trip = self.triplet(branches, target) if alpha > 0 else target.new_zeros(())
+        else:
+            l_trip = self.triplet(branches, target)
         total = self.loss_weight * (l_branch + alpha * l_trip)
         return {'l_branch': l_branch, 'l_triplet': l_trip, 'alpha': alpha, 'l_div': total}
 
     def forward(self, branches, target, current_iter=None):
         return self.terms(branches, target, current_iter)['l_div']
+
+    def alpha_tensor(self, current_iter, out):
+        """Write the schedule's alpha at ``current_iter`` into ``out`` (a 0-dim device tensor) and return it.
+
+        Outside the step: a ``fill_`` kernel (its value an argument, no host-device copy), launched only
+        when the value changes (``out`` keeps the last value written in ``out._d2c_alpha``).
+        """
+        value = self.schedule(current_iter)
+        if getattr(out, '_d2c_alpha', None) != value:
+            out.fill_(value)
+            out._d2c_alpha = value
+        return out
 
 
 def build_divergence_loss(loss_opt, net):

@@ -21,11 +21,19 @@ RNG states, so that a resumed CPU run is bit-identical to an uninterrupted one (
 :mod:`d2csr.compat`). Under ``--launcher`` only what the stage trains is synchronised by
 ``DistributedDataParallel``: parameters frozen by the stage are frozen before wrapping.
 
+The step (``optimize_parameters``) runs without host overhead (:mod:`d2csr.models.train_step`):
+``train: amp: bf16 | fp16`` (autocast; fp16 with a ``GradScaler`` kept in the training state), the NaN/Inf
+guard as one fused check on the device (with ``optim_g: fused: true`` no host sync per step: the decision
+is read at log lines, checkpoints and validation), loss values kept on the device until
+:meth:`D2CModel.get_current_log`, and ``train: compile: <mode>`` (``torch.compile`` of forward + losses,
+falling back to eager with a log line).
+
 Validation reports BasicSR's metrics on the fused output and also logs each branch's PSNR and the PSNR of
 the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6).
 """
 import os.path as osp
 from collections import OrderedDict
+from contextlib import nullcontext
 from copy import deepcopy
 
 import torch
@@ -41,11 +49,13 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from d2csr.checkpoint import capture_rng_state, load_network_checked, restore_rng_state, save_with_retry
 from d2csr.losses.d2c_loss import build_divergence_loss
 from d2csr.losses.perceptual import build_perceptual_loss, perceptual_terms
+from d2csr.models.train_step import StepGuard, amp_dtype, takes_found_inf
 from d2csr.options_check import validate_options
 from d2csr.utils import set_tf32
 
 STAGES = ('divergence', 'convergence', 'joint')
 NAN_POLICIES = ('stop', 'skip')
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 
 def oracle_fusion(branches, target):
@@ -172,6 +182,7 @@ class D2CModel(SRModel):
 
         self.setup_optimizers(trained)
         self.setup_schedulers()
+        self._setup_fast_step(train_opt)
 
     def set_train_mode(self):
         """``train()`` for what this stage trains; a frozen tree stays in eval mode."""
@@ -201,38 +212,138 @@ class D2CModel(SRModel):
 
     # ----------------------------------------------------------------------------------------------
     # one training step
+    def _setup_fast_step(self, train_opt):
+        """``train: amp`` / ``compile`` / ``compile_backend`` and the device-side NaN guard (see
+        :mod:`d2csr.models.train_step`)."""
+        logger = get_root_logger()
+        self.amp_dtype = amp_dtype(train_opt.get('amp'))
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        if self.amp_dtype is not None:
+            logger.info(f'train:amp: forward under torch.autocast({self.device.type!r}, {self.amp_dtype}); losses, '
+                        'weights, gradients and checkpoints in fp32' +
+                        ('; fp16 gradient scaler (its state is saved in the training state)' if self.scaler else ''))
+        self.guard = StepGuard(self.device, self.nan_policy, distributed=self.opt['dist'], handler=self._on_bad_steps)
+        self.guard.reported_skips = getattr(self, '_nan_skips', 0)
+        self._alpha = torch.zeros((), device=self.device)
+        self._step_fns = {'divergence': self._divergence_losses, 'convergence': self._convergence_losses}
+        self._compiled_ok = {}
+        self._mark_cudagraph_step = False
+        mode = train_opt.get('compile')
+        if mode:
+            if mode is True:
+                mode = 'default'
+            if mode not in COMPILE_MODES:
+                raise ValueError(f'train:compile must be one of {COMPILE_MODES} or ~ (eager), got {mode!r}')
+            backend = train_opt.get('compile_backend', 'inductor')
+            kwargs = dict(backend=backend, dynamic=False)
+            if backend == 'inductor':
+                kwargs['mode'] = mode
+            elif mode != 'default':
+                logger.warning(f'train:compile: mode {mode!r} applies to the inductor backend only; '
+                               f'compile_backend {backend!r} ignores it.')
+            if 'cudagraphs' not in mode and mode in ('reduce-overhead', 'max-autotune'):
+                if self.device.type != 'cuda':
+                    logger.info(f'train:compile: {mode!r} captures CUDA graphs on GPUs only; on {self.device.type} '
+                                'it compiles without them.')
+                else:
+                    self._mark_cudagraph_step = True
+            self._step_fns = {k: torch.compile(fn, **kwargs) for k, fn in self._step_fns.items()}
+            logger.info(f'train:compile: forward + losses compiled with torch.compile({kwargs}) for fixed-shape '
+                        'batches (a new shape recompiles); if compiling fails, the step runs eager (logged).')
+        for optimizer in self.optimizers:
+            if takes_found_inf(optimizer):
+                logger.info('NaN/Inf guard: one fused check per step on the device, the fused optimizer skips a bad '
+                            'step itself; the decision is read at log lines and checkpoints (no host sync per step).')
+            else:
+                logger.info('NaN/Inf guard: one fused check per step, read by the host before each optimizer step '
+                            '(set optim_g: fused: true to avoid this sync).')
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _divergence_losses(self, lq, gt, alpha):
+        """Forward (under autocast) and the divergence loss (fp32), plus ``perceptual_opt``'s terms on every
+        branch: ``(loss, stack(l_branch, l_triplet, l_div, *perceptual terms))``."""
+        with self._autocast():
+            branches = self.net_g(lq, mode='branches')
+        branches = [b.float() for b in branches]
+        terms = self.cri_div.terms(branches, gt, alpha=alpha)
+        percep = list(self._perceptual_terms(branches, gt).values())
+        loss = terms['l_div'] + sum(percep) if percep else terms['l_div']
+        return loss, torch.stack([terms['l_branch'], terms['l_triplet'], terms['l_div'], *percep]).detach()
+
+    def _convergence_losses(self, lq, gt):
+        """Forward (under autocast) and the convergence loss (fp32), plus ``perceptual_opt``'s terms on the
+        fused output: ``(loss, stack(l_conv, *perceptual terms))``."""
+        with self._autocast():
+            output = self.net_g(lq, mode='converge')
+        output = output.float()
+        l_conv = self.cri_conv(output, gt)
+        percep = list(self._perceptual_terms([output], gt, self._fused_suffix()).values())
+        loss = l_conv + sum(percep) if percep else l_conv
+        return loss, torch.stack([l_conv, *percep]).detach()
+
+    def _forward_backward(self, site, optimizer, *args):
+        """The stage's compiled (or eager) forward + loss, then backward; falls back to eager (logged) when
+        compiling fails on the first call."""
+        fn = self._step_fns[site]
+        try:
+            loss, values = fn(*args)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        except Exception as error:  # noqa: BLE001  (any compiler failure: fall back, the eager step re-raises)
+            eager = self._divergence_losses if site == 'divergence' else self._convergence_losses
+            if fn is eager or self._compiled_ok.get(site):
+                raise
+            first_line = (str(error).strip().splitlines() or [''])[0][:300]
+            get_root_logger().warning(f'train:compile: compiling the {site} step failed ({type(error).__name__}: '
+                                      f'{first_line}); running it eager.')
+            self._step_fns[site] = eager
+            optimizer.zero_grad(set_to_none=True)
+            return self._forward_backward(site, optimizer, *args)
+        self._compiled_ok[site] = True
+        if self._mark_cudagraph_step:  # CUDA-graph outputs are overwritten by the next replay: keep a copy
+            values = values.clone()
+        return values
+
     def optimize_parameters(self, current_iter):
-        loss_dict = OrderedDict()
+        """One step per trained part: forward + loss (autocast, maybe compiled), backward (scaled in fp16), the
+        device-side NaN/Inf guard and the optimizer step. Loss values stay on the device in ``log_dict``."""
+        self.guard.begin(current_iter)
+        if self._mark_cudagraph_step:
+            torch.compiler.cudagraph_mark_step_begin()
+        log = OrderedDict()
         if self.stage in ('divergence', 'joint'):
             self.optimizer_g.zero_grad(set_to_none=True)
-            branches = self.net_g(self.lq, mode='branches')
-            terms = self.cri_div.terms(branches, self.gt, current_iter)
-            percep = self._perceptual_terms(branches, self.gt)
-            sum([terms['l_div'], *percep.values()]).backward()
-            losses = {k: terms[k].detach() for k in ('l_branch', 'l_triplet', 'l_div')}
-            losses.update((k, v.detach()) for k, v in percep.items())
-            self._guarded_step(self.optimizer_g, current_iter, losses)
-            loss_dict['l_branch'] = losses['l_branch']
-            loss_dict['l_triplet'] = losses['l_triplet']
-            loss_dict.update((k, losses[k]) for k in percep)
-            loss_dict['alpha'] = torch.tensor(terms['alpha'], device=self.device)
-            del branches, terms
+            alpha = self.cri_div.alpha_tensor(current_iter, self._alpha)
+            values = self._forward_backward('divergence', self.optimizer_g, self.lq, self.gt, alpha)
+            names = ('l_branch', 'l_triplet', 'l_div', *self._perceptual_names())
+            self.guard.step(self.optimizer_g, names, values, self.scaler, sync=not takes_found_inf(self.optimizer_g))
+            log['l_branch'], log['l_triplet'] = values[0], values[1]
+            log.update(zip(names[3:], values[3:]))
+            log['alpha'] = alpha
         if self.stage in ('convergence', 'joint'):
             optimizer = self.optimizer_c if self.stage == 'joint' else self.optimizer_g
             optimizer.zero_grad(set_to_none=True)
-            self.output = self.net_g(self.lq, mode='converge')
-            l_conv = self.cri_conv(self.output, self.gt)
-            percep = self._perceptual_terms([self.output], self.gt, suffix='_fused' if self.stage == 'joint' else '')
-            sum([l_conv, *percep.values()]).backward()
-            losses = {'l_conv': l_conv.detach(), **{k: v.detach() for k, v in percep.items()}}
-            loss_dict.update(losses)
-            self._guarded_step(optimizer, current_iter, losses)
-
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.nan_skips:
-            self.log_dict['nan_skips'] = self.nan_skips
+            values = self._forward_backward('convergence', optimizer, self.lq, self.gt)
+            names = ('l_conv', *self._perceptual_names(self._fused_suffix()))
+            self.guard.step(optimizer, names, values, self.scaler, sync=not takes_found_inf(optimizer))
+            log.update(zip(names, values))
+        self.log_dict = log
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _fused_suffix(self):
+        """In ``joint`` the fused output's perceptual terms are logged apart from the branches' (``_fused``)."""
+        return '_fused' if self.stage == 'joint' else ''
+
+    def _perceptual_names(self, suffix=''):
+        """Names of ``perceptual_opt``'s terms, in the order :meth:`_perceptual_terms` gives them."""
+        if self.cri_perceptual is None:
+            return ()
+        return tuple(k + suffix for k, w in (('l_percep', self.cri_perceptual.perceptual_weight),
+                                              ('l_style', self.cri_perceptual.style_weight)) if w > 0)
 
     def _perceptual_terms(self, outputs, gt, suffix=''):
         """``train: perceptual_opt``'s terms for ``outputs`` (list of ``(N, 3, H, W)``, summed over the list, as
@@ -242,40 +353,85 @@ class D2CModel(SRModel):
             return {}
         return {k + suffix: v for k, v in perceptual_terms(self.cri_perceptual, outputs, gt).items()}
 
-    def _guarded_step(self, optimizer, current_iter, losses):
-        """``optimizer.step()`` unless a loss term or a gradient is NaN/Inf (on any process).
+    @property
+    def nan_skips(self):
+        """Steps skipped (or stopped at) for NaN/Inf, as of the last sync point (log line, checkpoint)."""
+        guard = getattr(self, 'guard', None)
+        return guard.reported_skips if guard is not None else getattr(self, '_nan_skips', 0)
 
-        ``train: nan_policy: stop`` (default) raises ``FloatingPointError`` before the step, naming the
-        iteration and the loss terms, so the weights and the last saved checkpoint stay as they were;
-        ``skip`` drops the step's gradients, counts it (``nan_skips`` in the log) and goes on.
+    @nan_skips.setter
+    def nan_skips(self, value):
+        self._nan_skips = value
+        if getattr(self, 'guard', None) is not None:
+            self.guard.reported_skips = value
+
+    def check_numerics(self):
+        """Sync point of the NaN/Inf guard: raises ``FloatingPointError`` (``stop``) or logs (``skip``)."""
+        if self.is_train and getattr(self, 'guard', None) is not None:
+            self.guard.report()
+
+    def _on_bad_steps(self, count, first_iter, flags, values):
+        """Called by the guard when it finds bad steps: ``nan_policy: stop`` raises, ``skip`` warns.
+
+        ``train: nan_policy: stop`` (default) raises ``FloatingPointError`` naming the iteration and the loss
+        terms; the optimizer did not step there (nor after it), so the weights and the last saved checkpoint
+        stay as they were; ``skip`` counts the step (``nan_skips`` in the log) and goes on.
         """
-        params = [p for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
-        bad_loss = torch.stack([~torch.isfinite(v).all() for v in losses.values()]).any()
-        bad_grad = torch.stack([~torch.isfinite(p.grad).all() for p in params]).any() if params \
-            else torch.zeros((), dtype=torch.bool, device=self.device)
-        flags = torch.stack([bad_loss, bad_grad]).to(self.device, torch.float32)
-        if self.opt['dist']:  # every process takes the same decision
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        bad_loss, bad_grad = (bool(v) for v in flags.tolist())
-        if not (bad_loss or bad_grad):
-            optimizer.step()
-            return
-        optimizer.zero_grad(set_to_none=True)
-        values = ', '.join(f'{k}={v.item():.6g}' for k, v in losses.items())
+        bad_loss, bad_grad = flags
+        text = ', '.join(f'{k}={v:.6g}' for k, v in values.items())
         what = ' and '.join(w for w, bad in (('loss', bad_loss), ('gradient', bad_grad)) if bad)
         where = '' if not self.opt['dist'] else ' (on at least one process)'
-        message = f'non-finite {what}{where} at iteration {current_iter} (stage {self.stage}): {values}.'
+        message = f'non-finite {what}{where} at iteration {first_iter} (stage {self.stage}): {text}.'
         logger = get_root_logger()
         if self.nan_policy == 'skip':
-            self.nan_skips += 1
-            logger.warning(f'{message} Step skipped (train:nan_policy: skip); {self.nan_skips} skipped so far.')
+            more = f' ({count} bad steps since the last check)' if count > 1 else ''
+            logger.warning(f'{message} Step skipped (train:nan_policy: skip){more}; {self.nan_skips} skipped so far.')
             return
+        now = self.guard._next_iter - 1 if self.guard._next_iter else first_iter
+        if now != first_iter:  # found at a later sync point (fused optimizer: no host sync per step)
+            message += (f' Found at iteration {now}; the optimizer skipped every step from iteration {first_iter} '
+                        'on.')
         message += (' Training stopped before the optimizer step: the weights were not updated and the last '
                     f'saved checkpoint in {self.opt["path"].get("models", "experiments/<name>/models")} is intact. '
                     'Lower the learning rate or check the data, then resume with --auto_resume; or set '
                     'train:nan_policy: skip to skip such steps.')
         logger.error(message)
         raise FloatingPointError(message)
+
+    def get_current_log(self):
+        """The loss values (device tensors until now: one host copy here, at BasicSR's ``print_freq``), averaged
+        over processes, plus ``nan_skips`` and the fp16 ``loss_scale``. Also the guard's sync point."""
+        self.check_numerics()
+        log = OrderedDict()
+        items = [(k, v) for k, v in self.log_dict.items() if torch.is_tensor(v)]
+        if items:
+            stacked = torch.stack([v.detach().float().reshape(()) for _, v in items])
+            if self.opt['dist']:
+                dist.all_reduce(stacked)
+                stacked /= self.opt['world_size']
+            log.update(zip((k for k, _ in items), stacked.tolist()))
+        log.update((k, v) for k, v in self.log_dict.items() if not torch.is_tensor(v))
+        if self.nan_skips:
+            log['nan_skips'] = self.nan_skips
+        if getattr(self, 'scaler', None) is not None:
+            log['loss_scale'] = self.scaler.get_scale()
+        return log
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        """BasicSR's optimizers; ``fused: true`` / ``foreach: true`` pass to PyTorch (a clear error if refused)."""
+        try:
+            return super().get_optimizer(optim_type, params, lr, **kwargs)
+        except (TypeError, RuntimeError, ValueError) as error:
+            flags = {k: kwargs[k] for k in ('fused', 'foreach', 'capturable') if k in kwargs}
+            if not flags:
+                raise
+            raise ValueError(f'train:optim_g {optim_type} with {flags} was refused by PyTorch: {error}. Use fused '
+                             'with Adam, AdamW or SGD (torch >= 2.4 on CPU), and fused or foreach, '
+                             'not both.') from error
+
+    def save(self, epoch, current_iter):
+        self.check_numerics()  # a stop found here raises before anything is written
+        super().save(epoch, current_iter)
 
     # ----------------------------------------------------------------------------------------------
     # crash-safe saving and exact resume
@@ -326,6 +482,8 @@ class D2CModel(SRModel):
             'network_g': _plain(self.opt['network_g']),
             'nan_skips': getattr(self, 'nan_skips', 0),
         }
+        if getattr(self, 'scaler', None) is not None:
+            state['scaler'] = self.scaler.state_dict()
         save_with_retry(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'),
                         get_root_logger())
 
@@ -342,6 +500,12 @@ class D2CModel(SRModel):
                                  f'comes from another train:stage (this one is {self.stage!r}).')
         super().resume_training(resume_state)
         self.nan_skips = resume_state.get('nan_skips', 0)
+        if getattr(self, 'scaler', None) is not None:
+            if resume_state.get('scaler'):
+                self.scaler.load_state_dict(resume_state['scaler'])
+            else:
+                get_root_logger().warning('train:amp: fp16 but the resume state has no gradient-scaler state '
+                                          '(written without fp16): the scaler starts afresh.')
         get_root_logger().info(f'Resumed from training state {self.opt["path"].get("resume_state")} (iteration '
                                f'{resume_state["iter"]}) with network {self.opt["path"].get("pretrain_network_g")}.')
 
@@ -352,6 +516,7 @@ class D2CModel(SRModel):
         independent of ``val_freq`` and lets a resumed run (which does not repeat the validation of the
         iteration it resumes from) be bit-identical to an uninterrupted one.
         """
+        self.check_numerics()
         rng = capture_rng_state()
         try:
             super().validation(dataloader, current_iter, tb_logger, save_img)
