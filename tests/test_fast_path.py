@@ -197,3 +197,4 @@ def test_benchmark_smoke_mode_reports_every_figure():
         assert row['infer_of_limit'] == pytest.approx(row['infer_gflops'] / res['conv_limit_gflops']['limit'])
     assert res['ratios']['infer_speedup_vs_nchw'] == pytest.approx(
         res['rows']['nchw']['infer_s'] / res['rows']['channels_last']['infer_s'])
+

@@ -18,7 +18,8 @@ RNG states, so that a resumed CPU run is bit-identical to an uninterrupted one (
 ``DistributedDataParallel``: parameters frozen by the stage are frozen before wrapping.
 
 Validation reports BasicSR's metrics on the fused output and also logs each branch's PSNR and the PSNR of
-the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6).
+the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6). ``val: amp:
+bf16 | fp16 | ~`` runs validation and ``d2csr/test.py`` under ``torch.autocast`` (weights stay fp32).
 """
 import os.path as osp
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from d2csr.checkpoint import capture_rng_state, restore_rng_state, save_with_retry
+from d2csr.precision import amp_dtype, autocast
 
 STAGES = ('divergence', 'convergence', 'joint')
 NAN_POLICIES = ('stop', 'skip')
@@ -77,6 +79,7 @@ class D2CModel(SRModel):
             path = opt['path'].get(key)
             if path and not osp.isfile(path):
                 raise FileNotFoundError(f'path:{key} {path!r} does not exist; check the path in your options file.')
+        self.val_amp = amp_dtype((opt.get('val') or {}).get('amp'), 'val:amp')
         super().__init__(opt)
 
     # ----------------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ class D2CModel(SRModel):
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
         net.eval()
         bare = self.get_bare_model(net)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.lq.device, self.val_amp):  # val: amp (outputs come back fp32)
             self.branches = bare.forward_branches(self.lq)
             self.output, self.weights = bare.fuse(self.branches)
         if net is self.net_g and self.is_train:
