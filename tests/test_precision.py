@@ -27,9 +27,6 @@ def model_options(amp):
     return opt
 
 
-test_options.__test__ = False  # a helper, not a test
-
-
 def test_validation_runs_under_val_amp_and_returns_fp32():
     torch.manual_seed(0)
     lq = torch.rand(1, 3, 12, 10)
