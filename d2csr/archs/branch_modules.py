@@ -24,6 +24,7 @@ import inspect
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from basicsr.archs.arch_util import ResidualBlockNoBN, make_layer
 from basicsr.archs.rcan_arch import RCAB, ResidualGroup
 from basicsr.archs.rrdbnet_arch import RRDB
@@ -86,13 +87,15 @@ class RCABlock(RCAB):
 
     ``x + res_scale * CA(y) * y`` with ``y = conv(relu(conv(x)))`` is one ``addcmul`` instead of three passes
     over the feature map (``x * s``, ``* res_scale``, ``+ x``), written into ``y`` when no gradient is
-    recorded. Shapes: ``(N, F, h, w) -> (N, F, h, w)``, in the input's memory format.
+    recorded; channel attention's 1x1 convs on the pooled ``(N, F)`` vector run as two small matmuls. Shapes: ``(N, F, h, w) -> (N, F, h, w)``, in the input's memory format.
     """
 
     def forward(self, x):
         conv1, act, conv2, attention = self.rcab
         y = conv2(act(conv1(x)))
-        scale = attention.attention(y)  # (N, F, 1, 1): pool, 1x1 conv, ReLU, 1x1 conv, sigmoid
+        _, down, _, up, _ = attention.attention  # pool, 1x1 conv, ReLU, 1x1 conv, sigmoid on (N, F)
+        s = F.linear(y.mean((2, 3)), down.weight.flatten(1), down.bias).relu_()
+        scale = torch.sigmoid(F.linear(s, up.weight.flatten(1), up.bias))[:, :, None, None]
         if torch.is_grad_enabled():
             return torch.addcmul(x, y, scale, value=self.res_scale)
         return torch.addcmul(x, y, scale, value=self.res_scale, out=y)
