@@ -59,6 +59,7 @@ from d2csr.archs import D2CSR  # noqa: E402
 from d2csr.losses.d2c_loss import ConvergenceLoss, DivergenceLoss  # noqa: E402
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+CLOCK = [time.perf_counter]  # --clock cpu: time.thread_time
 CL = torch.channels_last
 
 
@@ -123,7 +124,7 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
-def time_rows(fns, device, warmup, repeats, rounds=2):
+def time_rows(fns, device, warmup, repeats, rounds=2, clock=time.perf_counter):
     """``{row: [seconds per call]}``: ``repeats`` timed calls per row, in ``rounds`` passes over the rows.
 
     In each pass a row runs its calls back to back (steady state: its weights and buffers warm in the
@@ -139,10 +140,10 @@ def time_rows(fns, device, warmup, repeats, rounds=2):
                 fn()
             for _ in range(count):
                 synchronize(device)
-                start = time.perf_counter()
+                start = clock()
                 fn()
                 synchronize(device)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return times
 
 
@@ -160,7 +161,7 @@ def conv_limit(batch, size, channels, device, dtype, warmup, repeats):
 
     # one conv is short (about 1.5 ms on 2 CPU cores): many samples, the best of them
     times = time_rows({'nchw': lambda: run(conv, x), 'channels_last': lambda: run(conv_cl, x_cl)}, device,
-                      max(warmup, 3), max(repeats * 5, 1))
+                      max(warmup, 3), max(repeats * 5, 1), clock=CLOCK[0])
     gflops = {name: flops / min(t) / 1e9 for name, t in times.items()}
     return dict(gflops, limit=max(gflops.values()), best_layout=max(gflops, key=gflops.get),
                 median=max(flops / statistics.median(t) / 1e9 for t in times.values()))
@@ -239,6 +240,11 @@ def run_benchmark(args):
     dtypes = parse_dtypes(args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == 'cpu':
+        if device.type != 'cpu' or torch.get_num_threads() != 1:
+            raise SystemExit('bench_d2c: --clock cpu measures this thread\'s CPU time: it needs --device cpu and '
+                             '--threads 1')
+        CLOCK[0] = time.thread_time
     torch.manual_seed(0)
     if args.smoke:
         net_opt = dict(num_feat=16, num_group=1, num_block=1, squeeze_factor=4, fusion_feat=16)
@@ -286,8 +292,8 @@ def run_benchmark(args):
     with torch.inference_mode():
         max_abs_diff = (d2c(x) - d2c_nchw(x)).abs().max().item()
 
-    with torch.inference_mode():
-        flops_d2c = count_flops(lambda: d2c(x))
+    with torch.inference_mode():  # on the NCHW model: its convs are the plain ones (the channels-last model's
+        flops_d2c = count_flops(lambda: d2c_nchw(x))  # few-output convs count their 1x1 tap conv's padding)
         flops_rcan = count_flops(lambda: rcan(x))
     infer_flops = {name: (flops_rcan if rows[name][0] == 'rcan' else flops_d2c) for name in rows}
 
@@ -295,7 +301,8 @@ def run_benchmark(args):
                           dtype=d, infer_flops_per_image=infer_flops[name] / args.batch)
                for name, (m, d) in rows.items()}
     fns = {name: infer_fn(name) for name in rows}
-    times = time_rows({name: (lambda f=fns[name]: f(x)) for name in rows}, device, args.warmup, args.repeats)
+    times = time_rows({name: (lambda f=fns[name]: f(x)) for name in rows}, device, args.warmup, args.repeats,
+                      clock=CLOCK[0])
     for name, t in times.items():
         limit = limits[rows[name][1]]['limit']
         results[name].update(infer_s=min(t), infer_s_median=statistics.median(t),
@@ -316,7 +323,7 @@ def run_benchmark(args):
         flops_train_d2c = count_flops(lambda: steps['channels_last'](lq, gt))
         flops_train_rcan = count_flops(lambda: steps['rcan'](lq, gt))
         train_times = time_rows({name: (lambda s=s: s(lq, gt)) for name, s in steps.items()}, device,
-                                max(args.warmup - 1, 1) if not args.smoke else 0, args.train_repeats)
+                                max(args.warmup - 1, 1) if not args.smoke else 0, args.train_repeats, clock=CLOCK[0])
         limit = limits[dtypes[0]]['limit']
         for name, t in train_times.items():
             flops = flops_train_rcan if name == 'rcan' else flops_train_d2c
@@ -346,6 +353,7 @@ def run_benchmark(args):
         machine=dict(device=str(device), name=(torch.cuda.get_device_name(device) if device.type == 'cuda'
                                                 else cpu_name()),
                      threads=torch.get_num_threads(), torch=torch.__version__, load_before=load_before,
+                     clock=args.clock,
                      load_after=load_average(), cpu_flags=cpu_flags(),
                      malloc_env={k: v for k, v in os.environ.items() if k.startswith('MALLOC_') or k == 'LD_PRELOAD'}),
         setting=dict(scale=args.scale, size=args.size, batch=args.batch, train_batch=args.train_batch,
@@ -386,7 +394,7 @@ def cpu_flags():
 
 def print_table(res):
     m, s = res['machine'], res['setting']
-    print(f"device {m['device']} ({m['name']}), {m['threads']} threads, torch {m['torch']}, "
+    print(f"device {m['device']} ({m['name']}), {m['threads']} threads, {m['clock']} clock, torch {m['torch']}, "
           f"CPU flags {m['cpu_flags']}, load average before {m['load_before']} after {m['load_after']}")
     print(f"x{s['scale']}, inference {s['batch']}x3x{s['size']}x{s['size']} ({', '.join(s['dtypes'])}), training "
           f"{s['train_batch']}x3x{s['train_patch']}x{s['train_patch']} ({s['dtypes'][0]}); best / median of "
@@ -433,6 +441,9 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=20, help='timed inference rounds (default 20)')
     parser.add_argument('--train-repeats', type=int, default=4, help='timed training rounds (default 4)')
     parser.add_argument('--skip-train', action='store_true', help='inference only')
+    parser.add_argument('--clock', default='wall', choices=('wall', 'cpu'),
+                        help='wall (default) or cpu: the CPU time of this thread (with --threads 1 on a CPU), '
+                             'much less disturbed by other jobs on a shared machine')
     parser.add_argument('--compile', action='store_true', help='add a torch.compile row (compiles first)')
     parser.add_argument('--smoke', action='store_true', help='tiny networks and sizes, one round (for tests)')
     parser.add_argument('--json', action='store_true', help='print JSON instead of the table')

@@ -59,8 +59,9 @@ def test_inference_equals_the_former_fast_path(case, memory_format):
 
 
 @pytest.mark.parametrize('case', FIXTURES, ids=CASE_IDS)
-def test_gradients_equal_the_former_fast_path(case):
-    net = fixture_net(case).train()
+@pytest.mark.parametrize('memory_format', [torch.channels_last, torch.contiguous_format], ids=['nhwc', 'nchw'])
+def test_gradients_equal_the_former_fast_path(case, memory_format):
+    net = fixture_net(case, memory_format).train()
     x = case['x'][:, :, :6, :5]
     loss, grads = _grads(net, x, case['grad_seed'])
     torch.testing.assert_close(loss, case['loss'], atol=1e-5 * max(1.0, case['loss'].abs().item()), rtol=1e-5)
@@ -183,6 +184,9 @@ def test_benchmark_smoke_mode_reports_every_figure():
             m.register_forward_hook(hook)
     with torch.no_grad():
         net(torch.rand(1, 3, s['size'], s['size']))
+    from basicsr.archs.rcan_arch import ChannelAttention
+    for ca in (m for m in net.modules() if isinstance(m, ChannelAttention)):  # its 1x1 convs run as matmuls
+        flops.extend(2 * m.in_channels * m.out_channels for m in ca.modules() if isinstance(m, nn.Conv2d))
     d2c_rows = [res['rows'][k] for k in ('channels_last', 'nchw')]
     for row in d2c_rows:
         assert row['infer_flops_per_image'] == sum(flops)

@@ -87,6 +87,34 @@ class FewOutputConv2d(nn.Conv2d):
         return out.permute(0, 3, 1, 2)  # channels-last (N, C_out, H, W)
 
 
+class ShuffleUpsample(Upsample):
+    """BasicSR's ``Upsample`` (conv + pixel shuffle per factor; same modules and parameter names) whose
+    training backward is cheap on the CPU.
+
+    PyTorch's channels-last ``pixel_unshuffle`` (the backward of ``pixel_shuffle``) moves single values. With
+    autograd on a channels-last CPU input, each conv's output channels are re-ordered (an exact re-indexing
+    of its weight and bias) so that the shuffle is a reshape / permute that moves contiguous runs of
+    ``r * C`` values, forward and backward. Otherwise (inference, GPU, NCHW) it is BasicSR's forward.
+    Shapes: ``(N, F, h, w) -> (N, F, s*h, s*w)``.
+    """
+
+    def forward(self, x):
+        if not (torch.is_grad_enabled() and x.device.type == 'cpu'
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        layers = list(self)
+        for conv, shuffle in zip(layers[0::2], layers[1::2]):
+            r = shuffle.upscale_factor
+            c = conv.out_channels // (r * r)
+            perm = torch.arange(r * r * c, device=x.device).view(c, r * r).t().reshape(-1)
+            bias = None if conv.bias is None else conv.bias.index_select(0, perm)
+            y = F.conv2d(x, conv.weight.index_select(0, perm), bias, conv.stride, conv.padding)
+            n, _, h, w = y.shape
+            nhwc = y.permute(0, 2, 3, 1).reshape(n, h, w, r, r, c)  # a view: y is channels-last
+            x = nhwc.permute(0, 1, 3, 2, 4, 5).reshape(n, h * r, w * r, c).permute(0, 3, 1, 2)
+        return x
+
+
 def make_tail(upsampler, upscale, num_feat, num_out_ch):
     """A leaf's tail, ``(N, num_feat, h, w) -> (N, num_out_ch, s*h, s*w)`` (``s = 1`` for ``bicubic_input``).
 
@@ -96,7 +124,7 @@ def make_tail(upsampler, upscale, num_feat, num_out_ch):
     size, a 3x3 conv only.
     """
     if upsampler == 'pixelshuffle':
-        return nn.Sequential(Upsample(upscale, num_feat), FewOutputConv2d(num_feat, num_out_ch, 3, 1, 1))
+        return nn.Sequential(ShuffleUpsample(upscale, num_feat), FewOutputConv2d(num_feat, num_out_ch, 3, 1, 1))
     if upsampler == 'pixelshuffledirect':
         return nn.Sequential(nn.Conv2d(num_feat, num_out_ch * upscale**2, 3, 1, 1), nn.PixelShuffle(upscale))
     return nn.Sequential(FewOutputConv2d(num_feat, num_out_ch, 3, 1, 1))
