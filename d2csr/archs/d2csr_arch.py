@@ -313,13 +313,17 @@ class D2CSR(nn.Module):
 
         ``torch.channels_last`` (NHWC, the default since construction) is the layout oneDNN's and cuDNN's
         fast 3x3 kernels use; ``torch.contiguous_format`` gives PyTorch's default NCHW. Parameter names,
-        values and checkpoints are the same in both; ``.to(device)`` keeps the layout.
+        values and checkpoints are the same in both; ``.to(device)`` and ``load_state_dict`` keep the layout.
+        Call it before an optimizer is built (it replaces the weights' storage).
         """
         if memory_format not in (torch.channels_last, torch.contiguous_format):
             raise ValueError('D2CSR.set_memory_format: memory_format must be torch.channels_last or '
                              f'torch.contiguous_format, got {memory_format!r}')
         self.memory_format = memory_format
-        return self.to(memory_format=memory_format)
+        for m in self.modules():  # conv weights only: buffers such as the (1, C, 1, 1) mean stay as they are
+            if isinstance(m, nn.Conv2d):
+                m.weight.data = m.weight.data.contiguous(memory_format=memory_format)
+        return self
 
     # ----------------------------------------------------------------------------------------------
     # the two halves of forward_branches (also used by tiled inference, d2csr.tiling)
