@@ -297,7 +297,8 @@ def run_benchmark(args):
         flops_rcan = count_flops(lambda: rcan(x))
     infer_flops = {name: (flops_rcan if rows[name][0] == 'rcan' else flops_d2c) for name in rows}
 
-    results = {name: dict(params=sum(p.numel() for p in models['rcan' if m == 'rcan' else 'channels_last'].parameters()),
+    params = {m: sum(p.numel() for p in models[m].parameters()) for m in ('channels_last', 'rcan')}
+    results = {name: dict(params=params['rcan' if m == 'rcan' else 'channels_last'],
                           dtype=d, infer_flops_per_image=infer_flops[name] / args.batch)
                for name, (m, d) in rows.items()}
     fns = {name: infer_fn(name) for name in rows}

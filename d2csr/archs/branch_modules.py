@@ -7,8 +7,8 @@ conv and its upsampler, without the global skip, which the tree's multi-branch d
 provides). ``network_g: backbone`` picks one, ``network_g: backbone_opt`` holds its options:
 
 - ``rcan`` (paper default): ``num_group`` x ResidualGroup(``num_block`` x RCAB) + 3x3 conv (BasicSR's
-  ``rcan_arch`` blocks, with the in-place forwards of :class:`RCABlock` / :class:`RCANGroup`). Options: ``num_group``, ``num_block``, ``squeeze_factor`` (network_g's own keys),
-  ``res_scale``.
+  ``rcan_arch`` blocks, with the in-place forwards of :class:`RCABlock` / :class:`RCANGroup`). Options:
+  ``num_group``, ``num_block``, ``squeeze_factor`` (network_g's own keys), ``res_scale``.
 - ``edsr``: ``num_block`` x ResidualBlockNoBN + 3x3 conv (EDSR). Options: ``num_block``, ``res_scale``.
 - ``srresnet``: ``num_block`` x ResidualBlockNoBN (MSRResNet). Options: ``num_block``.
 - ``rrdbnet``: ``num_block`` x RRDB + 3x3 conv (ESRGAN's RRDBNet). Options: ``num_block``, ``num_grow_ch``.
@@ -87,7 +87,8 @@ class RCABlock(RCAB):
 
     ``x + res_scale * CA(y) * y`` with ``y = conv(relu(conv(x)))`` is one ``addcmul`` instead of three passes
     over the feature map (``x * s``, ``* res_scale``, ``+ x``), written into ``y`` when no gradient is
-    recorded; channel attention's 1x1 convs on the pooled ``(N, F)`` vector run as two small matmuls. Shapes: ``(N, F, h, w) -> (N, F, h, w)``, in the input's memory format.
+    recorded; channel attention's 1x1 convs on the pooled ``(N, F)`` vector run as two small matmuls.
+    Shapes: ``(N, F, h, w) -> (N, F, h, w)``, in the input's memory format.
     """
 
     def forward(self, x):

@@ -75,8 +75,9 @@ def main():
         with torch.no_grad():
             branches = net.forward_branches(x)
             sr, weights = net.fuse(branches)
-            ref = net.reference_fuse(net.reference_forward_branches(x))[0]
-        assert (sr - ref).abs().max() < 1e-5
+            if hasattr(net, 'reference_fuse'):  # at dd9a263: the fast path against the plain per-branch walk
+                ref = net.reference_fuse(net.reference_forward_branches(x))[0]
+                assert (sr - ref).abs().max() < 1e-5
         net.train()
         loss, grads = gradients(net, x[:, :, :6, :5], seed=200 + i)
         cases.append(dict(net_opts=net_opts, state_dict={k: v.clone() for k, v in net.state_dict().items()},
