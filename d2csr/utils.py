@@ -49,8 +49,9 @@ def subprocess_device(name='auto'):
 
     device = resolve_device(name)
     if device.type == 'cpu':
+        threads = torch.get_num_threads()
         return SubprocessDevice(device, 0, {'CUDA_VISIBLE_DEVICES': ''},
-                                f'cpu ({_cpu_name()}, {torch.get_num_threads()} threads)')
+                                f'cpu ({_cpu_name()}, {threads} thread{"s" if threads != 1 else ""})')
     if device.type != 'cuda':
         sys.exit(f'error: --device {name}: only auto, cpu, cuda and cuda:N are supported')
     index = device.index if device.index is not None else 0

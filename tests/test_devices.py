@@ -16,7 +16,7 @@ def test_cpu_device_hides_the_gpus_from_the_subprocesses():
     where = subprocess_device('cpu')
     assert where.device == torch.device('cpu') and where.num_gpu == 0
     assert where.env == {'CUDA_VISIBLE_DEVICES': ''}
-    assert where.description.startswith('cpu (') and 'threads' in where.description
+    assert where.description.startswith('cpu (') and 'thread' in where.description
 
 
 def test_auto_takes_the_gpu_when_there_is_one():
