@@ -8,6 +8,12 @@ beside a training checkpoint (``experiments/<name>/*.yml``), else it is inferred
 8-bit / 16-bit, gray / colour / colour + alpha images come out in the same kind as ``<name>_<suffix>.<ext>``.
 The HR part runs in exact tiles (``--tile``, in LR pixels; ``0`` disables tiling), so large images fit in a few
 GB. Unreadable images are skipped and named; the exit status is 1 when anything was skipped.
+
+Precision (Real-ESRGAN's convention): on a GPU the network runs in half precision (fp16 under
+``torch.autocast``) unless ``--fp32`` is given; on the CPU it runs in fp32 unless ``--amp bf16`` is given
+(fast on CPUs with AVX512-BF16 or AMX). ``--amp bf16|fp16`` picks the half type on either device. The weights
+stay fp32 (one autocast context per image, no copy of the model); the output is computed in fp32 from
+the network's fp32 result.
 """
 import argparse
 import os
@@ -20,6 +26,7 @@ from tqdm import tqdm
 import d2csr  # noqa: F401  (compatibility shims and registries)
 from d2csr.utils import resolve_device, set_tf32
 from d2csr.convert import UnsafeCheckpointError, describe_param_key, load_network
+from d2csr.precision import amp_name, autocast
 from d2csr.image_io import UnreadableImage, image_to_tensor, list_images, read_image, tensor_to_rgb, write_image
 from d2csr.tiling import tiled_forward
 
@@ -43,9 +50,14 @@ def parse_args(argv=None):
     parser.add_argument('--ext', type=str, default='auto', choices=['auto', 'png'],
                         help='output format: auto (the input\'s) or png')
     parser.add_argument('--device', type=str, default='auto', help='auto, cpu, cuda or cuda:N')
-    parser.add_argument('--fp16', action='store_true', help='half precision (GPU only; ignored on the CPU)')
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument('--amp', type=str, default=None, choices=['bf16', 'fp16'],
+                           help='run under torch.autocast in this half type (default: fp16 on a GPU, none on the CPU)')
+    precision.add_argument('--fp32', action='store_true', help='full fp32 precision (the default on the CPU)')
+    precision.add_argument('--fp16', action='store_true', help='the same as --amp fp16 (kept for old command lines)')
     parser.add_argument('--no_tf32', action='store_true',
-                        help='full fp32 convolutions on a GPU (PyTorch\'s default TF32: about 1e-3 relative error)')
+                        help='no TF32 in fp32 convolutions on a GPU (PyTorch\'s default TF32: about 1e-3 relative error); '
+                             'with --fp32 the result matches the CPU to about 1e-6')
     return parser.parse_args(argv)
 
 
@@ -79,6 +91,15 @@ def plan_outputs(paths, args, num_branches=None):
     return outputs
 
 
+def inference_precision(args, device):
+    """``None`` (fp32), ``'bf16'`` or ``'fp16'`` from ``--amp`` / ``--fp32`` / ``--fp16`` and the device."""
+    if args.fp32:
+        return None
+    if args.amp or args.fp16:
+        return args.amp or 'fp16'
+    return 'fp16' if device.type == 'cuda' else None
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -90,14 +111,11 @@ def main(argv=None):
         sys.exit(f'error: {err}')
     if net.head.in_channels != 3:
         sys.exit(f'error: the model takes {net.head.in_channels} input channels; this script feeds RGB (3)')
-    half = args.fp16 and device.type == 'cuda'
-    if args.fp16 and not half:
-        print('--fp16 needs a GPU; running in float32 on the CPU.')
+    amp = inference_precision(args, device)
     net = net.to(device)
-    if half:
-        net = net.half()
     print(f'D2CSR x{net.upscale} from {args.model_path}{describe_param_key(net)}, network_g {source}: '
           + ', '.join(f'{k}={v}' for k, v in opts.items() if k != 'type'))
+    print(f'device {device}, precision {amp_name(amp)}' + (' (torch.autocast, weights fp32)' if amp else ''))
 
     paths = list_images(args.input)
     if not paths:
@@ -122,8 +140,6 @@ def main(argv=None):
             tqdm.write(f'skipped {path}: {err}')
             continue
         x = image_to_tensor(image).to(device)
-        if half:
-            x = x.half()
         tiles = tqdm(total=0, unit='tile', leave=False, disable=args.tile <= 0 or not interactive)
 
         def progress(done, total, tiles=tiles):
@@ -131,7 +147,7 @@ def main(argv=None):
             tiles.update(done - tiles.n)
 
         try:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, amp):
                 out = tiled_forward(net, x, tile=args.tile, tile_pad=args.tile_pad,
                                     return_branches=args.save_branches, output_device='cpu', progress=progress)
         except ValueError as err:

@@ -1,4 +1,4 @@
-"""The d2csr demo: a small two-stage D2C-SR training and test on real photographs, on the CPU, in minutes.
+"""The d2csr demo: a small two-stage D2C-SR training and test on real photographs, in minutes.
 
 1. builds an x4 data set from scikit-image's bundled photographs (10 training photos, 2 held-out ones),
    degraded like a camera would (blur, downsampling, noise, JPEG);
@@ -8,7 +8,9 @@
 4. prints the table: bicubic, each branch, the fused output and the oracle fusion.
 
 Everything lands in ``demo_output/`` (data, options, results table) and BasicSR's ``experiments/`` and
-``results/`` folders. ``--div-iters`` / ``--conv-iters`` change the training length.
+``results/`` folders. ``--div-iters`` / ``--conv-iters`` change the training length. It runs on the GPU when
+there is one (``--device auto``, the default) and says which device it uses; ``--device cpu`` / ``cuda`` /
+``cuda:N`` chooses.
 """
 import argparse
 import copy
@@ -28,7 +30,7 @@ sys.path.insert(0, ROOT)
 import d2csr  # noqa: E402,F401
 from d2csr.data.photo_pairs import build_photo_pairs  # noqa: E402
 from d2csr.evaluation import evaluate_pairs, format_table  # noqa: E402
-from d2csr.utils import compute_threads, thread_env  # noqa: E402
+from d2csr.utils import compute_threads, subprocess_device, thread_env  # noqa: E402
 
 SCALE = 4
 NETWORK = dict(type='D2CSR', num_feat=32, num_group=2, num_block=1, squeeze_factor=8, upscale=SCALE, depth=2,
@@ -50,10 +52,10 @@ def metrics():
                 ssim=dict(type='calculate_ssim', crop_border=SCALE, test_y_channel=True))
 
 
-def stage_options(name, stage, iters, data_root, pretrain=None):
+def stage_options(name, stage, iters, data_root, pretrain=None, num_gpu=0):
     train, val = dataset_opts(data_root)
     opt = dict(
-        name=name, model_type='D2CModel', scale=SCALE, num_gpu=0, manual_seed=0,
+        name=name, model_type='D2CModel', scale=SCALE, num_gpu=num_gpu, manual_seed=0,
         datasets=dict(train=train, val=val),
         network_g=copy.deepcopy(NETWORK),
         path=dict(pretrain_network_g=pretrain, strict_load_g=True, resume_state=None),
@@ -71,20 +73,21 @@ def stage_options(name, stage, iters, data_root, pretrain=None):
     return opt
 
 
-def test_options(name, data_root, weights):
+def test_options(name, data_root, weights, num_gpu=0):
     _, val = dataset_opts(data_root)
-    return dict(name=name, model_type='D2CModel', scale=SCALE, num_gpu=0, manual_seed=0,
+    return dict(name=name, model_type='D2CModel', scale=SCALE, num_gpu=num_gpu, manual_seed=0,
                 datasets=dict(test_1=val), network_g=copy.deepcopy(NETWORK),
                 path=dict(pretrain_network_g=weights, strict_load_g=True, param_key_g='params'),
                 val=dict(save_img=True, suffix=None, metrics=metrics()))
 
 
-def run(script, opt, opt_dir, threads):
+def run(script, opt, opt_dir, threads, env=None):
     path = osp.join(opt_dir, f'{opt["name"]}.yml')
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
     print(f'\n$ python d2csr/{script}.py -opt {osp.relpath(path, ROOT)}', flush=True)
-    env = thread_env(threads, dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')))
+    env = thread_env(threads, dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+                                   **(env or {})))
     proc = subprocess.Popen([sys.executable, osp.join(ROOT, 'd2csr', f'{script}.py'), '-opt', path], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # show BasicSR's progress lines and metrics, not the option dump
@@ -94,7 +97,7 @@ def run(script, opt, opt_dir, threads):
         sys.exit(f'{script}.py failed for {path}; see its log under experiments/ or results/')
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--div-iters', type=int, default=500, help='stage-1 iterations (default 500)')
     parser.add_argument('--conv-iters', type=int, default=150, help='stage-2 iterations (default 150)')
@@ -103,11 +106,15 @@ def main():
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for training and testing (default: the CPUs this process may use '
                              'minus the current load average, at least 1)')
-    args = parser.parse_args()
+    parser.add_argument('--device', default='auto',
+                        help='auto (the first GPU when there is one, else the CPU), cpu, cuda or cuda:N')
+    args = parser.parse_args(argv)
 
     start = time.time()
     threads = args.threads or compute_threads()
     torch.set_num_threads(threads)
+    where = subprocess_device(args.device)
+    print(f'Device: {where.description} (num_gpu: {where.num_gpu} in the option files)', flush=True)
     print(f'Using {threads} CPU thread(s) (--threads to change; the data loaders run in the main process).')
     data_root, opt_dir = osp.join(args.out, 'data'), osp.join(args.out, 'options')
     os.makedirs(opt_dir, exist_ok=True)
@@ -119,15 +126,16 @@ def main():
         shutil.rmtree(osp.join(ROOT, 'experiments', name), ignore_errors=True)
     shutil.rmtree(osp.join(ROOT, 'results', test), ignore_errors=True)
 
-    print(f'[2/4] Stage 1: divergence tree, {args.div_iters} iterations (CPU)...')
-    run('train', stage_options(div, 'divergence', args.div_iters, data_root), opt_dir, threads)
+    print(f'[2/4] Stage 1: divergence tree, {args.div_iters} iterations ({where.device})...')
+    run('train', stage_options(div, 'divergence', args.div_iters, data_root, num_gpu=where.num_gpu), opt_dir,
+        threads, where.env)
     div_weights = osp.join(ROOT, 'experiments', div, 'models', 'net_g_latest.pth')
     print(f'[3/4] Stage 2: convergence net (tree frozen), {args.conv_iters} iterations...')
-    run('train', stage_options(conv, 'convergence', args.conv_iters, data_root, pretrain=div_weights), opt_dir,
-        threads)
+    run('train', stage_options(conv, 'convergence', args.conv_iters, data_root, pretrain=div_weights,
+                               num_gpu=where.num_gpu), opt_dir, threads, where.env)
     weights = osp.join(ROOT, 'experiments', conv, 'models', 'net_g_latest.pth')
     print('[4/4] Testing on the held-out photographs...')
-    run('test', test_options(test, data_root, weights), opt_dir, threads)
+    run('test', test_options(test, data_root, weights, num_gpu=where.num_gpu), opt_dir, threads, where.env)
 
     from basicsr.archs import build_network
     net_opt = dict(NETWORK)
@@ -135,10 +143,11 @@ def main():
     net.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True)['params'])
     val_dir = osp.join(data_root, 'val')
     pairs = [(osp.join(val_dir, 'LR', f), osp.join(val_dir, 'HR', f)) for f in sorted(os.listdir(osp.join(val_dir, 'HR')))]
-    results = evaluate_pairs(net, pairs, SCALE)
+    results = evaluate_pairs(net.to(where.device), pairs, SCALE, device=where.device)
     minutes = (time.time() - start) / 60
     table = format_table(results, title=f'D2C demo, x4, held-out photos ({", ".join(sorted(os.listdir(osp.join(val_dir, "HR"))))}), '
-                                       f'{args.div_iters} + {args.conv_iters} iterations, {minutes:.1f} min')
+                                       f'{args.div_iters} + {args.conv_iters} iterations, {minutes:.1f} min, '
+                                       f'{where.description}')
     with open(osp.join(args.out, 'results.md'), 'w') as f:
         f.write(table + '\n')
     print('\n' + table)

@@ -1,8 +1,10 @@
-"""The fast forward path equals the straightforward per-branch one (outputs and gradients); the benchmark runs."""
-import copy
+"""One forward: the modules' own forward (channels-last, in-place RCAN blocks, leaf-by-leaf HR tails) gives
+the outputs and gradients of the former fast path (fixtures) in either memory format; the benchmark runs."""
 import json
 import subprocess
 import sys
+import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,180 +14,131 @@ from conftest import ROOT, subprocess_env
 from d2csr.archs import D2CSR, register_branch_module
 
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-# (depth, width, scale, extra options): trees of every shape the tests of the arch use, all scales,
-# the three mean shifts, the ablation without deep residuals and the bicubic skip
-CASES = [
-    (1, 1, 2, {}),
-    (1, 3, 3, dict(mean_shift='learnable')),
-    (2, 2, 4, {}),
-    (3, 2, 2, dict(mean_shift='none', img_range=255.0)),
-    (2, 3, 8, dict(bicubic_skip=True)),
-    (2, 2, 3, dict(deep_residual=False)),
-    (2, 2, 2, dict(upsampler='bicubic_input', bicubic_skip=True, mean_shift='none')),  # D2C-VDSR's tails
-    (1, 2, 4, dict(upsampler='pixelshuffledirect')),  # D2C-IMDN's tails
-]
+FIXTURES = torch.load(Path(__file__).parent / 'data' / 'forward_fixtures.pt', weights_only=True)['cases']
+CASE_IDS = [f"{i}-L{c['net_opts']['depth']}C{c['net_opts']['width']}x{c['net_opts']['upscale']}-"
+            f"{c['net_opts'].get('backbone', 'rcan')}" for i, c in enumerate(FIXTURES)]
 
 
-def tiny_net(depth, width, scale, **opts):
-    torch.manual_seed(depth * 100 + width * 10 + scale)
-    net = D2CSR(num_feat=8, num_group=2, num_block=2, squeeze_factor=4, upscale=scale, depth=depth, width=width,
-                fusion_feat=8, **opts)
-    with torch.no_grad():  # biases are zero-initialised nowhere, but make every parameter matter
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return net
+def fixture_net(case, memory_format=torch.channels_last):
+    net = D2CSR(**case['net_opts'])
+    net.load_state_dict(case['state_dict'], strict=True)
+    return net.set_memory_format(memory_format)
 
 
-def reference_outputs(net, x):
-    branches = net.reference_forward_branches(x)
-    sr, weights = net.reference_fuse(branches)
-    return branches, sr, weights
-
-
-@pytest.mark.parametrize('depth,width,scale,opts', CASES)
-def test_fast_inference_equals_reference(depth, width, scale, opts):
-    net = tiny_net(depth, width, scale, **opts).eval()
-    x = torch.rand(2, 3, 7, 6)
-    with torch.no_grad():
-        ref_branches, ref_sr, ref_weights = reference_outputs(net, x)
-    for channels_last in (True, False):
-        net.set_speed_options(channels_last=channels_last)
-        with torch.inference_mode():
-            branches = net.forward_branches(x)
-            sr, weights = net.fuse(branches)
-            forward_sr = net(x)
-        assert len(branches) == len(ref_branches) == width**depth
-        for fast, ref in zip(branches, ref_branches):
-            assert fast.shape == ref.shape
-            torch.testing.assert_close(fast, ref, **TOL)
-        torch.testing.assert_close(sr, ref_sr, **TOL)
-        torch.testing.assert_close(weights, ref_weights, **TOL)
-        torch.testing.assert_close(forward_sr, ref_sr, **TOL)
-
-
-def _grads(net, x, outputs_fn, seed=0):
-    """Gradients of a random linear function of every branch and the fused output, for all parameters and x."""
+def _grads(net, x, seed):
+    """Gradients of the fixtures' random linear function of every branch and the fused output."""
     net.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(True)
-    branches, sr = outputs_fn(x)
+    branches = net.forward_branches(x)
+    sr = net.fuse(branches)[0]
     gen = torch.Generator().manual_seed(seed)
     loss = sum((b * torch.randn(b.shape, generator=gen)).sum() for b in branches)
     loss = loss + (sr * torch.randn(sr.shape, generator=gen)).sum()
     loss.backward()
-    grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
-    grads['input'] = x.grad.clone()
+    grads = {name: p.grad for name, p in net.named_parameters() if p.grad is not None}
+    grads['input'] = x.grad
     return loss.detach(), grads
 
 
-@pytest.mark.parametrize('depth,width,scale,opts', CASES)
-def test_fast_gradients_equal_reference(depth, width, scale, opts):
-    net = tiny_net(depth, width, scale, **opts).train()
-    x = torch.rand(2, 3, 6, 5)
+@pytest.mark.parametrize('case', FIXTURES, ids=CASE_IDS)
+@pytest.mark.parametrize('memory_format', [torch.channels_last, torch.contiguous_format], ids=['nhwc', 'nchw'])
+def test_inference_equals_the_former_fast_path(case, memory_format):
+    net = fixture_net(case, memory_format).eval()
+    for x in (case['x'], case['x'].contiguous(memory_format=torch.channels_last)):
+        with torch.inference_mode():
+            branches = net.forward_branches(x)
+            sr, weights = net.fuse(branches)
+            forward_sr = net(x)
+        assert len(branches) == len(case['branches'])
+        for got, ref in zip(branches, case['branches']):
+            assert got.shape == ref.shape and got.dtype == torch.float32
+            torch.testing.assert_close(got, ref, **TOL)
+        torch.testing.assert_close(sr, case['sr'], **TOL)
+        torch.testing.assert_close(weights, case['weights'], **TOL)
+        torch.testing.assert_close(forward_sr, case['sr'], **TOL)
 
-    def reference(inp):
-        branches, sr, _ = reference_outputs(net, inp)
-        return branches, sr
 
-    def fast(inp):
-        branches = net.forward_branches(inp)
-        return branches, net.fuse(branches)[0]
-
-    ref_loss, ref_grads = _grads(net, x, reference)
-    loss, grads = _grads(net, x, fast)
-    torch.testing.assert_close(loss, ref_loss, **TOL)
-    assert grads.keys() == ref_grads.keys()
-    for name in ref_grads:
-        scale_ = ref_grads[name].abs().max().item()
-        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5 * max(1.0, scale_), rtol=1e-5,
+@pytest.mark.parametrize('case', FIXTURES, ids=CASE_IDS)
+@pytest.mark.parametrize('memory_format', [torch.channels_last, torch.contiguous_format], ids=['nhwc', 'nchw'])
+def test_gradients_equal_the_former_fast_path(case, memory_format):
+    net = fixture_net(case, memory_format).train()
+    x = case['x'][:, :, :6, :5]
+    loss, grads = _grads(net, x, case['grad_seed'])
+    torch.testing.assert_close(loss, case['loss'], atol=1e-5 * max(1.0, case['loss'].abs().item()), rtol=1e-5)
+    assert grads.keys() == case['grads'].keys()
+    for name, ref in case['grads'].items():
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(grads[name], ref, atol=1e-5 * max(1.0, scale), rtol=1e-5,
                                    msg=lambda m, n=name: f'gradient of {n}: {m}')
 
 
-def test_converge_mode_trains_only_the_fusion_net_as_the_reference_does():
-    net = tiny_net(2, 2, 2)
-    x = torch.rand(1, 3, 6, 6)
-    sr = net(x, mode='converge')
+def test_weights_and_features_are_channels_last_and_checkpoints_unchanged():
+    case = FIXTURES[2]
+    net = fixture_net(case)
+    assert net.memory_format == torch.channels_last
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    features = net.leaf_features(case['x'])  # an NCHW input is laid out NHWC inside
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in features)
+    # same parameter names as before; loads into either layout and back, values unchanged
+    assert list(net.state_dict()) == list(case['state_dict'])
+    nchw = D2CSR(**case['net_opts']).set_memory_format(torch.contiguous_format)
+    nchw.load_state_dict(net.state_dict(), strict=True)
+    assert nchw.head.weight.is_contiguous()
+    for k, v in nchw.state_dict().items():
+        assert torch.equal(v, case['state_dict'][k]), k
+    with pytest.raises(ValueError, match='memory_format'):
+        net.set_memory_format(torch.preserve_format)
+
+
+def test_only_one_leafs_hr_features_are_alive_at_a_time():
+    """Each tail's upsampled (HR, ``num_feat``-channel) features are freed before the next tail starts."""
+    net = fixture_net(FIXTURES[2]).eval()
+    alive = []
+
+    def pre_hook(module, inputs):
+        assert all(ref() is None for ref in alive), 'an earlier leaf\'s HR features are still alive'
+
+    def hook(module, inputs, output):
+        alive.append(weakref.ref(output))
+
+    for tail in net.tails:
+        tail.register_forward_pre_hook(pre_hook)
+        tail[0].register_forward_hook(hook)  # the upsampler: HR features
+    with torch.inference_mode():
+        net(FIXTURES[2]['x'])
+    assert len(alive) == net.num_branches
+
+
+def test_converge_mode_trains_only_the_fusion_net():
+    case = FIXTURES[2]
+    net = fixture_net(case)
+    sr = net(case['x'], mode='converge')
     (sr**2).mean().backward()
     grads = {name: p.grad for name, p in net.named_parameters()}
     assert all(g is not None for n, g in grads.items() if n.startswith('fusion.'))
     assert all(g is None for n, g in grads.items() if not n.startswith('fusion.'))
-    with torch.no_grad():
-        ref_sr = net.reference_fuse(net.reference_forward_branches(x))[0]
-    torch.testing.assert_close(sr.detach(), ref_sr, **TOL)
+    torch.testing.assert_close(sr.detach(), case['sr'], **TOL)
 
 
-def test_speed_options_leave_the_checkpoint_layout_alone():
-    net = tiny_net(2, 2, 4)
-    keys = list(net.state_dict())
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    net.set_speed_options(channels_last=False, autocast='bf16')
-    with torch.no_grad():
-        net(torch.rand(1, 3, 5, 5))
-    assert list(net.state_dict()) == keys
-    fresh = D2CSR(num_feat=8, num_group=2, num_block=2, squeeze_factor=4, upscale=4, fusion_feat=8)
-    fresh.load_state_dict(net.state_dict(), strict=True)
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, state[k])
+def test_bf16_autocast_inference_is_close_and_returns_fp32():
+    case = FIXTURES[2]
+    net = fixture_net(case).eval()
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        branches = net.forward_branches(case['x'])
+        sr, weights = net.fuse(branches)
+    assert sr.dtype == weights.dtype == torch.float32 and all(b.dtype == torch.float32 for b in branches)
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the weights stay fp32
+    assert (sr - case['sr']).abs().max().item() < 0.05
+    assert not torch.equal(sr, case['sr'])  # it did run in bf16
 
 
-def test_inference_follows_weight_changes_and_input_sizes():
-    """Whatever the fast path keeps between calls, it sees in-place updates (an optimizer step), updates
-    through ``.data`` (BasicSR's EMA), a loaded state dict, a replaced parameter and other input sizes."""
-    net = tiny_net(2, 2, 3).eval()
-    x = torch.rand(2, 3, 7, 6)
-
-    def check(inp):
-        with torch.inference_mode():
-            fast = net(inp)
-        with torch.no_grad():
-            ref = net.reference_fuse(net.reference_forward_branches(inp))[0]
-        torch.testing.assert_close(fast, ref, **TOL)
-        return fast
-
-    before = check(x)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    after_step = check(x)
-    assert not torch.allclose(after_step, before)
-    for p in net.parameters():  # bumps no version counter
-        p.data.mul_(0.9).add_(0.01)
-    assert not torch.allclose(check(x), after_step)
-    net.load_state_dict(tiny_net(2, 2, 3).state_dict())
-    check(x)
-    net.head.weight = nn.Parameter(torch.randn_like(net.head.weight))
-    check(x)
-    check(torch.rand(1, 3, 9, 11))
-    clone = copy.deepcopy(net)
-    with torch.inference_mode():
-        torch.testing.assert_close(clone(x), net(x), **TOL)
-
-
-def test_bad_autocast_option_is_named():
-    with pytest.raises(ValueError, match='autocast'):
-        tiny_net(1, 2, 2).set_speed_options(autocast='int8')
-
-
-def test_bf16_autocast_inference_is_close_and_returns_the_input_dtype():
-    net = tiny_net(2, 2, 2).eval()
-    x = torch.rand(1, 3, 8, 8)
-    with torch.inference_mode():
-        ref = net(x)
-        net.set_speed_options(autocast='bf16')
-        low = net(x)
-        branches = net.forward_branches(x)
-    assert low.dtype == torch.float32 and all(b.dtype == torch.float32 for b in branches)
-    assert (low - ref).abs().max().item() < 0.05
-    assert not torch.equal(low, ref)  # it did run in bf16
-
-
-def test_other_backbones_fall_back_to_their_own_forward(monkeypatch):
+def test_a_registered_backbone_runs_in_both_layouts(monkeypatch):
     from d2csr.archs import branch_modules
 
     monkeypatch.setattr(branch_modules, '_BRANCH_MODULES', dict(branch_modules._BRANCH_MODULES))  # undone after
-    """A backbone the fast path does not know (not RCAN) still gives the reference's outputs and gradients."""
 
-    class Gate(nn.Module):  # neither nn.Sequential nor made of RCAN blocks
+    class Gate(nn.Module):  # any module: the tree calls it as it is
         def __init__(self, num_feat):
             super().__init__()
             self.conv = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -194,19 +147,17 @@ def test_other_backbones_fall_back_to_their_own_forward(monkeypatch):
             return x + torch.tanh(self.conv(x))
 
     register_branch_module('test_gate')(lambda num_feat: Gate(num_feat))
-    register_branch_module('test_seq')(lambda num_feat: nn.Sequential(nn.Conv2d(num_feat, num_feat, 3, 1, 1),
-                                                                      nn.LeakyReLU(0.1), Gate(num_feat)))
-    for backbone in ('test_gate', 'test_seq'):
-        torch.manual_seed(0)
-        net = D2CSR(num_feat=8, upscale=2, backbone=backbone, fusion_feat=8)
-        x = torch.rand(1, 3, 5, 6)
-        with torch.inference_mode():
-            torch.testing.assert_close(net(x), net.reference_fuse(net.reference_forward_branches(x))[0], **TOL)
-        ref_loss, ref_grads = _grads(net, x, lambda i: (net.reference_forward_branches(i), torch.zeros(())))
-        loss, grads = _grads(net, x, lambda i: (net.forward_branches(i), torch.zeros(())))
-        assert grads.keys() == ref_grads.keys() and len(grads) > 1
-        for name in ref_grads:
-            torch.testing.assert_close(grads[name], ref_grads[name], **TOL)
+    torch.manual_seed(0)
+    net = D2CSR(num_feat=8, upscale=2, backbone='test_gate', fusion_feat=8)
+    nchw = D2CSR(num_feat=8, upscale=2, backbone='test_gate', fusion_feat=8).set_memory_format(torch.contiguous_format)
+    nchw.load_state_dict(net.state_dict())
+    x = torch.rand(1, 3, 5, 6)
+    _, grads = _grads(net, x, 0)
+    _, ref_grads = _grads(nchw, x, 0)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], **TOL)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), nchw(x), **TOL)
 
 
 def test_benchmark_smoke_mode_reports_every_figure():
@@ -215,10 +166,10 @@ def test_benchmark_smoke_mode_reports_every_figure():
                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout)
-    assert set(res['rows']) == {'fast', 'reference', 'reference_cl', 'rcan'}
+    assert set(res['rows']) == {'channels_last', 'nchw', 'rcan'}
     assert res['conv_limit_gflops']['limit'] == max(res['conv_limit_gflops']['nchw'],
                                                     res['conv_limit_gflops']['channels_last']) > 0
-    assert res['fast_vs_reference_max_abs_diff'] < 1e-5
+    assert res['nchw_vs_channels_last_max_abs_diff'] < 1e-5
 
     # the FLOPs are counted: they equal the sum over the smoke network's convs, read off forward hooks
     s = res['setting']
@@ -232,8 +183,11 @@ def test_benchmark_smoke_mode_reports_every_figure():
         if isinstance(m, nn.Conv2d):
             m.register_forward_hook(hook)
     with torch.no_grad():
-        net.reference_fuse(net.reference_forward_branches(torch.rand(1, 3, s['size'], s['size'])))
-    d2c_rows = [res['rows'][k] for k in ('fast', 'reference', 'reference_cl')]
+        net(torch.rand(1, 3, s['size'], s['size']))
+    from basicsr.archs.rcan_arch import ChannelAttention
+    for ca in (m for m in net.modules() if isinstance(m, ChannelAttention)):  # its 1x1 convs run as matmuls
+        flops.extend(2 * m.in_channels * m.out_channels for m in ca.modules() if isinstance(m, nn.Conv2d))
+    d2c_rows = [res['rows'][k] for k in ('channels_last', 'nchw')]
     for row in d2c_rows:
         assert row['infer_flops_per_image'] == sum(flops)
         assert row['params'] == sum(p.numel() for p in net.parameters())
@@ -245,5 +199,6 @@ def test_benchmark_smoke_mode_reports_every_figure():
                     'train_peak_bytes'):
             assert row[key] > 0, key
         assert row['infer_of_limit'] == pytest.approx(row['infer_gflops'] / res['conv_limit_gflops']['limit'])
-    assert res['ratios']['infer_speedup_vs_reference'] == pytest.approx(
-        res['rows']['reference']['infer_s'] / res['rows']['fast']['infer_s'])
+    assert res['ratios']['infer_speedup_vs_nchw'] == pytest.approx(
+        res['rows']['nchw']['infer_s'] / res['rows']['channels_last']['infer_s'])
+

@@ -163,3 +163,48 @@ def test_inference_script_options_and_bad_input(tmp_path, capsys):
     truncated.write_bytes(model.read_bytes()[:2000])
     with pytest.raises(SystemExit, match='could not be loaded'):
         script.main(['-i', str(img), '-o', str(tmp_path / 'o'), '--model_path', str(truncated)])
+
+
+def test_inference_script_precision_flags(tmp_path, capsys):
+    """CPU: fp32 by default, ``--amp bf16`` under autocast (close to fp32, not equal), weights left fp32;
+    a GPU defaults to fp16 and ``--fp32`` turns it off (Real-ESRGAN's convention)."""
+    script = load_script('inference/inference_d2csr.py')
+    net = small_net(upscale=2)
+    model = tmp_path / 'net_g.pth'
+    save_basicsr_checkpoint(net, model)
+    rng = np.random.default_rng(0)
+    img = tmp_path / 'a.png'
+    cv2.imwrite(str(img), rng.integers(0, 65536, (9, 10, 3), dtype=np.uint16))  # 16-bit: bf16 shows
+    outputs = {}
+    for name, flags in (('default', []), ('fp32', ['--fp32']), ('bf16', ['--amp', 'bf16'])):
+        out = tmp_path / name
+        assert script.main(['-i', str(img), '-o', str(out), '--model_path', str(model), '--device', 'cpu',
+                            '--tile', '4', *flags]) == 0
+        outputs[name] = cv2.imread(str(out / 'a_D2CSR.png'), cv2.IMREAD_UNCHANGED).astype(np.float64) / 65535
+        assert f"precision {'bf16' if name == 'bf16' else 'fp32'}" in capsys.readouterr().out
+    assert np.array_equal(outputs['default'], outputs['fp32'])
+    diff = np.abs(outputs['bf16'] - outputs['fp32'])
+    assert 0 < diff.max() < 0.05
+    with pytest.raises(SystemExit):  # one precision flag at a time
+        script.parse_args(['-i', 'x', '--model_path', 'm', '--fp32', '--amp', 'bf16'])
+    cuda, cpu = torch.device('cuda'), torch.device('cpu')
+    assert script.inference_precision(script.parse_args(['-i', 'x', '--model_path', 'm']), cuda) == 'fp16'
+    assert script.inference_precision(script.parse_args(['-i', 'x', '--model_path', 'm', '--fp32']), cuda) is None
+    assert script.inference_precision(script.parse_args(['-i', 'x', '--model_path', 'm', '--amp', 'bf16']),
+                                      cuda) == 'bf16'
+    assert script.inference_precision(script.parse_args(['-i', 'x', '--model_path', 'm', '--fp16']), cpu) == 'fp16'
+    assert script.inference_precision(script.parse_args(['-i', 'x', '--model_path', 'm']), cpu) is None
+
+
+def test_tiled_bf16_autocast_matches_untiled_bf16_and_returns_fp32():
+    net = small_net(upscale=3)
+    x = torch.rand(1, 3, 13, 11)
+    with torch.no_grad():
+        ref = net(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            untiled = net(x)
+            tiled = tiled_forward(net, x, tile=5).sr
+    assert tiled.dtype == untiled.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert (tiled - untiled).abs().max() < 0.02 and (untiled - ref).abs().max() < 0.05
+    assert not torch.equal(untiled, ref)

@@ -7,8 +7,8 @@ conv and its upsampler, without the global skip, which the tree's multi-branch d
 provides). ``network_g: backbone`` picks one, ``network_g: backbone_opt`` holds its options:
 
 - ``rcan`` (paper default): ``num_group`` x ResidualGroup(``num_block`` x RCAB) + 3x3 conv (BasicSR's
-  ``rcan_arch``). Options: ``num_group``, ``num_block``, ``squeeze_factor`` (network_g's own keys),
-  ``res_scale``.
+  ``rcan_arch`` blocks, with the in-place forwards of :class:`RCABlock` / :class:`RCANGroup`). Options:
+  ``num_group``, ``num_block``, ``squeeze_factor`` (network_g's own keys), ``res_scale``.
 - ``edsr``: ``num_block`` x ResidualBlockNoBN + 3x3 conv (EDSR). Options: ``num_block``, ``res_scale``.
 - ``srresnet``: ``num_block`` x ResidualBlockNoBN (MSRResNet). Options: ``num_block``.
 - ``rrdbnet``: ``num_block`` x RRDB + 3x3 conv (ESRGAN's RRDBNet). Options: ``num_block``, ``num_grow_ch``.
@@ -22,9 +22,11 @@ register here with :func:`register_branch_module`.
 """
 import inspect
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 from basicsr.archs.arch_util import ResidualBlockNoBN, make_layer
-from basicsr.archs.rcan_arch import ResidualGroup
+from basicsr.archs.rcan_arch import RCAB, ResidualGroup
 from basicsr.archs.rrdbnet_arch import RRDB
 
 from .imdn_arch import IMDNTrunk
@@ -80,6 +82,40 @@ def _check_int(name, value, minimum=1):
         raise ValueError(f'network_g:backbone_opt:{name} must be an integer >= {minimum}, got {value!r}')
 
 
+class RCABlock(RCAB):
+    """BasicSR's ``RCAB`` (same modules, parameter names and initialisation) with a leaner forward.
+
+    ``x + res_scale * CA(y) * y`` with ``y = conv(relu(conv(x)))`` is one ``addcmul`` instead of three passes
+    over the feature map (``x * s``, ``* res_scale``, ``+ x``), written into ``y`` when no gradient is
+    recorded; channel attention's 1x1 convs on the pooled ``(N, F)`` vector run as two small matmuls.
+    Shapes: ``(N, F, h, w) -> (N, F, h, w)``, in the input's memory format.
+    """
+
+    def forward(self, x):
+        conv1, act, conv2, attention = self.rcab
+        y = conv2(act(conv1(x)))
+        _, down, _, up, _ = attention.attention  # pool, 1x1 conv, ReLU, 1x1 conv, sigmoid on (N, F)
+        s = F.linear(y.mean((2, 3)), down.weight.flatten(1), down.bias).relu_()
+        scale = torch.sigmoid(F.linear(s, up.weight.flatten(1), up.bias))[:, :, None, None]
+        if torch.is_grad_enabled():
+            return torch.addcmul(x, y, scale, value=self.res_scale)
+        return torch.addcmul(x, y, scale, value=self.res_scale, out=y)
+
+
+class RCANGroup(ResidualGroup):
+    """BasicSR's ``ResidualGroup`` (same modules, parameter names and initialisation order) of
+    :class:`RCABlock`, whose skip is added in place to the conv's output. ``(N, F, h, w) -> (N, F, h, w)``."""
+
+    def __init__(self, num_feat, num_block, squeeze_factor=16, res_scale=1):
+        nn.Module.__init__(self)
+        self.residual_group = make_layer(
+            RCABlock, num_block, num_feat=num_feat, squeeze_factor=squeeze_factor, res_scale=res_scale)
+        self.conv = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+
+    def forward(self, x):
+        return self.conv(self.residual_group(x)).add_(x)
+
+
 @register_branch_module('rcan')
 def rcan_branch(num_feat, num_group=2, num_block=4, squeeze_factor=16, res_scale=1.0):
     """RCAN branch: ``num_group`` x ResidualGroup(``num_block`` x RCAB) then a 3x3 conv (paper's default)."""
@@ -89,7 +125,7 @@ def rcan_branch(num_feat, num_group=2, num_block=4, squeeze_factor=16, res_scale
     if num_feat % squeeze_factor != 0:
         raise ValueError(f'network_g:num_feat ({num_feat}) must be divisible by network_g:squeeze_factor '
                          f'({squeeze_factor}) for channel attention')
-    groups = [ResidualGroup(num_feat, num_block, squeeze_factor, res_scale) for _ in range(num_group)]
+    groups = [RCANGroup(num_feat, num_block, squeeze_factor, res_scale) for _ in range(num_group)]
     return nn.Sequential(*groups, nn.Conv2d(num_feat, num_feat, 3, 1, 1))
 
 

@@ -14,20 +14,16 @@ Parameter layout (used by checkpoints and by :mod:`d2csr.convert`):
 - ``tails.i``: leaf ``i``'s upsampler and output conv;
 - ``fusion``: the :class:`ConvergenceNet`.
 
-:meth:`D2CSR.forward_branches` and :meth:`D2CSR.fuse` run the fast path of :mod:`d2csr.archs.fast_tree`
-(options: :meth:`D2CSR.set_speed_options`); the straightforward per-branch implementation stays as
-:meth:`D2CSR.reference_forward_branches` / :meth:`D2CSR.reference_fuse`, which the fast path equals to
-1e-5 (fp32), gradients included.
+Speed: the weights and every feature map are channels-last (NHWC, :meth:`D2CSR.set_memory_format`), the
+RCAN blocks add in place (:class:`~d2csr.archs.branch_modules.RCABlock`) and the leaves' HR tails run one
+after the other. There is one forward: ``torch.autocast``, ``torch.compile`` and CUDA graphs all see it.
 """
-import contextlib
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 from basicsr.archs.arch_util import Upsample
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from . import fast_tree
 from .branch_modules import build_branch_module
 
 SUPPORTED_SCALES = (2, 3, 4, 8)
@@ -49,6 +45,76 @@ class BicubicInputConv(nn.Conv2d):
         return super().forward(F.interpolate(x, scale_factor=self.upscale, mode='bicubic', align_corners=False))
 
 
+class FewOutputConv2d(nn.Conv2d):
+    """A 3x3 (odd k x k) conv with few outputs (a leaf's last conv, 64 -> 3; the convergence net's last, 64 -> P).
+
+    Parameters, initialisation and results are ``nn.Conv2d``'s. In CPU fp32 inference on a channels-last
+    input, where oneDNN runs a conv with so few outputs at a fraction of its usual speed, it computes the
+    same sums as one 1x1 conv to all ``k*k*C_out`` taps and ``k*k`` shifted adds (about 1.8x faster for
+    64 -> 3 at 256x256 on an AVX-512 CPU); with autograd, in bf16 / fp16 or on a GPU it is the plain conv.
+    Shapes: ``(N, C_in, H, W) -> (N, C_out, H, W)``.
+    """
+
+    def _use_taps(self, x):
+        k = self.kernel_size[0]
+        return (x.device.type == 'cpu' and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled('cpu') and x.is_contiguous(memory_format=torch.channels_last)
+                and self.out_channels <= 8 and self.groups == 1 and self.kernel_size == (k, k) and k % 2 == 1
+                and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding == (k // 2, k // 2)
+                and self.padding_mode == 'zeros')
+
+    def forward(self, x):
+        if not self._use_taps(x):
+            return super().forward(x)
+        n, _, h, w = x.shape
+        out_ch, k = self.out_channels, self.kernel_size[0]
+        p = k // 2
+        weight = self.weight.permute(2, 3, 0, 1).reshape(k * k * out_ch, -1, 1, 1)
+        pad = -(k * k * out_ch) % 16  # a multiple of 16 outputs vectorises better (AVX-512)
+        if pad:
+            weight = torch.cat([weight, weight.new_zeros(pad, weight.shape[1], 1, 1)])
+        taps = F.conv2d(x, weight).permute(0, 2, 3, 1)  # (N, H, W, >= k*k*C_out), a view
+        if self.bias is not None:
+            out = self.bias.view(1, 1, 1, out_ch).expand(n, h, w, out_ch).clone(memory_format=torch.contiguous_format)
+        else:
+            out = taps.new_zeros(n, h, w, out_ch)
+        for t in range(k * k):
+            dy, dx = divmod(t, k)
+            ys, ye, xs, xe = max(0, p - dy), min(h, h + p - dy), max(0, p - dx), min(w, w + p - dx)
+            if ye > ys and xe > xs:
+                out[:, ys:ye, xs:xe] += taps[:, ys + dy - p:ye + dy - p, xs + dx - p:xe + dx - p,
+                                             t * out_ch:(t + 1) * out_ch]
+        return out.permute(0, 3, 1, 2)  # channels-last (N, C_out, H, W)
+
+
+class ShuffleUpsample(Upsample):
+    """BasicSR's ``Upsample`` (conv + pixel shuffle per factor; same modules and parameter names) whose
+    training backward is cheap on the CPU.
+
+    PyTorch's channels-last ``pixel_unshuffle`` (the backward of ``pixel_shuffle``) moves single values. With
+    autograd on a channels-last CPU input, each conv's output channels are re-ordered (an exact re-indexing
+    of its weight and bias) so that the shuffle is a reshape / permute that moves contiguous runs of
+    ``r * C`` values, forward and backward. Otherwise (inference, GPU, NCHW) it is BasicSR's forward.
+    Shapes: ``(N, F, h, w) -> (N, F, s*h, s*w)``.
+    """
+
+    def forward(self, x):
+        if not (torch.is_grad_enabled() and x.device.type == 'cpu'
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        layers = list(self)
+        for conv, shuffle in zip(layers[0::2], layers[1::2]):
+            r = shuffle.upscale_factor
+            c = conv.out_channels // (r * r)
+            perm = torch.arange(r * r * c, device=x.device).view(c, r * r).t().reshape(-1)
+            bias = None if conv.bias is None else conv.bias.index_select(0, perm)
+            y = F.conv2d(x, conv.weight.index_select(0, perm), bias, conv.stride, conv.padding)
+            n, _, h, w = y.shape
+            nhwc = y.permute(0, 2, 3, 1).reshape(n, h, w, r, r, c)  # a view: y is channels-last
+            x = nhwc.permute(0, 1, 3, 2, 4, 5).reshape(n, h * r, w * r, c).permute(0, 3, 1, 2)
+        return x
+
+
 def make_tail(upsampler, upscale, num_feat, num_out_ch):
     """A leaf's tail, ``(N, num_feat, h, w) -> (N, num_out_ch, s*h, s*w)`` (``s = 1`` for ``bicubic_input``).
 
@@ -58,10 +124,10 @@ def make_tail(upsampler, upscale, num_feat, num_out_ch):
     size, a 3x3 conv only.
     """
     if upsampler == 'pixelshuffle':
-        return nn.Sequential(Upsample(upscale, num_feat), nn.Conv2d(num_feat, num_out_ch, 3, 1, 1))
+        return nn.Sequential(ShuffleUpsample(upscale, num_feat), FewOutputConv2d(num_feat, num_out_ch, 3, 1, 1))
     if upsampler == 'pixelshuffledirect':
         return nn.Sequential(nn.Conv2d(num_feat, num_out_ch * upscale**2, 3, 1, 1), nn.PixelShuffle(upscale))
-    return nn.Sequential(nn.Conv2d(num_feat, num_out_ch, 3, 1, 1))
+    return nn.Sequential(FewOutputConv2d(num_feat, num_out_ch, 3, 1, 1))
 
 
 class ConvergenceNet(nn.Module):
@@ -83,7 +149,7 @@ class ConvergenceNet(nn.Module):
         self.fusion = nn.Sequential(
             nn.Conv2d(num_branches * num_ch, num_feat, 3, 1, 1, bias=False), nn.ReLU(inplace=True),
             nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False), nn.ReLU(inplace=True),
-            nn.Conv2d(num_feat, num_branches, 3, 1, 1, bias=False), nn.ReLU(inplace=True))
+            FewOutputConv2d(num_feat, num_branches, 3, 1, 1, bias=False), nn.ReLU(inplace=True))
 
     def forward(self, stacked):
         return torch.softmax(self.fusion(stacked), dim=1)
@@ -206,6 +272,7 @@ class D2CSR(nn.Module):
         self.tails = nn.ModuleList(
             make_tail(upsampler, upscale, num_feat, num_out_ch) for _ in range(self.num_branches))
         self.fusion = ConvergenceNet(self.num_branches, num_out_ch, fusion_feat)
+        self.set_memory_format(torch.channels_last)
 
     # ----------------------------------------------------------------------------------------------
     # tree structure helpers
@@ -240,19 +307,33 @@ class D2CSR(nn.Module):
         return x / self.img_range
 
     # ----------------------------------------------------------------------------------------------
-    # the straightforward per-branch implementation: the definition the fast path is checked against
-    def reference_forward_branches(self, x):
-        """Plain per-branch :meth:`forward_branches` (one node, then one leaf, after the other); for checks."""
-        return [self.leaf_prediction(leaf, feature, x) for leaf, feature in enumerate(self.leaf_features(x))]
+    # memory format
+    def set_memory_format(self, memory_format=torch.channels_last):
+        """Lay out the conv weights and every feature map in ``memory_format``; returns ``self``.
+
+        ``torch.channels_last`` (NHWC, the default since construction) is the layout oneDNN's and cuDNN's
+        fast 3x3 kernels use; ``torch.contiguous_format`` gives PyTorch's default NCHW. Parameter names,
+        values and checkpoints are the same in both; ``.to(device)`` and ``load_state_dict`` keep the layout.
+        Call it before an optimizer is built (it replaces the weights' storage).
+        """
+        if memory_format not in (torch.channels_last, torch.contiguous_format):
+            raise ValueError('D2CSR.set_memory_format: memory_format must be torch.channels_last or '
+                             f'torch.contiguous_format, got {memory_format!r}')
+        self.memory_format = memory_format
+        for m in self.modules():  # conv weights only: buffers such as the (1, C, 1, 1) mean stay as they are
+            if isinstance(m, nn.Conv2d):
+                m.weight.data = m.weight.data.contiguous(memory_format=memory_format)
+        return self
 
     # ----------------------------------------------------------------------------------------------
-    # the two halves of forward_branches, for tiled inference (d2csr.tiling)
+    # the two halves of forward_branches (also used by tiled inference, d2csr.tiling)
     def leaf_features(self, x):
         """LR half of :meth:`forward_branches`: ``(N, C, h, w)`` -> list of ``P`` leaf features ``(N, F, h, w)``.
 
         Everything with a global receptive field (channel attention) lives here. The tree is walked depth
         first, so only one path of ancestor features is held at a time besides the finished leaves.
         """
+        x = x.contiguous(memory_format=self.memory_format)
         head = self.head(self._sub_mean(x))
         features = []
 
@@ -264,95 +345,54 @@ class D2CSR(nn.Module):
                 return
             if self.deep_residual:
                 for j in range(self.depth):
-                    y = self.res_convs[index][j](y) + path[-1 - j]
+                    y = self.res_convs[index][j](y).add_(path[-1 - j])
             features.append(y)
 
         for child in range(self.width):
             descend(1, child, [head])
         return features
 
-    def leaf_prediction(self, leaf, feature, x):
+    def leaf_prediction(self, leaf, feature, x, skip=None):
         """HR half of :meth:`forward_branches` for one leaf: ``(N, F, h, w)`` -> ``(N, C, s*h, s*w)``.
 
         Fully convolutional (upsampler tail, output mean shift and the optional bicubic skip of ``x``,
-        the matching ``(N, C, h, w)`` input), so it can run on crops of ``feature`` and ``x``.
+        the matching ``(N, C, h, w)`` input), so it can run on crops of ``feature`` and ``x``. ``skip``:
+        the bicubic-upsampled ``x`` when the caller has it already.
         """
         out = self._add_mean(self.tails[leaf](feature))
         if self.bicubic_skip:
-            out = out + F.interpolate(x, scale_factor=self.upscale, mode='bicubic', align_corners=False)
+            if skip is None:
+                skip = F.interpolate(x, scale_factor=self.upscale, mode='bicubic', align_corners=False)
+            out = out + skip
         return out
 
-    def reference_fuse(self, branches):
-        """Plain :meth:`fuse`; for checks."""
-        weights = self.fusion(torch.cat(branches, dim=1))
-        sr = sum(branch * weights[:, i:i + 1] for i, branch in enumerate(branches))
-        return sr, weights
-
     # ----------------------------------------------------------------------------------------------
-    # the fast path (d2csr/archs/fast_tree.py): same outputs and gradients as the reference to 1e-5
-    def set_speed_options(self, channels_last=True, autocast=None, compile=False):
-        """Choose how :meth:`forward_branches` / :meth:`fuse` run; none of it changes parameters.
-
-        Args:
-            channels_last (bool): features in NHWC (faster with oneDNN and cuDNN). Default: True.
-            autocast (None | str | torch.dtype): ``'bf16'`` / ``'fp16'`` (or the dtype) runs inference
-                (no gradient recorded) under ``torch.autocast`` on the input's device; outputs are cast
-                back to the input's dtype. Default: None (fp32).
-            compile (bool): run the fast path through ``torch.compile`` (the first call per input shape
-                compiles, which takes a minute or more for the default model on a CPU). Default: False.
-
-        Returns:
-            self
-        """
-        dtypes = {None: None, 'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16,
-                  'float16': torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
-        if autocast not in dtypes:
-            raise ValueError(f"D2CSR.set_speed_options: autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
-        self._speed = fast_tree.FastOptions(channels_last=channels_last)
-        self._autocast = dtypes[autocast]
-        self._compiled = None
-        self._compile = bool(compile)
-        return self
-
-    def __getstate__(self):
-        """Pickling / ``copy.deepcopy`` leave out the fast path's caches (structure checks, compiled code)."""
-        state = self.__dict__.copy()
-        if '_speed' in state:
-            state['_speed'] = fast_tree.FastOptions(state['_speed'].channels_last)
-        state['_compiled'] = None
-        return state
-
-    def _fast_options(self):
-        if '_speed' not in self.__dict__:
-            self.set_speed_options()
-        return self._speed
-
-    def _fast_fns(self):
-        """``(forward_branches, fuse)`` of the fast path, compiled when asked."""
-        opts = self._fast_options()
-        if not self._compile:
-            return (lambda x: fast_tree.forward_branches(self, x, opts), lambda b: fast_tree.fuse(self, b, opts))
-        if self._compiled is None:
-            self._compiled = (torch.compile(lambda x: fast_tree.forward_branches(self, x, opts)),
-                              torch.compile(lambda b: fast_tree.fuse(self, b, opts)))
-        return self._compiled
-
-    def _autocast_context(self, x):
-        self._fast_options()
-        if self._autocast is None or torch.is_grad_enabled():
-            return contextlib.nullcontext()
-        return torch.autocast(x.device.type, dtype=self._autocast)
-
     def forward_branches(self, x):
-        """``(N, C, h, w)`` -> list of ``P`` leaf predictions ``(N, C, s*h, s*w)``, depth-first left to right."""
-        with self._autocast_context(x):
-            outputs = self._fast_fns()[0](x)
-        return [out.to(x.dtype) for out in outputs]
+        """``(N, C, h, w)`` -> list of ``P`` leaf predictions ``(N, C, s*h, s*w)``, depth-first left to right.
+
+        The LR tree runs first (:meth:`leaf_features`), then the leaves' HR tails one after the other, each
+        leaf's LR feature dropped once its tail has read it: only one leaf's HR features are alive at a time.
+        Under ``torch.autocast`` the predictions come back in ``x``'s dtype.
+        """
+        features = self.leaf_features(x)
+        skip = (F.interpolate(x.contiguous(memory_format=self.memory_format), scale_factor=self.upscale,
+                              mode='bicubic', align_corners=False) if self.bicubic_skip else None)
+        outputs = []
+        for leaf in range(self.num_branches):
+            feature, features[leaf] = features[leaf], None
+            outputs.append(self.leaf_prediction(leaf, feature, x, skip).to(x.dtype))
+            del feature
+        return outputs
 
     def fuse(self, branches):
-        """List of ``P`` predictions ``(N, C, H, W)`` -> ``(sr (N, C, H, W), weights (N, P, H, W))``."""
-        with self._autocast_context(branches[0]):
-            sr, weights = self._fast_fns()[1](branches)
+        """List of ``P`` predictions ``(N, C, H, W)`` -> ``(sr (N, C, H, W), weights (N, P, H, W))`` (paper eq. 8).
+
+        Under ``torch.autocast`` both come back in the predictions' dtype.
+        """
+        stacked = torch.cat(branches, dim=1).contiguous(memory_format=self.memory_format)
+        weights = self.fusion(stacked)
+        n, num, h, w = weights.shape
+        sr = (stacked.view(n, num, -1, h, w) * weights.unsqueeze(2)).sum(1)
         return sr.to(branches[0].dtype), weights.to(branches[0].dtype)
 
     def tree_is_frozen(self):

@@ -29,11 +29,11 @@ is read at log lines, checkpoints and validation), loss values kept on the devic
 falling back to eager with a log line).
 
 Validation reports BasicSR's metrics on the fused output and also logs each branch's PSNR and the PSNR of
-the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6).
+the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6). ``val: amp:
+bf16 | fp16 | ~`` runs validation and ``d2csr/test.py`` under ``torch.autocast`` (weights stay fp32).
 """
 import os.path as osp
 from collections import OrderedDict
-from contextlib import nullcontext
 from copy import deepcopy
 
 import torch
@@ -49,8 +49,9 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from d2csr.checkpoint import capture_rng_state, load_network_checked, restore_rng_state, save_with_retry
 from d2csr.losses.d2c_loss import build_divergence_loss
 from d2csr.losses.perceptual import build_perceptual_loss, perceptual_terms
-from d2csr.models.train_step import StepGuard, amp_dtype, takes_found_inf
+from d2csr.models.train_step import StepGuard, takes_found_inf
 from d2csr.options_check import validate_options
+from d2csr.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
 
 STAGES = ('divergence', 'convergence', 'joint')
@@ -98,6 +99,7 @@ class D2CModel(SRModel):
                 raise FileNotFoundError(f'path:{key} {path!r} does not exist; check the path in your options file.')
         if opt.get('tf32') is not None:  # top-level option; false: full fp32 convolutions on the GPU
             set_tf32(opt['tf32'])
+        self.val_amp = amp_dtype((opt.get('val') or {}).get('amp'), 'val:amp')
         super().__init__(opt)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
@@ -216,7 +218,7 @@ class D2CModel(SRModel):
         """``train: amp`` / ``compile`` / ``compile_backend`` and the device-side NaN guard (see
         :mod:`d2csr.models.train_step`)."""
         logger = get_root_logger()
-        self.amp_dtype = amp_dtype(train_opt.get('amp'))
+        self.amp_dtype = amp_dtype(train_opt.get('amp'), 'train:amp')
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         if self.amp_dtype is not None:
             logger.info(f'train:amp: forward under torch.autocast({self.device.type!r}, {self.amp_dtype}); losses, '
@@ -259,9 +261,7 @@ class D2CModel(SRModel):
                             '(set optim_g: fused: true to avoid this sync).')
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _divergence_losses(self, lq, gt, alpha):
         """Forward (under autocast) and the divergence loss (fp32), plus ``perceptual_opt``'s terms on every
@@ -529,7 +529,7 @@ class D2CModel(SRModel):
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
         net.eval()
         bare = self.get_bare_model(net)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.lq.device, self.val_amp):  # val: amp (outputs come back fp32)
             self.branches = bare.forward_branches(self.lq)
             self.output, self.weights = bare.fuse(self.branches)
         if net is self.net_g and self.is_train:

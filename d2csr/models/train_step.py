@@ -1,6 +1,5 @@
 """The pieces of a training step without host overhead: mixed precision, the NaN/Inf guard, compiling.
 
-- :func:`amp_dtype`: ``train: amp: bf16 | fp16 | ~`` as a dtype (``None`` = fp32).
 - :class:`StepGuard`: the NaN/Inf guard as one fused check over all gradients
   (``torch._amp_foreach_non_finite_check_and_unscale_``, the kernel ``GradScaler`` uses) and the loss
   values, kept on the device. With an optimizer that takes a ``found_inf`` tensor (``fused: true``) the step
@@ -14,18 +13,6 @@
 """
 import torch
 import torch.distributed as dist
-
-AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-def amp_dtype(value, where='train:amp'):
-    """``'bf16'`` / ``'fp16'`` -> the dtype; ``None`` / ``'fp32'`` / ``False`` -> ``None`` (fp32)."""
-    if value in (None, False, 'fp32', 'none'):
-        return None
-    if value not in AMP_DTYPES:
-        raise ValueError(f'{where} must be one of bf16, fp16 or ~ (fp32), got {value!r}')
-    return AMP_DTYPES[value]
-
 
 def takes_found_inf(optimizer):
     """Whether ``optimizer.step`` honours a ``found_inf`` tensor on the device (PyTorch's fused optimizers)."""
