@@ -23,15 +23,12 @@ diversity and PSNR against alpha, fusion gains against the stage-2 budget, a vis
 plots go to ``docs/evidence_gpu/``).
 
 ``--plan fusion`` runs only the small D2C and item 6 (for a GPU run with a larger budget);
-``--device cuda`` trains and evaluates on the GPU (``num_gpu: 1``). On a GPU, for example (about 4 minutes
-on an H200 by estimate, 10x the CPU plan's stage-2 budget)::
+``--device cuda`` trains and evaluates on the GPU (``num_gpu: 1``, 4 data workers). The GPU plan (estimated at
+3-4 minutes on an H200: four ``d2csr/train.py`` starts of about 10 s, stage 1 of the 32-feature model launch-bound
+at about 25 ms per step, stage 2 about 12 ms; 20x the committed CPU run's stage 1, 16x its fusion study)::
 
-    python benchmarks/d2c_evidence.py --device cuda --plan fusion --iters 1500 --conv-iters 64 \
+    python benchmarks/d2c_evidence.py --device cuda --plan fusion --iters 1000 --conv-iters 48 \
         --fusion-budgets 4,16,64 --out docs/evidence_gpu.md
-
-All networks add the bicubic-upsampled input to their output (``bicubic_skip``, not in the paper; turn it
-off with ``--no-bicubic-skip``): on this budget a plain network does not even reach bicubic quality
-(about 2000 iterations at x4), so without it every comparison would be between networks worse than bicubic.
 
 ``--quick`` runs a reduced plan in a few minutes; ``--iters`` sets the stage-1 length, ``--conv-iters`` the
 stage-2 length (default a quarter of it).
