@@ -9,21 +9,34 @@ photographs (10 training photos, 2 held-out ones; blur, downsampling, noise, JPE
 3. the same D2C with the divergence term off (alpha = 0) and with the deep residual structure off
    (paper Table 5);
 4. an alpha sweep (paper Fig. 9): branch diversity and PSNR against alpha;
-5. a width / depth sweep (paper Table 4).
+5. a width / depth sweep (paper Table 4);
+6. what the convergence net adds: stage 2 of the small D2C continued to growing budgets (``--fusion-budgets``,
+   multiples of the plan's stage-2 length; one run, its checkpoints), the learned fusion against the plain mean
+   of the branches and the best branch, plus one variant that is not the paper's, clearly labelled: the
+   convergence net without the ReLU before its softmax (``fusion_last_relu: false``).
 
-Then it measures every model on the held-out photos (PSNR/SSIM on Y, border 4: bicubic, each branch, fused,
-oracle fusion) and writes ``<out>/evidence.md`` with the tables, ``<out>/evidence/*.png`` plots (PSNR over
-iterations, diversity and PSNR against alpha, a visual panel) and ``<out>/evidence/results.json``.
+Then it measures every model on the held-out photos (PSNR/SSIM on Y, border 4: bicubic (MATLAB imresize),
+each branch, the mean of the branches, fused, oracle fusion; the convergence weights' mean ``|W - 1/P|``)
+and writes ``<out>/evidence.md`` with the tables, ``<out>/evidence/*.png`` plots (PSNR over iterations,
+diversity and PSNR against alpha, fusion gains against the stage-2 budget, a visual panel) and
+``<out>/evidence/results.json``. ``--out`` may also name the report itself (``docs/evidence_gpu.md``: the
+plots go to ``docs/evidence_gpu/``).
 
-All networks add the bicubic-upsampled input to their output (``bicubic_skip``, not in the paper; turn it
-off with ``--no-bicubic-skip``): on this budget a plain network does not even reach bicubic quality
-(about 2000 iterations at x4), so without it every comparison would be between networks worse than bicubic.
+``--plan fusion`` runs only the small D2C and item 6 (for a GPU run with a larger budget);
+``--device cuda`` trains and evaluates on the GPU (``num_gpu: 1``, 4 data workers). The GPU plan (estimated at
+3-4 minutes on an H200: four ``d2csr/train.py`` starts of about 10 s, stage 1 of the 32-feature model launch-bound
+at about 25 ms per step, stage 2 about 12 ms; 20x the committed CPU run's stage 1, 16x its fusion study)::
 
-``--quick`` runs a reduced plan in a few minutes; ``--iters`` sets the stage-1 length.
+    python benchmarks/d2c_evidence.py --device cuda --plan fusion --iters 1000 --conv-iters 48 \
+        --fusion-budgets 4,16,64 --out docs/evidence_gpu.md
+
+``--quick`` runs a reduced plan in a few minutes; ``--iters`` sets the stage-1 length, ``--conv-iters`` the
+stage-2 length (default a quarter of it).
 """
 import argparse
 import copy
 import json
+import math
 import os
 import os.path as osp
 import shutil
@@ -42,7 +55,7 @@ sys.path.insert(0, ROOT)
 import d2csr  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
 from d2csr.data.photo_pairs import build_photo_pairs  # noqa: E402
-from d2csr.evaluation import evaluate_pairs, read_rgb  # noqa: E402
+from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, evaluate_pairs, read_rgb  # noqa: E402
 from d2csr.utils import subprocess_device  # noqa: E402
 from d2csr.losses import DivergenceLoss  # noqa: E402
 from basicsr.utils import img2tensor  # noqa: E402
@@ -69,14 +82,25 @@ def rcan_like(target_params, base):
 class Plan:
     """Which runs to make. Each run: a tag, its network options, alpha, and whether it has a stage 2."""
 
-    def __init__(self, quick, iters, bicubic_skip):
+    def __init__(self, quick, iters, bicubic_skip, conv_iters=None, fusion_budgets=None, kind='full'):
         self.iters = iters
+        self.kind = kind
         self.curve_points = 2 if quick else 4
-        self.conv_iters = max(iters // 4, 2)
+        self.conv_iters = conv_iters or max(iters // 4, 2)
         self.base = dict(SMALL, bicubic_skip=bicubic_skip)
+        # item 6: stage 2 of the small D2C continued to these multiples of conv_iters (one run each, checkpoints)
+        self.fusion_budgets = sorted(fusion_budgets or ([2, 4] if quick else [4, 16, 64]))
+        self.fusion_variants = OrderedDict([
+            ('faithful', dict(net=self.base, label='faithful (the paper\'s convergence net)')),
+            ('no_last_relu', dict(net=dict(self.base, fusion_last_relu=False),
+                                  label='VARIANT, not the paper: no ReLU before the softmax')),
+        ])
         d2c_params = count_params(self.base)
         self.runs = OrderedDict()
         self.add('d2c', self.base, PAPER_ALPHA)
+        self.alphas, self.trees = [], []
+        if kind == 'fusion':
+            return
         self.add('rcan', rcan_like(d2c_params, self.base), 0.0, stage2=False)
         self.add('d2c_alpha0', self.base, 0.0)
         self.add('d2c_no_deep_res', dict(self.base, deep_residual=False), PAPER_ALPHA)
@@ -100,14 +124,16 @@ class Plan:
         return 'd2c' if (depth, width) == (2, 2) else f'tree_L{depth}C{width}'
 
 
-def options(name, stage, net, alpha, iters, data_root, pretrain=None, ckpt_every=None):
+def options(name, stage, net, alpha, iters, data_root, pretrain=None, ckpt_every=None, device='cpu'):
     depth, width = net.get('depth', 2), net.get('width', 2)
+    gpu = device == 'cuda'  # on a GPU: data loading in 4 worker processes, long epochs (fewer worker restarts)
     opt = dict(
-        name=name, model_type='D2CModel', scale=SCALE, num_gpu=0, manual_seed=0,
+        name=name, model_type='D2CModel', scale=SCALE, num_gpu=1 if gpu else 0, manual_seed=0,
         datasets=dict(train=dict(
             name='photos_train', type='PairedImageDataset', dataroot_gt=f'{data_root}/train/HR',
             dataroot_lq=f'{data_root}/train/LR', filename_tmpl='{}', io_backend=dict(type='disk'), gt_size=32 * SCALE,
-            use_hflip=True, use_rot=True, num_worker_per_gpu=0, batch_size_per_gpu=4, dataset_enlarge_ratio=100)),
+            use_hflip=True, use_rot=True, num_worker_per_gpu=4 if gpu else 0, batch_size_per_gpu=4,
+            dataset_enlarge_ratio=1000 if gpu else 100)),
         network_g=copy.deepcopy(net),
         path=dict(pretrain_network_g=pretrain, strict_load_g=True, resume_state=None),
         train=dict(stage=stage, optim_g=dict(type='Adam', lr=5e-4, betas=[0.9, 0.999]),
@@ -140,10 +166,10 @@ def train(opt, opt_dir, log):
     log(f'    trained {opt["name"]} ({opt["train"]["total_iter"]} iterations, {time.time() - start:.0f} s)')
 
 
-def load_net(net_opt, path):
+def load_net(net_opt, path, device='cpu'):
     net = build_network(copy.deepcopy(net_opt))
     net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)['params'])
-    return net.eval()
+    return net.to(device).eval()
 
 
 @torch.no_grad()
@@ -152,8 +178,10 @@ def branch_diversity(net, pairs):
     gray = DivergenceLoss(depth=1, width=1, margins=0.0)  # only its normalized_gray (Y channel, per-image statistics)
     values = []
     for lr_path, hr_path in pairs:
-        lr = img2tensor(read_rgb(lr_path), bgr2rgb=False).unsqueeze(0)
+        device = next(net.parameters()).device
+        lr = img2tensor(read_rgb(lr_path), bgr2rgb=False).unsqueeze(0).to(device)
         hr = img2tensor(read_rgb(hr_path), bgr2rgb=False).unsqueeze(0)[..., :lr.shape[-2] * SCALE, :lr.shape[-1] * SCALE]
+        hr = hr.to(device)
         res = [(gray.normalized_gray(b) - gray.normalized_gray(hr)).abs() for b in net.forward_branches(lr)]
         pairs_ij = [((res[i] - res[j])**2).mean().item() for i in range(len(res)) for j in range(i + 1, len(res))]
         values.append(float(np.mean(pairs_ij)) if pairs_ij else 0.0)
@@ -165,11 +193,16 @@ def mean_branch_psnr(results):
     return float(np.mean(branches))
 
 
+def val_pairs(data_root):
+    val_dir = osp.join(data_root, 'val')
+    return [(osp.join(val_dir, 'LR', f), osp.join(val_dir, 'HR', f)) for f in sorted(os.listdir(osp.join(val_dir, 'HR')))]
+
+
 def run_all(plan, data_root, work, prefix, log):
     opt_dir = osp.join(work, 'options')
     os.makedirs(opt_dir, exist_ok=True)
-    val_dir = osp.join(data_root, 'val')
-    pairs = [(osp.join(val_dir, 'LR', f), osp.join(val_dir, 'HR', f)) for f in sorted(os.listdir(osp.join(val_dir, 'HR')))]
+    pairs = val_pairs(data_root)
+    device = plan.device
     ckpt_every = max(plan.iters // plan.curve_points, 1)
     out = OrderedDict()
     for tag, run in plan.runs.items():
@@ -178,50 +211,72 @@ def run_all(plan, data_root, work, prefix, log):
         div, conv = f'{prefix}{tag}_div', f'{prefix}{tag}_conv'
         for name in (div, conv):
             shutil.rmtree(osp.join(ROOT, 'experiments', name), ignore_errors=True)
-        train(options(div, 'divergence', run['net'], run['alpha'], plan.iters, data_root, ckpt_every=ckpt_every),
-              opt_dir, log)
+        train(options(div, 'divergence', run['net'], run['alpha'], plan.iters, data_root, ckpt_every=ckpt_every,
+                      device=device), opt_dir, log)
         models = osp.join(ROOT, 'experiments', div, 'models')
         curve = []
         for it in range(ckpt_every, plan.iters + 1, ckpt_every):
-            res = evaluate_pairs(load_net(run['net'], osp.join(models, f'net_g_{it}.pth')), pairs, SCALE)
+            res = evaluate_pairs(load_net(run['net'], osp.join(models, f'net_g_{it}.pth'), device), pairs, SCALE, device)
             curve.append((it, mean_branch_psnr(res)))
-        weights = osp.join(models, 'net_g_latest.pth')
+        weights = div_weights = osp.join(models, 'net_g_latest.pth')
         if run['stage2']:
-            train(options(conv, 'convergence', run['net'], 0.0, plan.conv_iters, data_root, pretrain=weights),
-                  opt_dir, log)
+            train(options(conv, 'convergence', run['net'], 0.0, plan.conv_iters, data_root, pretrain=weights,
+                          device=device), opt_dir, log)
             weights = osp.join(ROOT, 'experiments', conv, 'models', 'net_g_latest.pth')
-        net = load_net(run['net'], weights)
-        results = evaluate_pairs(net, pairs, SCALE)
+        net = load_net(run['net'], weights, device)
+        results = evaluate_pairs(net, pairs, SCALE, device)
         out[tag] = dict(net=run['net'], alpha=run['alpha'], params=sum(p.numel() for p in net.parameters()),
-                        results=results, curve=curve, diversity=branch_diversity(net, pairs), weights=weights)
-        log(f'    fused {results["fused"]["psnr"]:.2f} dB, bicubic {results["bicubic"]["psnr"]:.2f} dB, '
-            f'oracle {results["oracle"]["psnr"]:.2f} dB, diversity {out[tag]["diversity"]:.4f}')
+                        results=results, curve=curve, diversity=branch_diversity(net, pairs), weights=weights,
+                        stage1_weights=div_weights)
+        log(f'    fused {results["fused"]["psnr"]:.2f} dB, mean of branches {results["mean"]["psnr"]:.2f} dB, '
+            f'bicubic {results["bicubic"]["psnr"]:.2f} dB, oracle {results["oracle"]["psnr"]:.2f} dB, '
+            f'diversity {out[tag]["diversity"]:.4f}, weight_mad {results["fused"]["weight_mad"]:.4f}')
     return out, pairs
+
+
+def fusion_point(results, iters, budget):
+    """One row of the fusion-budget table: the learned fusion against the mean of the branches and the best branch."""
+    best = max(m['psnr'] for row, m in results.items() if row.startswith('branch'))
+    fused, mean = results['fused']['psnr'], results['mean']['psnr']
+    return dict(iters=iters, budget=budget, fused=fused, mean=mean, best_branch=best, oracle=results['oracle']['psnr'],
+                gain_over_mean=fused - mean, gain_over_best=fused - best, weight_mad=results['fused']['weight_mad'])
+
+
+def run_fusion_budgets(plan, out, data_root, work, prefix, log):
+    """Item 6: stage 2 of the small D2C, from its stage-1 weights, continued to ``max(fusion_budgets)`` times the
+    plan's stage-2 length (lr 5e-4 halved at 70% of that), measured at each budget's checkpoint; once with the
+    paper's convergence net and once with the variant. Returns ``{variant: [fusion_point, ...]}``, budget 0
+    being the untrained convergence net of stage 1."""
+    opt_dir = osp.join(work, 'options')
+    pairs = val_pairs(data_root)
+    device = plan.device
+    step = plan.conv_iters * math.gcd(*plan.fusion_budgets)
+    total = plan.conv_iters * plan.fusion_budgets[-1]
+    stage1 = out['d2c']['stage1_weights']
+    sweeps = OrderedDict()
+    for key, variant in plan.fusion_variants.items():
+        log(f'[fusion] {variant["label"]}: stage 2 for {total} iterations ({plan.fusion_budgets[-1]}x {plan.conv_iters}), '
+            f'measured at {", ".join(f"{b}x" for b in plan.fusion_budgets)}')
+        name = f'{prefix}fusion_{key}_conv'
+        shutil.rmtree(osp.join(ROOT, 'experiments', name), ignore_errors=True)
+        train(options(name, 'convergence', variant['net'], 0.0, total, data_root, pretrain=stage1, ckpt_every=step,
+                      device=device), opt_dir, log)
+        points = [fusion_point(evaluate_pairs(load_net(variant['net'], stage1, device), pairs, SCALE, device), 0, 0)]
+        for budget in plan.fusion_budgets:
+            it = plan.conv_iters * budget
+            ckpt = osp.join(ROOT, 'experiments', name, 'models', f'net_g_{it}.pth')
+            points.append(fusion_point(evaluate_pairs(load_net(variant['net'], ckpt, device), pairs, SCALE, device),
+                                       it, budget))
+            p = points[-1]
+            log(f'    {budget}x ({it} it): fused {p["fused"]:.3f} dB, {p["gain_over_mean"]:+.3f} dB over the mean, '
+                f'{p["gain_over_best"]:+.3f} dB over the best branch, weight_mad {p["weight_mad"]:.4f}')
+        sweeps[key] = points
+    return sweeps
 
 
 # --------------------------------------------------------------------------------------------------
 # report
-def save_plots(plan, out, pairs, fig_dir):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    files = {}
-    bicubic = out['d2c']['results']['bicubic']['psnr']
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for tag in ('d2c', 'rcan', 'd2c_alpha0', 'd2c_no_deep_res'):
-        its, psnr = zip(*out[tag]['curve'])
-        ax.plot(its, psnr, marker='o', label=tag)
-    ax.axhline(bicubic, color='gray', linestyle='--', label='bicubic')
-    ax.set_xlabel('stage-1 iteration')
-    ax.set_ylabel('mean branch PSNR (dB, Y), held-out')
-    ax.legend()
-    ax.grid(alpha=0.3)
-    files['curves'] = osp.join(fig_dir, 'psnr_over_iterations.png')
-    fig.tight_layout()
-    fig.savefig(files['curves'], dpi=100)
-    plt.close(fig)
-
+def alpha_plot(plan, out, fig_dir, plt):
     alphas = plan.alphas
     xs = np.arange(len(alphas))
     div = [out[plan.alpha_tag(a)]['diversity'] for a in alphas]
@@ -234,10 +289,64 @@ def save_plots(plan, out, pairs, fig_dir):
     ax2.set_ylabel('fused PSNR (dB, Y)', color='tab:blue')
     ax1.set_xticks(xs, [f'{a:g}' for a in alphas])
     ax1.set_xlabel('alpha')
-    files['alpha'] = osp.join(fig_dir, 'alpha_sweep.png')
+    path = osp.join(fig_dir, 'alpha_sweep.png')
     fig.tight_layout()
-    fig.savefig(files['alpha'], dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path
+
+
+def fusion_plot(plan, sweeps, fig_dir, plt):
+    """Gain of the learned fusion over the mean of the branches and over the best branch, and the weights'
+    deviation from uniform, against the stage-2 budget."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for (key, points), colour in zip(sweeps.items(), ('tab:blue', 'tab:orange')):
+        label = plan.fusion_variants[key]['label']
+        xs = [max(p['iters'], 1) for p in points]
+        ax1.plot(xs, [p['gain_over_mean'] for p in points], marker='o', color=colour, label=f'{label}: over the mean')
+        ax1.plot(xs, [p['gain_over_best'] for p in points], marker='s', linestyle='--', color=colour,
+                 label=f'{label}: over the best branch')
+        ax2.plot(xs, [p['weight_mad'] for p in points], marker='o', color=colour, label=label)
+    ax1.axhline(0, color='gray', linewidth=0.8)
+    for ax in (ax1, ax2):
+        ax.set_xscale('log')
+        ax.set_xlabel('stage-2 iterations (0 plotted at 1: untrained convergence net)')
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel('learned fusion PSNR gain (dB, Y), held-out')
+    ax2.set_ylabel('convergence weights: mean |W - 1/P|')
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    path = osp.join(fig_dir, 'fusion_budgets.png')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_plots(plan, out, pairs, fig_dir, sweeps):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    files = {}
+    bicubic = out['d2c']['results']['bicubic']['psnr']
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for tag in [t for t in ('d2c', 'rcan', 'd2c_alpha0', 'd2c_no_deep_res') if t in out]:
+        its, psnr = zip(*out[tag]['curve'])
+        ax.plot(its, psnr, marker='o', label=tag)
+    ax.axhline(bicubic, color='gray', linestyle='--', label='bicubic')
+    ax.set_xlabel('stage-1 iteration')
+    ax.set_ylabel('mean branch PSNR (dB, Y), held-out')
+    ax.legend()
+    ax.grid(alpha=0.3)
+    files['curves'] = osp.join(fig_dir, 'psnr_over_iterations.png')
+    fig.tight_layout()
+    fig.savefig(files['curves'], dpi=100)
+    plt.close(fig)
+
+    if plan.alphas:
+        files['alpha'] = alpha_plot(plan, out, fig_dir, plt)
+    files['fusion'] = fusion_plot(plan, sweeps, fig_dir, plt)
 
     net = load_net(out['d2c']['net'], out['d2c']['weights'])
     lr_path, hr_path = pairs[0]
@@ -248,7 +357,8 @@ def save_plots(plan, out, pairs, fig_dir):
         sr, weights = net.fuse(branches)
     images = [('LR (nearest)', np.repeat(np.repeat(lr[0].permute(1, 2, 0).numpy(), SCALE, 0), SCALE, 1))]
     images += [(f'branch {i + 1}', b[0].permute(1, 2, 0).clamp(0, 1).numpy()) for i, b in enumerate(branches)]
-    images += [('fused', sr[0].permute(1, 2, 0).clamp(0, 1).numpy()), ('HR', hr)]
+    images += [('mean of branches', torch.stack(branches).mean(0)[0].permute(1, 2, 0).clamp(0, 1).numpy()),
+               ('fused', sr[0].permute(1, 2, 0).clamp(0, 1).numpy()), ('HR', hr)]
     maps = [(f'weight map {i + 1}', weights[0, i].numpy()) for i in range(weights.shape[1])]
     cols = max(len(images), len(maps))
     fig, axes = plt.subplots(2, cols, figsize=(2.2 * cols, 4.6))
@@ -268,7 +378,9 @@ def save_plots(plan, out, pairs, fig_dir):
 
 
 def results_table(out, tags):
-    rows = ['bicubic'] + sorted({r for t in tags for r in out[t]['results'] if r.startswith('branch')}) + ['fused', 'oracle']
+    rows = (['bicubic'] + sorted({r for t in tags for r in out[t]['results'] if r.startswith('branch')})
+            + ['mean', 'fused', 'oracle'])
+    label = {'bicubic': BICUBIC_LABEL, 'mean': MEAN_LABEL}
     head = '| output | ' + ' | '.join(tags) + ' |'
     lines = [head, '| --- |' + ' ---: |' * len(tags)]
     for row in rows:
@@ -276,7 +388,9 @@ def results_table(out, tags):
         for t in tags:
             m = out[t]['results'].get(row)
             cells.append(f'{m["psnr"]:.2f} / {m["ssim"]:.4f}' if m else '')
-        lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
+        lines.append(f'| {label.get(row, row)} | ' + ' | '.join(cells) + ' |')
+    lines.append('| weights: mean \\|W - 1/P\\| | ' + ' | '.join(
+        f'{out[t]["results"]["fused"]["weight_mad"]:.4f}' for t in tags) + ' |')
     lines.append('| parameters | ' + ' | '.join(f'{out[t]["params"]:,d}' for t in tags) + ' |')
     return '\n'.join(lines)
 
@@ -287,52 +401,114 @@ def verdict(a, b, what):
     return f'{what}: {abs(diff):.2f} dB {word}' if word != 'equal to' else f'{what}: equal'
 
 
-def write_report(plan, out, files, md_path, args, minutes):
+def fusion_summary(plan, sweeps):
+    faithful, variant = sweeps['faithful'][-1], sweeps['no_last_relu'][-1]
+    return (f'After {faithful["iters"]} stage-2 iterations ({plan.fusion_budgets[-1]}x the plan\'s stage 2), the paper\'s '
+            f'convergence net is {faithful["gain_over_mean"]:+.3f} dB against the plain mean of the branches and '
+            f'{faithful["gain_over_best"]:+.3f} dB against the best branch (its weights\' mean |W - 1/P| '
+            f'{faithful["weight_mad"]:.4f}); the variant without the ReLU before the softmax (not the paper\'s) is '
+            f'{variant["gain_over_mean"]:+.3f} dB and {variant["gain_over_best"]:+.3f} dB (mean |W - 1/P| '
+            f'{variant["weight_mad"]:.4f}). The oracle fusion is {faithful["oracle"] - faithful["mean"]:+.2f} dB above '
+            'the mean.')
+
+
+def fusion_section(plan, out, sweeps, files, rel):
+    d2c = out['d2c']['results']
+    num = sum(r.startswith('branch') for r in d2c)
+    lines = ['## What the convergence net adds: learned fusion vs the mean of the branches', '',
+             f'Stage 2 of the small D2C, from the same stage-1 tree, continued to {plan.fusion_budgets[-1]}x the plan\'s '
+             f'stage-2 length ({plan.conv_iters} iterations): one run per convergence net, lr 5e-4 halved at 70% of '
+             f'its length, measured at the checkpoints of {", ".join(f"{b}x" for b in plan.fusion_budgets)}; '
+             '0 is the untrained convergence net of stage 1. The tree is frozen, so the branches, their mean and the '
+             'best branch are the same in every row; only the fused output changes. "Gain" is the fused PSNR minus '
+             f'that row\'s; mean |W - 1/P| is 0 for uniform weights (the mean) and {2 * (num - 1) / num**2:.3f} for '
+             'one branch per pixel.', '',
+             f'- Branches: {", ".join("%.3f" % d2c["branch%d" % (i + 1)]["psnr"] for i in range(num))} dB; mean of '
+             f'branches {sweeps["faithful"][0]["mean"]:.3f} dB; oracle {sweeps["faithful"][0]["oracle"]:.3f} dB.',
+             f'- The small D2C above (its own {plan.conv_iters}-iteration stage 2, 1x): fused {d2c["fused"]["psnr"]:.3f} dB, '
+             f'{d2c["fused"]["psnr"] - d2c["mean"]["psnr"]:+.3f} dB over the mean, mean |W - 1/P| '
+             f'{d2c["fused"]["weight_mad"]:.4f}.', '',
+             '| convergence net | stage-2 iterations | budget | fused PSNR | gain over the mean | gain over the best branch '
+             '| mean \\|W - 1/P\\| |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for key, points in sweeps.items():
+        for p in points:
+            budget = f'{p["budget"]}x' if p['budget'] else 'none (stage 1)'
+            lines.append(f'| {plan.fusion_variants[key]["label"]} | {p["iters"]} | {budget} | {p["fused"]:.3f} | '
+                         f'{p["gain_over_mean"]:+.3f} | {p["gain_over_best"]:+.3f} | {p["weight_mad"]:.4f} |')
+    lines += ['', '**' + fusion_summary(plan, sweeps) + '**', '',
+              f'![fusion gain against the stage-2 budget]({rel(files["fusion"])})', '']
+    return lines
+
+
+def write_report(plan, out, files, md_path, args, minutes, sweeps):
     fused = {t: r['results']['fused']['psnr'] for t, r in out.items()}
     rel = lambda p: osp.relpath(p, osp.dirname(md_path))  # noqa: E731
-    summary = (f'On held-out photos, the small D2C\'s fused output is {fused["d2c"] - fused["rcan"]:+.2f} dB against a '
-               f'single-branch RCAN with at least as many parameters, {fused["d2c"] - out["d2c"]["results"]["bicubic"]["psnr"]:+.2f} dB '
-               f'against bicubic, and its oracle fusion is {out["d2c"]["results"]["oracle"]["psnr"] - fused["d2c"]:+.2f} dB above '
-               f'the fused output; the divergence term raises branch diversity from {out["d2c_alpha0"]["diversity"]:.4f} '
-               f'(alpha 0) to {out[plan.alpha_tag(max(plan.alphas))]["diversity"]:.4f} (alpha {max(plan.alphas):g}).')
+    full = plan.kind == 'full'
+    d2c = out['d2c']['results']
+    summary = (f'On held-out photos, the small D2C\'s fused output is {fused["d2c"] - d2c["bicubic"]["psnr"]:+.2f} dB '
+               f'against bicubic, {fused["d2c"] - d2c["mean"]["psnr"]:+.3f} dB against the plain mean of its branches, '
+               f'and its oracle fusion is {d2c["oracle"]["psnr"] - fused["d2c"]:+.2f} dB above the fused output')
+    if full:
+        summary += (f'; it is {fused["d2c"] - fused["rcan"]:+.2f} dB against a single-branch RCAN with at least as many '
+                    f'parameters; the divergence term raises branch diversity from {out["d2c_alpha0"]["diversity"]:.4f} '
+                    f'(alpha 0) to {out[plan.alpha_tag(max(plan.alphas))]["diversity"]:.4f} (alpha {max(plan.alphas):g})')
+    summary += '. ' + fusion_summary(plan, sweeps)
+    command = ' '.join(['python benchmarks/d2c_evidence.py'] + args.argv)
+    budgets = ','.join(str(b) for b in plan.fusion_budgets)
     lines = [
         '# Evidence: D2C-SR in small, on real photographs', '',
-        f'Generated by `python benchmarks/d2c_evidence.py{" --quick" if args.quick else ""} --iters {plan.iters}` '
-        f'in {minutes:.1f} minutes on this machine ({RUN_DEVICE["description"]}). Every number and plot below comes from that run; '
-        '`evidence/results.json` has them all.', '',
+        f'Generated by `{command}` in {minutes:.1f} minutes on {RUN_DEVICE["description"]}. Every number and plot '
+        f'below comes from that run; `{osp.basename(files["dir"])}/results.json` has them all.', '',
         '**Result.** ' + summary, '',
         '## Set-up', '',
         f'- Data: x{SCALE}; 10 training photographs and 2 held-out ones (coffee, chelsea) from scikit-image, '
         'degraded with blur, bicubic downsampling, noise and JPEG (`d2csr/data/photo_pairs.py`, fixed seeds).',
-        f'- Training: BasicSR pipeline (`d2csr/train.py`), {RUN_DEVICE["description"]}, batch 4 of 32x32 LR patches, Adam 5e-4 halved at 70%; '
-        f'stage 1: {plan.iters} iterations, stage 2 (convergence net, tree frozen): {plan.conv_iters} iterations.',
+        f'- Training: BasicSR pipeline (`d2csr/train.py`), {RUN_DEVICE["description"]}, batch 4 of 32x32 LR patches, Adam 5e-4 '
+        f'halved at 70%; stage 1: {plan.iters} iterations, stage 2 (convergence net, tree frozen): {plan.conv_iters} '
+        f'iterations; the fusion study continues stage 2 to {budgets} times that.',
         f'- Small D2C: 32 features, G=2, B=1 (the paper\'s small Table 4 baseline), alpha {PAPER_ALPHA:g} (paper), '
-        f'margins 5e-5 / 2e-5, theta 0.8. Bicubic skip: {"on" if plan.base.get("bicubic_skip") else "off"}.',
-        f'- Single-branch RCAN: the same blocks in one branch (L=1, C=1, G=4, B={out["rcan"]["net"]["num_block"]}), '
-        f'{out["rcan"]["params"]:,d} parameters vs {out["d2c"]["params"]:,d}; same data and number of updates.',
-        '- Metrics: PSNR / SSIM on Y, border 4, BasicSR\'s functions; "oracle" picks per pixel the branch closest to HR.',
-        '- Branch diversity: mean over branch pairs of mean((res_i - res_j)^2), res = |G(I_i) - G(HR)| (eq. 2-3).', '',
-        '## Models (PSNR / SSIM on the held-out photos)', '',
-        results_table(out, ['d2c', 'rcan', 'd2c_alpha0', 'd2c_no_deep_res']), '',
-        '- ' + verdict(fused['d2c'], fused['rcan'], 'D2C fused vs single-branch RCAN'),
-        '- ' + verdict(fused['d2c'], fused['d2c_alpha0'], 'D2C vs D2C without divergence term (paper Table 5)'),
-        '- ' + verdict(fused['d2c'], fused['d2c_no_deep_res'], 'D2C vs D2C without deep residual (paper Table 5)'), '',
-        f'![PSNR over iterations]({rel(files["curves"])})', '',
-        '## Alpha sweep (paper Fig. 9)', '',
-        '| alpha | branch diversity | mean branch PSNR | fused PSNR | oracle PSNR |', '| ---: | ---: | ---: | ---: | ---: |']
-    for a in plan.alphas:
-        r = out[plan.alpha_tag(a)]
-        lines.append(f'| {a:g} | {r["diversity"]:.4f} | {mean_branch_psnr(r["results"]):.2f} | '
-                     f'{r["results"]["fused"]["psnr"]:.2f} | {r["results"]["oracle"]["psnr"]:.2f} |')
-    lines += ['', f'![alpha sweep]({rel(files["alpha"])})', '', '## Width and depth (paper Table 4)', '',
-              '| L | C | P | parameters | fused PSNR | oracle PSNR |', '| ---: | ---: | ---: | ---: | ---: | ---: |']
-    for depth, width in plan.trees:
-        r = out[plan.tree_tag(depth, width)]
-        lines.append(f'| {depth} | {width} | {width**depth} | {r["params"]:,d} | {r["results"]["fused"]["psnr"]:.2f} | '
-                     f'{r["results"]["oracle"]["psnr"]:.2f} |')
-    lines += ['', '## The small D2C at work', '', f'![LR, branches, fused, HR and weight maps]({rel(files["panel"])})', '',
+        f'margins 5e-5 / 2e-5, theta 0.8. Bicubic skip: {"on" if plan.base.get("bicubic_skip") else "off"}.']
+    if full:
+        lines.append(f'- Single-branch RCAN: the same blocks in one branch (L=1, C=1, G=4, B={out["rcan"]["net"]["num_block"]}), '
+                     f'{out["rcan"]["params"]:,d} parameters vs {out["d2c"]["params"]:,d}; same data and number of updates.')
+    lines += [
+        f'- Metrics: PSNR / SSIM on Y, border 4, BasicSR\'s functions (`d2csr/evaluation.py`, the same rows as the '
+        f'validation log, the demo and the visualizer); "{BICUBIC_LABEL}" is BasicSR\'s MATLAB-style `imresize`; '
+        f'"{MEAN_LABEL}" is the plain average of the branch images (uniform weights 1/P); "oracle" picks per pixel '
+        'the branch closest to HR; "mean |W - 1/P|" is how far the convergence weights are from uniform.',
+        '- Branch diversity: mean over branch pairs of mean((res_i - res_j)^2), res = |G(I_i) - G(HR)| (eq. 2-3).', '']
+    tags = ['d2c', 'rcan', 'd2c_alpha0', 'd2c_no_deep_res'] if full else ['d2c']
+    lines += ['## Models (PSNR / SSIM on the held-out photos)', '', results_table(out, tags), '']
+    if full:
+        lines += [
+            '- ' + verdict(fused['d2c'], fused['rcan'], 'D2C fused vs single-branch RCAN'),
+            '- ' + verdict(fused['d2c'], fused['d2c_alpha0'], 'D2C vs D2C without divergence term (paper Table 5)'),
+            '- ' + verdict(fused['d2c'], fused['d2c_no_deep_res'], 'D2C vs D2C without deep residual (paper Table 5)'),
+            '']
+    lines += [f'![PSNR over iterations]({rel(files["curves"])})', '']
+    lines += fusion_section(plan, out, sweeps, files, rel)
+    if full:
+        lines += ['## Alpha sweep (paper Fig. 9)', '',
+                  '| alpha | branch diversity | mean branch PSNR | mean-of-branches PSNR | fused PSNR | oracle PSNR |',
+                  '| ---: | ---: | ---: | ---: | ---: | ---: |']
+        for a in plan.alphas:
+            r = out[plan.alpha_tag(a)]['results']
+            lines.append(f'| {a:g} | {out[plan.alpha_tag(a)]["diversity"]:.4f} | {mean_branch_psnr(r):.2f} | '
+                         f'{r["mean"]["psnr"]:.2f} | {r["fused"]["psnr"]:.2f} | {r["oracle"]["psnr"]:.2f} |')
+        lines += ['', '"mean branch PSNR" averages the branches\' PSNRs; "mean-of-branches PSNR" is the PSNR of their '
+                  'average image.', '', f'![alpha sweep]({rel(files["alpha"])})', '',
+                  '## Width and depth (paper Table 4)', '',
+                  '| L | C | P | parameters | mean-of-branches PSNR | fused PSNR | oracle PSNR |',
+                  '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+        for depth, width in plan.trees:
+            r = out[plan.tree_tag(depth, width)]
+            lines.append(f'| {depth} | {width} | {width**depth} | {r["params"]:,d} | {r["results"]["mean"]["psnr"]:.2f} | '
+                         f'{r["results"]["fused"]["psnr"]:.2f} | {r["results"]["oracle"]["psnr"]:.2f} |')
+        lines.append('')
+    lines += ['## The small D2C at work', '',
+              f'![LR, branches, mean of branches, fused, HR and weight maps]({rel(files["panel"])})', '',
               '## What this shows and what it does not', '',
-              '- These are minutes of CPU training of networks 7x smaller than the paper\'s; the paper trains for days on '
+              '- These are minutes of training of networks 7x smaller than the paper\'s; the paper trains for days on '
               'RealSR. Differences of a few hundredths of a dB between runs are within run-to-run noise here.',
               '- Where a comparison above disagrees with the paper, that is what this budget gives; it is not evidence '
               'against the paper at full scale, and agreement is not proof of it either.']
@@ -341,21 +517,38 @@ def write_report(plan, out, files, md_path, args, minutes):
     return summary
 
 
+def parse_budgets(text):
+    try:
+        budgets = sorted({int(b) for b in text.split(',') if b.strip()})
+    except ValueError:
+        budgets = []
+    if not budgets or budgets[0] < 1:
+        raise argparse.ArgumentTypeError(f'--fusion-budgets: comma-separated integers >= 1 (e.g. 4,16,64), got {text!r}')
+    return budgets
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true', help='reduced plan (a few minutes)')
+    parser.add_argument('--plan', choices=('full', 'fusion'), default='full',
+                        help='full: every study; fusion: only the small D2C and the fusion-budget study')
     parser.add_argument('--iters', type=int, default=None, help='stage-1 iterations (default 400, quick 40)')
-    parser.add_argument('--out', default=osp.join(ROOT, 'docs'), help='folder for evidence.md and evidence/')
+    parser.add_argument('--conv-iters', type=int, default=None, help='stage-2 iterations (default iters / 4)')
+    parser.add_argument('--fusion-budgets', type=parse_budgets, default=None,
+                        help='stage-2 budgets of the fusion study, multiples of --conv-iters (default 4,16,64; quick 2,4)')
+    parser.add_argument('--out', default=osp.join(ROOT, 'docs'),
+                        help='folder for evidence.md and evidence/, or the report\'s path (X.md; plots in X/)')
     parser.add_argument('--prefix', default='evidence_', help='experiment name prefix under experiments/')
     parser.add_argument('--no-bicubic-skip', dest='bicubic_skip', action='store_false')
     parser.add_argument('--keep', action='store_true', help='keep the experiments/ folders of the runs')
     parser.add_argument('--device', default='auto',
                         help='where the trainings run: auto (the first GPU when there is one, else the CPU), '
-                             'cpu, cuda or cuda:N; the evaluation of the small models stays on the CPU')
+                             'cpu, cuda or cuda:N')
     args = parser.parse_args(argv)
     where = subprocess_device(args.device)
     RUN_DEVICE.update(num_gpu=where.num_gpu, env=where.env, description=where.description)
     print(f'Device: {where.description} (num_gpu: {where.num_gpu} in the option files)', flush=True)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     iters = args.iters or (40 if args.quick else 400)
     start = time.time()
     torch.manual_seed(0)
@@ -363,25 +556,37 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
 
-    plan = Plan(args.quick, iters, args.bicubic_skip)
-    fig_dir = osp.join(args.out, 'evidence')
+    plan = Plan(args.quick, iters, args.bicubic_skip, args.conv_iters, args.fusion_budgets, args.plan)
+    plan.device = where.device.type  # 'cuda': data workers and evaluation on the GPU
+    if args.out.endswith('.md'):
+        md_path, fig_dir = args.out, args.out[:-len('.md')]
+    else:
+        md_path, fig_dir = osp.join(args.out, 'evidence.md'), osp.join(args.out, 'evidence')
     work = osp.join(fig_dir, 'work')
     os.makedirs(fig_dir, exist_ok=True)
-    log(f'Building the data set and {len(plan.runs)} runs of {iters} (+{plan.conv_iters}) iterations...')
+    log(f'Building the data set and {len(plan.runs)} runs of {iters} (+{plan.conv_iters}) iterations, then the fusion '
+        f'study (stage 2 up to {plan.fusion_budgets[-1] * plan.conv_iters} iterations, 2 runs) on {where.description}...')
     data_root = osp.join(work, 'data')
     build_photo_pairs(data_root, SCALE, max_side=512, val_max_side=256)
     out, pairs = run_all(plan, data_root, work, args.prefix, log)
-    files = save_plots(plan, out, pairs, fig_dir)
+    sweeps = run_fusion_budgets(plan, out, data_root, work, args.prefix, log)
+    files = save_plots(plan, out, pairs, fig_dir, sweeps)
+    files['dir'] = fig_dir
     minutes = (time.time() - start) / 60
-    md_path = osp.join(args.out, 'evidence.md')
-    summary = write_report(plan, out, files, md_path, args, minutes)
+    summary = write_report(plan, out, files, md_path, args, minutes, sweeps)
     with open(osp.join(fig_dir, 'results.json'), 'w') as f:
         json.dump({'iters': iters, 'conv_iters': plan.conv_iters, 'alphas': plan.alphas, 'trees': plan.trees,
-                   'runs': {t: {k: v for k, v in r.items() if k != 'weights'} for t, r in out.items()}}, f, indent=1)
+                   'plan': plan.kind, 'device': RUN_DEVICE['description'], 'minutes': minutes,
+                   'fusion_budgets': plan.fusion_budgets,
+                   'fusion': {k: dict(label=plan.fusion_variants[k]['label'], points=v) for k, v in sweeps.items()},
+                   'runs': {t: {k: v for k, v in r.items() if k not in ('weights', 'stage1_weights')}
+                            for t, r in out.items()}}, f, indent=1)
     if not args.keep:
         for tag in plan.runs:
             for stage in ('div', 'conv'):
                 shutil.rmtree(osp.join(ROOT, 'experiments', f'{args.prefix}{tag}_{stage}'), ignore_errors=True)
+        for key in plan.fusion_variants:
+            shutil.rmtree(osp.join(ROOT, 'experiments', f'{args.prefix}fusion_{key}_conv'), ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     log('\n' + summary)
     log(f'Report: {md_path}')

@@ -1,8 +1,22 @@
-"""Per-branch evaluation of a D2CSR network on LR/HR image pairs: the table of paper Sec. 4.6.
+"""Evaluation of D2C-SR's divergent branches and their fusions: the table of paper Sec. 4.6, in one place.
 
-For each pair it measures PSNR / SSIM (Y channel, ``crop_border = scale``, BasicSR's metrics on 8-bit
-images) of: bicubic upsampling (MATLAB-style, BasicSR's ``imresize``), every branch, the fused output and
-the oracle fusion (per pixel, the branch closest to HR). Returns the means over the pairs.
+Every table of the project (validation logs, ``d2csr/test.py``, the demo, the evidence report, the
+visualizer's table and panels) is made by :func:`fusion_metrics`, with these rows:
+
+- ``bicubic``: the LR input upsampled by :func:`bicubic_upsample`, MATLAB-style ``imresize`` (BasicSR's
+  ``basicsr.utils.matlab_functions.imresize``, the usual SR baseline), named ``BICUBIC_LABEL`` in tables;
+- ``branch1`` .. ``branchP``: the divergent predictions;
+- ``mean``: their plain average, the simplest fusion (what the convergence net's softmax gives when its
+  weights are uniform, ``1 / P``);
+- ``fused``: the convergence net's output (learned per-pixel weights, eq. 8);
+- ``oracle``: per pixel the branch closest to HR (:func:`oracle_fusion`, the upper bound of Sec. 4.6).
+
+:func:`weight_mad` tells how far the convergence weights are from uniform: ``mean |W_i - 1/P|`` over
+pixels and branches, ``0`` when the fused output is the mean, at most ``2 (P - 1) / P**2`` when every
+pixel takes one branch. PSNR / SSIM are BasicSR's ``calculate_psnr`` / ``calculate_ssim`` on 8-bit images
+(Y channel and ``crop_border = scale`` by default), as the validation computes them.
+
+This module imports nothing from :mod:`d2csr.models` (the model imports it).
 """
 from collections import OrderedDict
 
@@ -13,7 +27,8 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.matlab_functions import imresize
 
-from .models.d2c_model import oracle_fusion
+BICUBIC_LABEL = 'bicubic (MATLAB imresize)'
+MEAN_LABEL = 'mean of branches'
 
 
 def read_rgb(path):
@@ -24,9 +39,89 @@ def read_rgb(path):
     return img[..., ::-1].astype(np.float32) / 255.0
 
 
+def bicubic_upsample(lq, scale):
+    """The project's bicubic baseline: MATLAB-style ``imresize`` (BasicSR's), clipped to ``[0, 1]``.
+
+    ``lq``: ``(N, C, h, w)`` tensor in ``[0, 1]``. Returns ``(N, C, scale*h, scale*w)`` float32 on ``lq``'s
+    device. (PyTorch's ``F.interpolate(mode='bicubic')`` uses another kernel and gives about 0.1 dB more on
+    the demo's photos; it is not used for any reported figure.)
+    """
+    out = []
+    for img in lq.detach().float().cpu():
+        up = imresize(img.permute(1, 2, 0).numpy(), scale)
+        out.append(torch.from_numpy(np.ascontiguousarray(np.clip(up, 0, 1))).permute(2, 0, 1))
+    return torch.stack(out).to(lq.device)
+
+
+def oracle_fusion(branches, target):
+    """Per pixel, the branch value closest to ``target`` (squared error summed over channels).
+
+    ``branches``: list of ``P`` tensors ``(N, C, H, W)``; ``target``: ``(N, C, H, W)``. Returns ``(N, C, H, W)``.
+    """
+    stacked = torch.stack(branches)  # (P, N, C, H, W)
+    best = ((stacked - target.unsqueeze(0))**2).sum(dim=2, keepdim=True).argmin(dim=0, keepdim=True)
+    return stacked.gather(0, best.expand(1, *stacked.shape[1:])).squeeze(0)
+
+
+def mean_fusion(branches):
+    """The plain average of ``P`` predictions ``(N, C, H, W)``: the fusion with uniform weights ``1 / P``."""
+    return torch.stack(branches).mean(dim=0)
+
+
+def weight_mad(weights):
+    """Mean absolute deviation of convergence weights ``(N, P, H, W)`` from uniform ``1 / P`` (a float).
+
+    ``0``: the fused output is the mean of the branches; the largest value, ``2 (P - 1) / P**2`` (0.375 for
+    ``P = 4``), means every pixel takes a single branch.
+    """
+    return (weights.detach().float() - 1.0 / weights.shape[1]).abs().mean().item()
+
+
+def fusion_metrics(branches, fused, gt, scale, lq=None, crop_border=None, test_y_channel=True, ssim=False,
+                   bicubic=None):
+    """PSNR (and SSIM) of one image's rows: ``bicubic``, ``branch1..P``, ``mean``, ``fused``, ``oracle``.
+
+    Args:
+        branches (list[Tensor]): ``P`` predictions ``(1, C, H, W)`` in ``[0, 1]``.
+        fused (Tensor): the convergence net's output ``(1, C, H, W)``.
+        gt (Tensor): HR ``(1, C, H, W)``.
+        scale (int): upscale factor (the default ``crop_border``, and the bicubic factor).
+        lq (Tensor, optional): LR ``(1, C, h, w)``; gives the ``bicubic`` row (left out without it).
+        crop_border (int): pixels cropped at each border before measuring (default ``scale``).
+        test_y_channel (bool): measure on Y (BT.601), as the paper; ``False``: RGB.
+        ssim (bool): also compute SSIM.
+        bicubic (float or dict, optional): the ``bicubic`` row's value(s) already known (validation caches
+            it per image), instead of recomputing it from ``lq``.
+
+    Returns:
+        OrderedDict ``{row: {'psnr': float[, 'ssim': float]}}`` in the order above.
+    """
+    opts = dict(crop_border=scale if crop_border is None else crop_border, test_y_channel=test_y_channel)
+    gt_img = tensor2img([gt.detach().float().cpu()])
+    branches = [b.detach().float() for b in branches]
+    outputs = OrderedDict()
+    if bicubic is None and lq is not None:
+        outputs['bicubic'] = bicubic_upsample(lq, scale)
+    outputs.update((f'branch{i + 1}', b) for i, b in enumerate(branches))
+    outputs['mean'] = mean_fusion(branches)
+    outputs['fused'] = fused.detach().float()
+    outputs['oracle'] = oracle_fusion(branches, gt.detach().float().to(branches[0].device))
+    rows = OrderedDict()
+    if bicubic is not None:
+        rows['bicubic'] = dict(bicubic) if isinstance(bicubic, dict) else {'psnr': float(bicubic)}
+    for row, out in outputs.items():
+        img = tensor2img([out.cpu()])  # RGB tensor -> BGR uint8, as BasicSR's validation does
+        rows[row] = {'psnr': float(calculate_psnr(img, gt_img, **opts))}
+        if ssim:
+            rows[row]['ssim'] = float(calculate_ssim(img, gt_img, **opts))
+    if 'bicubic' in rows:
+        rows.move_to_end('bicubic', last=False)
+    return rows
+
+
 @torch.no_grad()
 def evaluate_pairs(net, pairs, scale, device='cpu'):
-    """Mean PSNR / SSIM per row (``bicubic``, ``branch1..P``, ``fused``, ``oracle``) over ``pairs``.
+    """Mean PSNR / SSIM per row (:func:`fusion_metrics`) over ``pairs``, and the weights' deviation.
 
     Args:
         net: a :class:`~d2csr.archs.D2CSR` (put in eval mode here).
@@ -34,10 +129,13 @@ def evaluate_pairs(net, pairs, scale, device='cpu'):
         scale (int): the upscale factor (also the border cropped before measuring).
 
     Returns:
-        OrderedDict ``{row: {'psnr': float, 'ssim': float}}``.
+        OrderedDict ``{row: {'psnr': float, 'ssim': float}}`` (rows ``bicubic``, ``branch1..P``, ``mean``,
+        ``fused``, ``oracle``); the ``fused`` row also holds ``weight_mad`` (:func:`weight_mad`, averaged
+        over the images).
     """
     net.eval()
     sums = OrderedDict()
+    mad = 0.0
     count = 0
     for lr_path, hr_path in pairs:
         lr, hr = read_rgb(lr_path), read_rgb(hr_path)
@@ -46,29 +144,36 @@ def evaluate_pairs(net, pairs, scale, device='cpu'):
         if hr.shape[:2] != (h * scale, w * scale):
             raise ValueError(f'HR {hr_path} is smaller than {scale} x LR {lr_path}')
         lr_t = img2tensor(lr, bgr2rgb=False).unsqueeze(0).to(device)
-        branches = net.forward_branches(lr_t)
-        fused, _ = net.fuse(branches)
         hr_t = img2tensor(hr, bgr2rgb=False).unsqueeze(0).to(device)
-        outputs = OrderedDict(bicubic=img2tensor(np.clip(imresize(lr, scale), 0, 1), bgr2rgb=False).unsqueeze(0))
-        outputs.update((f'branch{i + 1}', b) for i, b in enumerate(branches))
-        outputs['fused'] = fused
-        outputs['oracle'] = oracle_fusion(branches, hr_t)
-        # tensor2img expects RGB tensors and returns BGR uint8, as BasicSR's validation does
-        gt_img = tensor2img([hr_t.cpu()])
-        for row, out in outputs.items():
-            img = tensor2img([out.cpu()])
+        branches = net.forward_branches(lr_t)
+        fused, weights = net.fuse(branches)
+        rows = fusion_metrics(branches, fused, hr_t, scale, lq=lr_t, ssim=True)
+        for row, values in rows.items():
             entry = sums.setdefault(row, {'psnr': 0.0, 'ssim': 0.0})
-            entry['psnr'] += calculate_psnr(img, gt_img, crop_border=scale, test_y_channel=True)
-            entry['ssim'] += calculate_ssim(img, gt_img, crop_border=scale, test_y_channel=True)
+            for key, value in values.items():
+                entry[key] += value
+        mad += weight_mad(weights)
         count += 1
     if count == 0:
         raise ValueError('evaluate_pairs: no image pairs given')
-    return OrderedDict((row, {k: v / count for k, v in entry.items()}) for row, entry in sums.items())
+    results = OrderedDict((row, {k: v / count for k, v in entry.items()}) for row, entry in sums.items())
+    results['fused']['weight_mad'] = mad / count
+    return results
+
+
+def row_label(row):
+    """A row's name as tables print it (``bicubic`` and ``mean`` get their definitions)."""
+    return {'bicubic': BICUBIC_LABEL, 'mean': MEAN_LABEL}.get(row, row)
 
 
 def format_table(results, title=None):
-    """A Markdown table of :func:`evaluate_pairs` results."""
+    """A Markdown table of :func:`evaluate_pairs` results, then the weights' deviation from uniform."""
     lines = [f'**{title}**', ''] if title else []
     lines += ['| output | PSNR (dB, Y) | SSIM (Y) |', '| --- | ---: | ---: |']
-    lines += [f'| {row} | {m["psnr"]:.2f} | {m["ssim"]:.4f} |' for row, m in results.items()]
+    lines += [f'| {row_label(row)} | {m["psnr"]:.2f} | {m["ssim"]:.4f} |' for row, m in results.items()]
+    mad = results.get('fused', {}).get('weight_mad')
+    if mad is not None:
+        num = sum(row.startswith('branch') for row in results)
+        lines += ['', f'Convergence weights: mean |W - 1/P| = {mad:.4f} (0: the fused output is the mean of '
+                  f'branches; {2 * (num - 1) / num**2:.3f}: one branch per pixel).']
     return '\n'.join(lines)

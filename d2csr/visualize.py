@@ -7,12 +7,15 @@ the oracle fusion and bicubic); :func:`format_table` / :func:`write_table` make 
 Panel layout (``P`` branches, every cell the HR size, or shrunk to ``max_side``, under a label band of
 ``LABEL_HEIGHT`` pixels)::
 
-    | LR (nearest) | branch 1 | ... | branch P | fused  | HR          |
-    | colour bar   | W 1      | ... | W P      | oracle | oracle pick |
+    | LR (nearest) | branch 1 | ... | branch P | mean of branches | fused  | HR          |
+    | colour bar   | W 1      | ... | W P      | |W - 1/P|        | oracle | oracle pick |
 
-Images are labelled with their PSNR against HR (the LR cell with bicubic's); weight maps are heat maps on a
-fixed ``[0, 1]`` scale (colour bar in the first cell), the oracle pick shows which branch the oracle takes per
-pixel. Without HR, the PSNRs, the HR cell and the oracle cells are left out (blank).
+Images are labelled with their PSNR against HR (the LR cell with bicubic's, MATLAB-style ``imresize``);
+weight maps are heat maps on a fixed ``[0, 1]`` scale (colour bar in the first cell); ``|W - 1/P|`` is the
+per-pixel mean absolute deviation of the weights from uniform, on a ``[0, 2 (P - 1) / P**2]`` scale (0, dark
+blue: the fused pixel is the mean of the branches; red: one branch), labelled with its image mean
+(:func:`d2csr.evaluation.weight_mad`); the oracle pick shows which branch the oracle takes per pixel. Without
+HR, the PSNRs, the HR cell and the oracle cells are left out (blank).
 """
 import csv
 import os
@@ -25,7 +28,7 @@ from torch.nn import functional as F
 from basicsr.metrics import calculate_psnr
 from basicsr.utils import get_root_logger, tensor2img
 
-from d2csr.models.d2c_model import oracle_fusion
+from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, fusion_metrics, mean_fusion, oracle_fusion, weight_mad
 
 LABEL_HEIGHT = 24
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -42,20 +45,16 @@ def psnr(img, ref, crop_border=0, test_y_channel=True, **_):
 
 
 def psnr_row(lq, branches, sr, gt, scale, psnr_opts=None):
-    """PSNRs of one image: ``{'bicubic', 'branch1'.., 'branchP', 'fused', 'oracle'}`` (dB).
+    """PSNRs of one image: ``{'bicubic', 'branch1'.., 'branchP', 'mean', 'fused', 'oracle'}`` (dB).
 
-    ``lq`` ``(1, C, h, w)``, ``branches`` ``P x (1, C, H, W)``, ``sr`` and ``gt`` ``(1, C, H, W)``;
-    ``psnr_opts``: ``crop_border`` (default ``scale``) and ``test_y_channel`` (default ``True``).
+    The rows of :func:`d2csr.evaluation.fusion_metrics` (bicubic: MATLAB-style ``imresize``; mean: the plain
+    mean of the branches). ``lq`` ``(1, C, h, w)``, ``branches`` ``P x (1, C, H, W)``, ``sr`` and ``gt``
+    ``(1, C, H, W)``; ``psnr_opts``: ``crop_border`` (default ``scale``) and ``test_y_channel`` (default ``True``).
     """
     opts = dict(crop_border=scale, test_y_channel=True)
-    opts.update(psnr_opts or {})
-    bicubic = F.interpolate(lq.float(), size=gt.shape[-2:], mode='bicubic', align_corners=False).clamp(0, 1)
-    row = {'bicubic': psnr(bicubic, gt, **opts)}
-    for i, branch in enumerate(branches):
-        row[f'branch{i + 1}'] = psnr(branch, gt, **opts)
-    row['fused'] = psnr(sr, gt, **opts)
-    row['oracle'] = psnr(oracle_fusion([b.float() for b in branches], gt.float()), gt, **opts)
-    return row
+    opts.update({k: v for k, v in (psnr_opts or {}).items() if k in opts})
+    rows = fusion_metrics(branches, sr, gt, scale, lq=lq, **opts)
+    return {row: values['psnr'] for row, values in rows.items()}
 
 
 def _to_bgr(tensor):
@@ -113,7 +112,7 @@ def make_panel(lq, branches, sr, weights, gt=None, scale=None, psnr_opts=None, m
         max_side (int): cells are shrunk so that their longer side is at most this; ``0``: full size.
 
     Returns:
-        (ndarray, dict): the panel ``(2 * (H' + LABEL_HEIGHT), (P + 3) * W', 3)`` and the PSNR row
+        (ndarray, dict): the panel ``(2 * (H' + LABEL_HEIGHT), (P + 4) * W', 3)`` and the PSNR row
         (empty without ``gt``).
     """
     height, width = sr.shape[-2:]
@@ -127,12 +126,15 @@ def make_panel(lq, branches, sr, weights, gt=None, scale=None, psnr_opts=None, m
     lr_near = F.interpolate(lq.float(), size=(height, width), mode='nearest')
     top = [(_to_bgr(lr_near), f'LR x{scale} (bicubic{db("bicubic")})' if row else f'LR x{scale}')]
     top += [(_to_bgr(b), f'branch {i + 1}{db(f"branch{i + 1}")}') for i, b in enumerate(branches)]
+    top.append((_to_bgr(mean_fusion([b.detach().float().cpu() for b in branches])), f'mean of branches{db("mean")}'))
     top.append((_to_bgr(sr), f'fused{db("fused")}'))
     blank = np.full((height, width, 3), 255, np.uint8)
     top.append((_to_bgr(gt), 'HR') if gt is not None else (blank, ''))
     w = weights.detach().float().cpu()[0].numpy()
     bottom = [(_colour_bar(height, width), 'weight scale')]
     bottom += [(_heat(w[i]), f'W{i + 1} (mean {w[i].mean():.2f})') for i in range(num)]
+    deviation = np.abs(w - 1.0 / num).mean(axis=0) / (2 * (num - 1) / num**2 if num > 1 else 1.0)
+    bottom.append((_heat(deviation), f'|W - 1/P| (mean {weight_mad(weights):.4f})'))
     if gt is not None:
         stacked = torch.stack([b.detach().float().cpu() for b in branches])
         pick = ((stacked - gt.detach().float().cpu().unsqueeze(0))**2).sum(dim=2).argmin(dim=0)[0].numpy()
@@ -158,7 +160,7 @@ def make_panel(lq, branches, sr, weights, gt=None, scale=None, psnr_opts=None, m
 
 
 def format_table(rows, names):
-    """The PSNR table (one line per image, then the mean) as aligned text."""
+    """The PSNR table (one line per image, then the mean over images) as aligned text, with a legend."""
     if not rows:
         return ''
     keys = list(rows[0])
@@ -168,11 +170,13 @@ def format_table(rows, names):
         lines.append(f'{name:<{width}} ' + ' '.join(f'{row[k]:8.2f}' for k in keys))
     means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     lines.append(f'{"mean":<{width}} ' + ' '.join(f'{means[k]:8.2f}' for k in keys))
+    lines.append(f'(bicubic: {BICUBIC_LABEL}; mean: {MEAN_LABEL}, uniform weights; last line: mean over images)')
     return '\n'.join(lines)
 
 
 def write_table(path, rows, names):
-    """Write the PSNR table as CSV (``image, bicubic, branch1..P, fused, oracle``; last line the mean)."""
+    """Write the PSNR table as CSV (``image, bicubic, branch1..P, mean, fused, oracle``; last line the mean over
+    images; bicubic is MATLAB-style ``imresize``, mean is the mean of the branches)."""
     keys = list(rows[0]) if rows else []
     with open(path, 'w', newline='') as f:
         writer = csv.writer(f)

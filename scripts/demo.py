@@ -5,7 +5,8 @@
 2. trains a small D2C (L=2, C=2: 4 branches; 32 features, G=2, B=1) through ``d2csr/train.py``:
    stage 1, the divergence tree, then stage 2, the convergence net with the tree frozen;
 3. tests it through ``d2csr/test.py`` (PSNR/SSIM on the held-out photos, SR images written);
-4. prints the table: bicubic, each branch, the fused output and the oracle fusion.
+4. prints the table: bicubic (MATLAB imresize), each branch, the mean of the branches, the fused output, the
+   oracle fusion, and the convergence weights' mean |W - 1/P| (:mod:`d2csr.evaluation`).
 
 Everything lands in ``demo_output/`` (data, options, results table) and BasicSR's ``experiments/`` and
 ``results/`` folders. ``--div-iters`` / ``--conv-iters`` change the training length. It runs on the GPU when

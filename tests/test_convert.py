@@ -163,5 +163,5 @@ def test_converter_and_official_test_options_give_the_same_metric(photo_data, tm
     panels = results_dir(name) / 'visualization' / 'panels' / 'photos_val'
     assert [p.name for p in panels.glob('*.png')] == ['chelsea_panel.png']
     table = (panels / 'psnr_table.csv').read_text().splitlines()
-    assert table[0] == 'image,bicubic,branch1,branch2,branch3,branch4,fused,oracle'
-    assert float(table[1].split(',')[6]) == pytest.approx(expected, abs=1e-3)
+    assert table[0] == 'image,bicubic,branch1,branch2,branch3,branch4,mean,fused,oracle'
+    assert float(table[1].split(',')[7]) == pytest.approx(expected, abs=1e-3)

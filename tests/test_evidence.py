@@ -1,4 +1,5 @@
-"""The evidence script's quick mode: every table and plot comes from the run, and alpha > 0 diversifies."""
+"""The evidence script's quick mode: every table and plot comes from the run, and alpha > 0 diversifies; the
+mean of the branches is reported beside the fused output, and the fusion-budget study has its rows and plot."""
 import json
 import re
 import subprocess
@@ -30,8 +31,29 @@ def test_quick_evidence_run_produces_its_report(tmp_path):
         assert re.search(rf'\| {alpha:g} \| {runs[tag]["diversity"]:.4f} \|', md)
     assert runs['rcan']['params'] >= runs['d2c']['params']
     assert len(runs['d2c']['curve']) == 2 and runs['d2c']['curve'][-1][0] == 6
+    # the mean of the branches and the weights' deviation from uniform beside every fused output
+    assert f'| mean of branches | {d2c["mean"]["psnr"]:.2f} / {d2c["mean"]["ssim"]:.4f} |' in md
+    assert f'| bicubic (MATLAB imresize) | {d2c["bicubic"]["psnr"]:.2f} / ' in md
+    assert f'| weights: mean \\|W - 1/P\\| | {d2c["fused"]["weight_mad"]:.4f} |' in md
+    # the fusion-budget study: paper's convergence net and the labelled variant, untrained then 2x and 4x
+    assert data['fusion_budgets'] == [2, 4]
+    assert set(data['fusion']) == {'faithful', 'no_last_relu'}
+    assert 'VARIANT, not the paper' in data['fusion']['no_last_relu']['label']
+    for key, sweep in data['fusion'].items():
+        points = sweep['points']
+        assert [p['iters'] for p in points] == [0, 2 * data['conv_iters'], 4 * data['conv_iters']]
+        for p in points:
+            assert abs(p['gain_over_mean'] - (p['fused'] - p['mean'])) < 1e-9
+            assert abs(p['gain_over_best'] - (p['fused'] - p['best_branch'])) < 1e-9
+            budget = f'{p["budget"]}x' if p['budget'] else 'none (stage 1)'
+            assert (f'| {sweep["label"]} | {p["iters"]} | {budget} | {p["fused"]:.3f} | {p["gain_over_mean"]:+.3f} | '
+                    f'{p["gain_over_best"]:+.3f} | {p["weight_mad"]:.4f} |') in md
+        # the tree is frozen in stage 2: the branches' mean is the same at every budget
+        assert len({round(p['mean'], 9) for p in points}) == 1
+    # both variants continue from the same stage-1 tree
+    assert data['fusion']['faithful']['points'][0]['mean'] == data['fusion']['no_last_relu']['points'][0]['mean']
     # plots exist and are real images
-    for name in ('psnr_over_iterations.png', 'alpha_sweep.png', 'panel.png'):
+    for name in ('psnr_over_iterations.png', 'alpha_sweep.png', 'panel.png', 'fusion_budgets.png'):
         img = cv2.imread(str(tmp_path / 'evidence' / name))
         assert img is not None and img.shape[0] > 100 and img.shape[1] > 100
         assert f'evidence/{name}' in md

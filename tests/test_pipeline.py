@@ -1,12 +1,15 @@
 """End to end through the entry points: two-stage training, freezing, test, resume and bad input, on CPU."""
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import (ROOT, experiment_dir, results_dir, run_entry, subprocess_env, tiny_options, unique_name,
-                      write_options)
+from conftest import (ROOT, TINY_NET, experiment_dir, results_dir, run_entry, subprocess_env, tiny_options,
+                      unique_name, write_options)
+from basicsr.archs import build_network  # after conftest: d2csr's shim makes basicsr importable
+from d2csr.evaluation import evaluate_pairs
 
 
 def load_params(path):
@@ -35,6 +38,7 @@ def test_divergence_stage_trains_tree_only(two_stage):
     assert all(torch.equal(ckpt[k], init[k]) for k in ckpt if k.startswith('fusion.'))
     log = next(experiment_dir(two_stage['div']).glob('train_*.log')).read_text()
     assert 'l_triplet' in log and 'psnr_oracle' in log and 'psnr_branch4' in log
+    assert 'psnr_mean' in log and 'weight_mad' in log and 'psnr_bicubic' in log
 
 
 def test_ema_is_kept_and_saved_as_in_srmodel(two_stage):
@@ -68,6 +72,18 @@ def test_test_entry_point_writes_metrics_and_images(two_stage, photo_data):
     images = list((results_dir(name) / 'visualization' / 'photos_val').glob('*.png'))
     assert [p.name for p in images] == [f'chelsea_{name}.png']
     assert proc.returncode == 0
+    # the log's other rows are d2csr.evaluation's (the same definitions as the demo, evidence and visualizer)
+    logged = {k: float(v) for k, v in re.findall(r'# (psnr_\w+|weight_mad): ([-0-9.]+)', log)}
+    assert list(logged) == ['psnr_bicubic', 'psnr_branch1', 'psnr_branch2', 'psnr_branch3', 'psnr_branch4',
+                            'psnr_mean', 'psnr_fused', 'psnr_oracle', 'weight_mad']
+    net = build_network(dict(TINY_NET))
+    net.load_state_dict(load_params(two_stage['conv_ckpt']))
+    val = photo_data / 'val'
+    expected = evaluate_pairs(net, [(val / 'LR' / 'chelsea.png', val / 'HR' / 'chelsea.png')], 4)
+    for row in ('bicubic', 'branch2', 'mean', 'fused', 'oracle'):
+        assert logged[f'psnr_{row}'] == pytest.approx(expected[row]['psnr'], abs=1e-3)
+    assert logged['weight_mad'] == pytest.approx(expected['fused']['weight_mad'], abs=1e-4)
+    assert float(re.search(r'# psnr: ([0-9.]+)', log).group(1)) == pytest.approx(logged['psnr_fused'], abs=1e-3)
 
 
 def test_resume_on_cpu_continues_from_the_saved_iteration(two_stage, photo_data):

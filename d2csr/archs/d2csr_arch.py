@@ -140,16 +140,22 @@ class ConvergenceNet(nn.Module):
         num_branches (int): ``P``.
         num_ch (int): channels of one prediction (3 for RGB).
         num_feat (int): hidden channels.
+        last_relu (bool): the ReLU after the last conv (authors' code, default). It clamps every negative
+            logit to 0 before the softmax, so a branch's weight can never drop below the weight of a zero
+            logit, and those logits get no gradient. ``False`` is a variant, not the paper's: same
+            parameters, logits of any sign.
 
     Shapes: ``forward(stacked)`` takes ``(N, P*num_ch, H, W)`` and returns weights ``(N, P, H, W)``.
     """
 
-    def __init__(self, num_branches=4, num_ch=3, num_feat=64):
+    def __init__(self, num_branches=4, num_ch=3, num_feat=64, last_relu=True):
         super().__init__()
-        self.fusion = nn.Sequential(
-            nn.Conv2d(num_branches * num_ch, num_feat, 3, 1, 1, bias=False), nn.ReLU(inplace=True),
-            nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False), nn.ReLU(inplace=True),
-            FewOutputConv2d(num_feat, num_branches, 3, 1, 1, bias=False), nn.ReLU(inplace=True))
+        layers = [nn.Conv2d(num_branches * num_ch, num_feat, 3, 1, 1, bias=False), nn.ReLU(inplace=True),
+                  nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False), nn.ReLU(inplace=True),
+                  FewOutputConv2d(num_feat, num_branches, 3, 1, 1, bias=False)]
+        if last_relu:
+            layers.append(nn.ReLU(inplace=True))
+        self.fusion = nn.Sequential(*layers)  # same parameter names either way
 
     def forward(self, stacked):
         return torch.softmax(self.fusion(stacked), dim=1)
@@ -192,6 +198,9 @@ class D2CSR(nn.Module):
         fusion_feat (int): hidden channels of the convergence net. Default: 64.
         bicubic_skip (bool): add the bicubic upsampled input to every branch (not in the paper; makes
             small, short trainings start from bicubic quality). Default: False.
+        fusion_last_relu (bool): the ReLU before the convergence net's softmax, as the authors have it
+            (default). ``False`` (a variant, not the paper's) lets the logits be negative; see
+            :class:`ConvergenceNet`. Leaves no trace in the weights. Default: True.
     """
 
     def __init__(self,
@@ -212,7 +221,8 @@ class D2CSR(nn.Module):
                  backbone_opt=None,
                  fusion_feat=64,
                  bicubic_skip=False,
-                 upsampler='pixelshuffle'):
+                 upsampler='pixelshuffle',
+                 fusion_last_relu=True):
         super().__init__()
         for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
                             ('depth', depth), ('width', width), ('fusion_feat', fusion_feat)):
@@ -271,7 +281,9 @@ class D2CSR(nn.Module):
                 for _ in range(self.num_branches))
         self.tails = nn.ModuleList(
             make_tail(upsampler, upscale, num_feat, num_out_ch) for _ in range(self.num_branches))
-        self.fusion = ConvergenceNet(self.num_branches, num_out_ch, fusion_feat)
+        if not isinstance(fusion_last_relu, bool):
+            raise ValueError(f'network_g:fusion_last_relu must be true or false, got {fusion_last_relu!r}')
+        self.fusion = ConvergenceNet(self.num_branches, num_out_ch, fusion_feat, last_relu=fusion_last_relu)
         self.set_memory_format(torch.channels_last)
 
     # ----------------------------------------------------------------------------------------------

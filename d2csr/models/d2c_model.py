@@ -32,6 +32,7 @@ Validation reports BasicSR's metrics on the fused output and also logs each bran
 the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6). ``val: amp:
 bf16 | fp16 | ~`` runs validation and ``d2csr/test.py`` under ``torch.autocast`` (weights stay fp32).
 """
+import hashlib
 import os.path as osp
 from collections import OrderedDict
 from copy import deepcopy
@@ -41,9 +42,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
-from basicsr.metrics import calculate_psnr
 from basicsr.models.sr_model import SRModel
-from basicsr.utils import get_root_logger, tensor2img
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from d2csr.checkpoint import capture_rng_state, load_network_checked, restore_rng_state, save_with_retry
@@ -53,20 +53,11 @@ from d2csr.models.train_step import StepGuard, takes_found_inf
 from d2csr.options_check import validate_options
 from d2csr.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
+from d2csr.evaluation import fusion_metrics, oracle_fusion, weight_mad  # noqa: F401  (oracle_fusion: old import path)
 
 STAGES = ('divergence', 'convergence', 'joint')
 NAN_POLICIES = ('stop', 'skip')
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
-
-
-def oracle_fusion(branches, target):
-    """Per pixel, the branch value closest to ``target`` (squared error summed over channels).
-
-    ``branches``: list of ``P`` tensors ``(N, C, H, W)``; ``target``: ``(N, C, H, W)``. Returns ``(N, C, H, W)``.
-    """
-    stacked = torch.stack(branches)  # (P, N, C, H, W)
-    best = ((stacked - target.unsqueeze(0))**2).sum(dim=2, keepdim=True).argmin(dim=0, keepdim=True)
-    return stacked.gather(0, best.expand(1, *stacked.shape[1:])).squeeze(0)
 
 
 def _plain(value):
@@ -545,21 +536,31 @@ class D2CModel(SRModel):
         return {'crop_border': self.opt.get('scale', 4), 'test_y_channel': True}
 
     def _accumulate_branch_stats(self):
-        opts = self._psnr_opts()
-        gt_img = tensor2img([self.gt.detach().cpu()])
+        """Add this image's rows of :func:`d2csr.evaluation.fusion_metrics` (as the ``psnr`` metric computes
+        PSNR) and the weights' deviation from uniform to the running sums of the validation."""
+        metric = self._psnr_opts()  # BasicSR's calculate_psnr defaults: no border given is an error, RGB
+        opts = dict(crop_border=metric.get('crop_border', 0), test_y_channel=metric.get('test_y_channel', False))
+        # the bicubic row depends only on the image pair: computed once per LR image (MATLAB imresize is slow)
+        cache = self.__dict__.setdefault('_bicubic_psnr_cache', {})
+        key = (hashlib.blake2b(self.lq.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest(),
+               tuple(self.gt.shape), tuple(sorted(opts.items())))
+        rows = fusion_metrics(self.branches, self.output, self.gt, self.opt.get('scale', 4),
+                              lq=None if key in cache else self.lq, bicubic=cache.get(key), **opts)
+        cache[key] = rows['bicubic']['psnr']
         stats = self._branch_stats
-        for i, branch in enumerate(self.branches):
-            stats[f'psnr_branch{i + 1}'] += calculate_psnr(tensor2img([branch.cpu()]), gt_img, **opts)
-        oracle = oracle_fusion(self.branches, self.gt)
-        stats['psnr_oracle'] += calculate_psnr(tensor2img([oracle.cpu()]), gt_img, **opts)
+        for row, values in rows.items():
+            stats[f'psnr_{row}'] = stats.get(f'psnr_{row}', 0.0) + values['psnr']
+        stats['weight_mad'] += weight_mad(self.weights)
         stats['count'] += 1
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """BasicSR's validation (metrics on the fused output), then a log of the other rows, averaged over
+        the images: ``psnr_bicubic``, ``psnr_branch1..P``, ``psnr_mean`` (mean of the branches), ``psnr_oracle``
+        and ``weight_mad`` (mean ``|W - 1/P|`` of the convergence weights; 0: the fused output is the mean)."""
+        self._branch_stats = dict(weight_mad=0.0, count=0)
         from d2csr.data.eval_check import check_eval_dataset
 
         check_eval_dataset(dataloader.dataset, self.opt.get('scale', 4))  # before the network runs
-        num = self.get_bare_model(self.net_g).num_branches
-        self._branch_stats = dict({f'psnr_branch{i + 1}': 0.0 for i in range(num)}, psnr_oracle=0.0, count=0)
         try:
             super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
         finally:
@@ -570,8 +571,10 @@ class D2CModel(SRModel):
         if count == 0:
             return
         dataset_name = dataloader.dataset.opt['name']
+        stats['weight_mad'] = stats.pop('weight_mad')  # last, after the PSNR rows
         self.branch_metric_results = {k: v / count for k, v in stats.items()}
-        log_str = f'Branches {dataset_name} (PSNR, as the psnr metric)\n'
+        log_str = (f'Branches {dataset_name} (PSNR as the psnr metric; bicubic: MATLAB imresize; mean: mean of '
+                   'the branches; weight_mad: mean |W - 1/P| of the convergence weights)\n')
         for name, value in self.branch_metric_results.items():
             log_str += f'\t # {name}: {value:.4f}\n'
             if tb_logger:
