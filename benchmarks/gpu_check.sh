@@ -38,8 +38,8 @@ part() {  # part NAME SECONDS COMMAND...: stdout -> OUT/NAME.out, stderr -> OUT/
 if [ "$MODE" = gpu ]; then
   $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' | tee "$OUT/device.txt"
   part prepare 25 $PY benchmarks/gpu_check.py prepare --mode gpu --out "$OUT" --iters 300
-  part tests 55 $PY -m pytest tests/test_train_step.py -q -x -p no:cacheprovider -k cuda
-  part bench_steps 45 $PY benchmarks/bench_d2c.py --device cuda --steps only --train-batch 4 --train-patch 96 \
+  part tests 60 $PY -m pytest tests/test_train_step.py -q -x -p no:cacheprovider -k cuda
+  part bench_steps 75 $PY benchmarks/bench_d2c.py --device cuda --steps only --train-batch 4 --train-patch 96 \
     --train-dtype fp32,bf16 --json
   part infer_tf32 18 $PY benchmarks/bench_d2c.py --device cuda --size 256 --skip-train --steps off --repeats 10 --json
   part infer_bf16 18 $PY benchmarks/bench_d2c.py --device cuda --size 256 --skip-train --steps off --repeats 10 \
@@ -47,7 +47,7 @@ if [ "$MODE" = gpu ]; then
   for run in tf32 bf16; do
     part train_$run "$([ $run = tf32 ] && echo 40 || echo 35)" $PY d2csr/train.py -opt "$OUT/opts/train_$run.yml"
   done
-  part train_compiled 50 $PY d2csr/train.py -opt "$OUT/opts/train_compiled.yml"
+  part train_compiled 80 $PY d2csr/train.py -opt "$OUT/opts/train_compiled.yml"
   if [ "${GPU_CHECK_COMPILED_BENCH:-0}" = 1 ]; then  # compiles both stages: about 2 more minutes
     part bench_compiled 150 $PY benchmarks/bench_d2c.py --device cuda --steps only --train-batch 4 --train-patch 96 \
       --train-dtype bf16 --train-compile reduce-overhead --train-repeats 10 --json

@@ -53,18 +53,18 @@ def metrics():
                 ssim=dict(type='calculate_ssim', crop_border=SCALE, test_y_channel=True))
 
 
-def stage_options(name, stage, iters, data_root, pretrain=None, num_gpu=0):
+def stage_options(name, stage, iters, data_root, pretrain=None, num_gpu=0, amp=None):
     train, val = dataset_opts(data_root)
     opt = dict(
         name=name, model_type='D2CModel', scale=SCALE, num_gpu=num_gpu, manual_seed=0,
         datasets=dict(train=train, val=val),
         network_g=copy.deepcopy(NETWORK),
         path=dict(pretrain_network_g=pretrain, strict_load_g=True, resume_state=None),
-        train=dict(stage=stage, ema_decay=0,
+        train=dict(stage=stage, ema_decay=0, amp=amp,
                    optim_g=dict(type='Adam', lr=5e-4, betas=[0.9, 0.999]),
                    scheduler=dict(type='MultiStepLR', milestones=[int(iters * 0.7)], gamma=0.5),
                    total_iter=iters, warmup_iter=-1),
-        val=dict(val_freq=max(iters // 2, 1), save_img=False, metrics=metrics()),
+        val=dict(val_freq=max(iters // 2, 1), save_img=False, amp=amp, metrics=metrics()),
         logger=dict(print_freq=max(iters // 10, 1), save_checkpoint_freq=iters, use_tb_logger=False))
     if stage == 'divergence':
         opt['train']['divergence_opt'] = dict(type='DivergenceLoss', alpha=2e-5, margins=[5e-5, 2e-5], theta=0.8,
@@ -74,12 +74,12 @@ def stage_options(name, stage, iters, data_root, pretrain=None, num_gpu=0):
     return opt
 
 
-def test_options(name, data_root, weights, num_gpu=0):
+def test_options(name, data_root, weights, num_gpu=0, amp=None):
     _, val = dataset_opts(data_root)
     return dict(name=name, model_type='D2CModel', scale=SCALE, num_gpu=num_gpu, manual_seed=0,
                 datasets=dict(test_1=val), network_g=copy.deepcopy(NETWORK),
                 path=dict(pretrain_network_g=weights, strict_load_g=True, param_key_g='params'),
-                val=dict(save_img=True, suffix=None, metrics=metrics()))
+                val=dict(save_img=True, suffix=None, amp=amp, metrics=metrics()))
 
 
 def run(script, opt, opt_dir, threads, env=None):
@@ -109,6 +109,9 @@ def main(argv=None):
                              'minus the current load average, at least 1)')
     parser.add_argument('--device', default='auto',
                         help='auto (the first GPU when there is one, else the CPU), cpu, cuda or cuda:N')
+    parser.add_argument('--amp', choices=('bf16', 'fp16'), default=None,
+                        help='train and test under torch.autocast in this type (train: amp / val: amp; default fp32); '
+                             'the final table evaluates the weights in fp32')
     args = parser.parse_args(argv)
 
     start = time.time()
@@ -116,7 +119,8 @@ def main(argv=None):
     torch.set_num_threads(threads)
     where = subprocess_device(args.device)
     print(f'Device: {where.description} (num_gpu: {where.num_gpu} in the option files)', flush=True)
-    print(f'Using {threads} CPU thread(s) (--threads to change; the data loaders run in the main process).')
+    print(f'Using {threads} CPU thread(s) (--threads to change; the data loaders run in the main process); '
+          f'precision {args.amp or "fp32"}.')
     data_root, opt_dir = osp.join(args.out, 'data'), osp.join(args.out, 'options')
     os.makedirs(opt_dir, exist_ok=True)
     print('[1/4] Building the x4 data set from scikit-image photographs (blur, downsampling, noise, JPEG)...')
@@ -128,15 +132,16 @@ def main(argv=None):
     shutil.rmtree(osp.join(ROOT, 'results', test), ignore_errors=True)
 
     print(f'[2/4] Stage 1: divergence tree, {args.div_iters} iterations ({where.device})...')
-    run('train', stage_options(div, 'divergence', args.div_iters, data_root, num_gpu=where.num_gpu), opt_dir,
-        threads, where.env)
+    run('train', stage_options(div, 'divergence', args.div_iters, data_root, num_gpu=where.num_gpu, amp=args.amp),
+        opt_dir, threads, where.env)
     div_weights = osp.join(ROOT, 'experiments', div, 'models', 'net_g_latest.pth')
     print(f'[3/4] Stage 2: convergence net (tree frozen), {args.conv_iters} iterations...')
     run('train', stage_options(conv, 'convergence', args.conv_iters, data_root, pretrain=div_weights,
-                               num_gpu=where.num_gpu), opt_dir, threads, where.env)
+                               num_gpu=where.num_gpu, amp=args.amp), opt_dir, threads, where.env)
     weights = osp.join(ROOT, 'experiments', conv, 'models', 'net_g_latest.pth')
     print('[4/4] Testing on the held-out photographs...')
-    run('test', test_options(test, data_root, weights, num_gpu=where.num_gpu), opt_dir, threads, where.env)
+    run('test', test_options(test, data_root, weights, num_gpu=where.num_gpu, amp=args.amp), opt_dir, threads,
+        where.env)
 
     from basicsr.archs import build_network
     net_opt = dict(NETWORK)
@@ -148,7 +153,7 @@ def main(argv=None):
     minutes = (time.time() - start) / 60
     table = format_table(results, title=f'D2C demo, x4, held-out photos ({", ".join(sorted(os.listdir(osp.join(val_dir, "HR"))))}), '
                                        f'{args.div_iters} + {args.conv_iters} iterations, {minutes:.1f} min, '
-                                       f'{where.description}')
+                                       f'{where.description}' + (f', trained in {args.amp}' if args.amp else ''))
     with open(osp.join(args.out, 'results.md'), 'w') as f:
         f.write(table + '\n')
     print('\n' + table)
