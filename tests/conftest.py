@@ -30,7 +30,8 @@ def unique_name(stem):
 
 def subprocess_env(**extra):
     env = dict(os.environ)
-    env['PYTHONPATH'] = str(ROOT) + os.pathsep + env.get('PYTHONPATH', '')
+    # no empty entry: an empty PYTHONPATH item means the current directory of the child
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(ROOT), env.get('PYTHONPATH', '')) if p)
     env.setdefault('OMP_NUM_THREADS', '1')
     env.update(extra)
     return env
