@@ -45,7 +45,7 @@ if [ "$MODE" = gpu ]; then
   part infer_bf16 18 $PY benchmarks/bench_d2c.py --device cuda --size 256 --skip-train --steps off --repeats 10 \
     --dtype bf16 --json
   for run in tf32 bf16; do
-    part train_$run "$([ $run = tf32 ] && echo 40 || echo 35)" $PY d2csr/train.py -opt "$OUT/opts/train_$run.yml"
+    part train_$run "$([ $run = tf32 ] && echo 45 || echo 45)" $PY d2csr/train.py -opt "$OUT/opts/train_$run.yml"
   done
   part train_compiled 80 $PY d2csr/train.py -opt "$OUT/opts/train_compiled.yml"
   if [ "${GPU_CHECK_COMPILED_BENCH:-0}" = 1 ]; then  # compiles both stages: about 2 more minutes
