@@ -106,11 +106,16 @@ def test_unknown_nan_policy_is_refused(photo_data, tmp_path):
         make_model(photo_data, tmp_path, **{'train:nan_policy': 'ignore'})
 
 
-def test_diverging_training_stops_at_the_bad_iteration(photo_data, tmp_path):
-    """Through the entry point: a learning rate of 1e30 makes iteration 2 non-finite."""
-    name = unique_name('nan_stop')
+@pytest.mark.parametrize('fused', [False, True], ids=['sync_guard', 'fused_adam'])
+def test_diverging_training_stops_at_the_bad_iteration(photo_data, tmp_path, fused):
+    """Through the entry point: a learning rate of 1e30 makes iteration 2 non-finite. With fused Adam there is
+    no host sync per step (log lines every 3), so the bad step is found when iteration 2's checkpoint is about
+    to be written: nothing of it is written either way."""
+    name = unique_name('nan_stop_fused' if fused else 'nan_stop')
+    extra = {'train:optim_g:fused': True, 'logger:print_freq': 3} if fused else {}
     opt = tiny_options(photo_data, name, network=MICRO_NET,
-                       **{'train:optim_g:lr': 1e30, 'datasets:train:gt_size': 32, 'logger:save_checkpoint_freq': 1})
+                       **{'train:optim_g:lr': 1e30, 'datasets:train:gt_size': 32, 'logger:save_checkpoint_freq': 1},
+                       **extra)
     proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'nan.yml'), check=False)
     assert proc.returncode != 0
     assert 'FloatingPointError: non-finite loss and gradient at iteration 2 (stage divergence): l_branch=nan' \
