@@ -1,6 +1,10 @@
 """Every compatibility shim d2csr needs for BasicSR 1.4.2 on current PyTorch, in one place.
 
-This module must be imported *before* ``basicsr`` (``import d2csr`` does it first). It
+This module must be imported *before* ``basicsr`` (``import d2csr`` does it first). Importing it only does 1.
+(what ``import basicsr`` needs) and leaves BasicSR's functions as they are; 2., 3., 4. and 6. change BasicSR's
+training / test pipeline and are applied by one explicit call, :func:`apply_training_patches`, which
+``d2csr/train.py``, ``d2csr/test.py`` and :func:`run_basicsr_entry_point` make (stdout and the training log
+then say the patches are active). 5. is a context manager / builder and patches nothing globally. It
 
 1. registers ``torchvision.transforms.functional_tensor`` (removed from torchvision 0.17), which
    ``basicsr/data/degradations.py`` still imports, so that ``import basicsr`` works;
@@ -167,8 +171,6 @@ def init_dist(launcher, backend='nccl', **kwargs):
         print(f'Distributed training on CPU: {world_size} processes, gloo backend (no GPU).', flush=True)
 
 
-basicsr.utils.dist_util.init_dist = init_dist
-basicsr.utils.options.init_dist = init_dist  # parse_options imported the name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +243,6 @@ def load_resume_state(opt):
     return resume_state
 
 
-basicsr.train.load_resume_state = load_resume_state
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,7 +282,6 @@ class ResumableEnlargedSampler(EnlargedSampler):
         return indices
 
 
-basicsr.train.EnlargedSampler = ResumableEnlargedSampler
 _basicsr_create_train_val_dataloader = basicsr.train.create_train_val_dataloader
 
 
@@ -300,6 +300,7 @@ def _check_batches_per_epoch(opt, train_loader, train_sampler):
 def create_train_val_dataloader(opt, logger):
     """BasicSR's ``create_train_val_dataloader``, then the resume of the data position (see the module doc)."""
     result = _basicsr_create_train_val_dataloader(opt, logger)
+    logger.info(f'd2csr: BasicSR training patches active ({", ".join(TRAINING_PATCHES)}).')
     train_loader, train_sampler = result[0], result[1]
     if train_loader is None:
         return result
@@ -350,7 +351,6 @@ def _resume_data_position(opt, logger, resume_path, train_loader, train_sampler)
                 f'already trained{"" if on_start is None else "; RNG states restored at the next batch"}.{note}')
 
 
-basicsr.train.create_train_val_dataloader = create_train_val_dataloader
 
 
 # --- 5. the VGG weights of BasicSR's VGGFeatureExtractor -------------------------------------------------------
@@ -432,8 +432,50 @@ def checked_load_resume_state(opt):
     return load_resume_state(opt)
 
 
-basicsr.train.load_resume_state = checked_load_resume_state
-basicsr.test.make_exp_dirs = make_exp_dirs
+
+
+# --- the explicit training patches ------------------------------------------------------------------------
+# (module, attribute, replacement name in this module): what apply_training_patches() installs.
+_PATCHES = (
+    ('basicsr.utils.dist_util', 'init_dist', 'init_dist'),
+    ('basicsr.utils.options', 'init_dist', 'init_dist'),  # parse_options imported the name
+    ('basicsr.train', 'load_resume_state', 'checked_load_resume_state'),
+    ('basicsr.train', 'EnlargedSampler', 'ResumableEnlargedSampler'),
+    ('basicsr.train', 'create_train_val_dataloader', 'create_train_val_dataloader'),
+    ('basicsr.test', 'make_exp_dirs', 'make_exp_dirs'),
+)
+TRAINING_PATCHES = ('gloo init_dist without GPUs and launch checks', 'exact resume (load_resume_state)',
+                    'resumable sampler and data checks (create_train_val_dataloader)',
+                    'backbone weight checks before make_exp_dirs / load_resume_state')
+_applied = False
+
+
+def training_patches_applied():
+    """Whether :func:`apply_training_patches` has run in this process."""
+    return _applied
+
+
+def apply_training_patches(verbose=True):
+    """Apply d2csr's training-time changes to BasicSR, once per process (a second call does nothing).
+
+    ``import d2csr`` only installs the torchvision shim and registers d2csr's classes; BasicSR's own
+    functions stay untouched until this call, which ``d2csr/train.py``, ``d2csr/test.py`` and BasicSR's
+    entry points run through ``d2csr_basicsr_hook`` make. It replaces BasicSR's ``init_dist`` (gloo without
+    GPUs, world-size checks), ``basicsr.train.load_resume_state`` (device-agnostic, exact resume, weight
+    checks), ``basicsr.train.EnlargedSampler`` / ``create_train_val_dataloader`` (resumable data position,
+    data checks) and ``basicsr.test.make_exp_dirs`` (weight checks). With ``verbose`` the main process
+    says so on stdout; the training log says so when the data loaders are built.
+    """
+    global _applied
+    if _applied:
+        return
+    import importlib
+
+    for module_name, attribute, replacement in _PATCHES:
+        setattr(importlib.import_module(module_name), attribute, globals()[replacement])
+    _applied = True
+    if verbose and os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0':
+        print(f'd2csr: BasicSR training patches active ({", ".join(TRAINING_PATCHES)}).', flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,6 +512,7 @@ def run_basicsr_entry_point(kind, script=None):
         sys.argv[0] = os.path.join(os.path.dirname(basicsr.train.__file__), f'{kind}.py')
     print_entry_help(kind)
     check_options_file()
+    apply_training_patches()
     root = basicsr_root_path(script)
     if kind == 'train':
         basicsr.train.train_pipeline(root)
