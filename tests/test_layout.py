@@ -19,7 +19,7 @@ mods = [m for m, _ in patched]
 def owners():
     return [getattr(importlib.import_module(m), a).__module__ for m, a in patched]
 before = owners()
-from d2csr.compat import apply_training_patches, training_patches_applied
+from d2csr.utils.compat import apply_training_patches, training_patches_applied
 was = training_patches_applied()
 apply_training_patches()
 print(json.dumps({'before': before, 'was_applied': was, 'after': owners()}))
@@ -37,7 +37,7 @@ def test_plain_import_leaves_basicsr_untouched_and_the_explicit_call_patches():
         assert owner.startswith('basicsr.'), f'{module}.{attribute} is {owner}\'s after a plain import d2csr'
     assert result['was_applied'] is False
     # the explicit call replaces each of them and says so
-    assert result['after'] == ['d2csr.compat'] * len(PATCHED)
+    assert result['after'] == ['d2csr.utils.compat'] * len(PATCHED)
     assert any('d2csr: BasicSR training patches active' in line for line in lines[:-1])
 
 
@@ -50,3 +50,93 @@ def test_apply_training_patches_is_idempotent_in_process():
     assert compat.training_patches_applied()
     assert basicsr.train.load_resume_state is compat.checked_load_resume_state
     assert basicsr.train.EnlargedSampler is compat.ResumableEnlargedSampler
+
+
+# --- the package's floors: utils at the bottom, no import cycle ---------------------------------------------------
+PACKAGE = ROOT / 'd2csr'
+# old import paths kept as aliases of the moved modules (each replaces itself in sys.modules)
+ALIASES = {'d2csr.compat', 'd2csr.checkpoint', 'd2csr.image_io', 'd2csr.precision', 'd2csr.pretrained_weights',
+           'd2csr.models.d2c_model', 'd2csr.losses.d2c_loss'}
+
+
+def _module_name(path):
+    parts = list(path.relative_to(ROOT).with_suffix('').parts)
+    if parts[-1] == '__init__':
+        parts.pop()
+    return '.'.join(parts)
+
+
+def _d2csr_imports(path):
+    """The d2csr modules ``path`` imports, at module level or inside functions (resolved relative imports)."""
+    import ast
+
+    name = _module_name(path)
+    package = name if path.name == '__init__.py' else name.rpartition('.')[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                anchor = package.split('.')[:len(package.split('.')) - node.level + 1]
+                base = '.'.join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f'{base}.{alias.name}' for alias in node.names)  # `from pkg import module`
+    modules = {_module_name(p) for p in PACKAGE.rglob('*.py')}
+    return {m for m in found if m in modules and m != name}
+
+
+def test_every_module_imports_and_utils_is_the_ground_floor():
+    import importlib
+
+    graph = {}
+    for path in sorted(PACKAGE.rglob('*.py')):
+        name = _module_name(path)
+        if name.endswith(('.train', '.test')) and name.count('.') == 1:
+            continue  # the entry points are scripts (their imports are checked by running them)
+        importlib.import_module(name)
+        graph[name] = _d2csr_imports(path)
+    for name, imports in graph.items():
+        if name.startswith('d2csr.utils'):
+            outside = sorted(m for m in imports if not m.startswith('d2csr.utils'))
+            assert not outside, f'{name} (the ground floor) imports {outside}'
+    for name in ('d2csr.archs', 'd2csr.losses', 'd2csr.data', 'd2csr.metrics'):
+        for module, imports in graph.items():
+            if module.startswith(name):
+                up = sorted(m for m in imports if m.startswith(('d2csr.models', 'd2csr.convert', 'd2csr.tiling',
+                                                                 'd2csr.evaluation', 'd2csr.visualize')))
+                assert not up, f'{module} imports {up}, a floor above it'
+
+
+def test_no_import_cycle():
+    graph = {_module_name(p): _d2csr_imports(p) for p in PACKAGE.rglob('*.py')}
+    graph.pop('d2csr')  # the package imports its parts; nothing inside imports the package itself
+    for alias in ALIASES:
+        graph.pop(alias)
+    for module, imports in graph.items():
+        assert not imports & ALIASES, f'{module} imports an old path {sorted(imports & ALIASES)}'
+
+    def parents(module):  # importing a.b.c runs a.b's __init__ first
+        parts = module.split('.')
+        return {'.'.join(parts[:i]) for i in range(2, len(parts))}
+
+    edges = {m: {t for i in imports for t in {i} | parents(i) if t in graph and t != m and not m.startswith(t + '.')}
+             for m, imports in graph.items()}
+    state, stack = {}, []
+
+    def visit(module):
+        state[module] = 'open'
+        stack.append(module)
+        for target in sorted(edges[module]):
+            if state.get(target) == 'open':
+                cycle = stack[stack.index(target):] + [target]
+                raise AssertionError('import cycle: ' + ' -> '.join(cycle))
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = 'done'
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)

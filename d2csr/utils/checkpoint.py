@@ -33,6 +33,23 @@ _TMP_PATTERN = re.compile(r'\.tmp\d+$')
 
 # --------------------------------------------------------------------------------------------------
 # atomic writes
+class CheckpointFormatError(ValueError):
+    """A file is not an official D2C-SR checkpoint (or not one this converter understands)."""
+
+
+def check_finite(state, source):
+    """Raise :class:`CheckpointFormatError` naming the first tensor of ``state`` (name -> tensor / array)
+    that holds NaN or Inf: such weights give black or garbage images without any other sign."""
+    for name, value in state.items():
+        tensor = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.device.type != 'meta' \
+                and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointFormatError(f'{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or Inf) '
+                                        f'of {tensor.numel()}; the checkpoint is corrupt (or from a diverged '
+                                        'training run). Use an earlier checkpoint.')
+
+
 def _fsync_dir(directory):
     if os.name == 'nt':  # directories cannot be opened for fsync on Windows; the rename is durable there
         return
@@ -256,8 +273,6 @@ def read_network_weights(load_path, param_key='params', logger=None):
     ``scripts/convert_official.py``; never ``weights_only=False``), a truncated or foreign file, a missing
     entry, NaN/Inf weights.
     """
-    from d2csr.convert import CheckpointFormatError, check_finite
-
     if osp.isdir(load_path):
         raise ValueError(f'{load_path!r} is a folder, not a network checkpoint (net_g_<iter>.pth).')
     with open(load_path, 'rb') as f:

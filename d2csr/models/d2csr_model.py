@@ -17,8 +17,8 @@ output in the convergence stage (both in ``joint``), logged as ``l_percep`` / ``
 Training is guarded and resumable: a NaN/Inf loss or gradient stops the run before the optimizer step
 (``train: nan_policy: stop``, the default) or skips the step and counts it (``nan_policy: skip``);
 checkpoints and training states are written atomically and the training state also holds every process's
-RNG states, so that a resumed CPU run is bit-identical to an uninterrupted one (:mod:`d2csr.checkpoint`,
-:mod:`d2csr.compat`). Under ``--launcher`` only what the stage trains is synchronised by
+RNG states, so that a resumed CPU run is bit-identical to an uninterrupted one (:mod:`d2csr.utils.checkpoint`,
+:mod:`d2csr.utils.compat`). Under ``--launcher`` only what the stage trains is synchronised by
 ``DistributedDataParallel``: parameters frozen by the stage are frozen before wrapping.
 
 The step (``optimize_parameters``) runs without host overhead (:mod:`d2csr.models.train_step`):
@@ -46,12 +46,12 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from d2csr.checkpoint import capture_rng_state, load_network_checked, restore_rng_state, save_with_retry
-from d2csr.losses.d2c_loss import build_divergence_loss
+from d2csr.utils.checkpoint import capture_rng_state, load_network_checked, restore_rng_state, save_with_retry
+from d2csr.losses.d2csr_losses import build_divergence_loss
 from d2csr.losses.perceptual import build_perceptual_loss, perceptual_terms
 from d2csr.models.train_step import StepGuard, takes_found_inf
 from d2csr.options_check import validate_options
-from d2csr.precision import amp_dtype, autocast
+from d2csr.utils.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
 from d2csr.evaluation import fusion_metrics, oracle_fusion, weight_mad  # noqa: F401  (oracle_fusion: old import path)
 
@@ -95,7 +95,7 @@ class D2CModel(SRModel):
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """BasicSR's ``load_network`` (pretrain, test and resume loads) with the checks of
-        :func:`d2csr.checkpoint.load_network_checked`: weights-only, finite, shapes before loading."""
+        :func:`d2csr.utils.checkpoint.load_network_checked`: weights-only, finite, shapes before loading."""
         load_network_checked(self.get_bare_model(net), load_path, strict, param_key, get_root_logger())
 
     # ----------------------------------------------------------------------------------------------
@@ -482,7 +482,7 @@ class D2CModel(SRModel):
         """Reload optimizers, schedulers and the skipped-step count.
 
         The RNG states and the data position are restored by the training loop's sampler when the next
-        batch is drawn (:class:`d2csr.compat.ResumableEnlargedSampler`).
+        batch is drawn (:class:`d2csr.utils.compat.ResumableEnlargedSampler`).
         """
         for kind, saved, current in (('optimizers', resume_state['optimizers'], self.optimizers),
                                      ('schedulers', resume_state['schedulers'], self.schedulers)):

@@ -24,6 +24,16 @@ class MissingWeightsError(RuntimeError):
     """A backbone's weight file is neither where the options say nor downloadable."""
 
 
+BACKBONES = {'alex': 'alexnet', 'vgg': 'vgg16'}
+
+
+def lpips_backbone(net):
+    """torchvision name of the backbone of LPIPS's ``net`` (``'alex'`` -> ``'alexnet'``, ``'vgg'`` -> ``'vgg16'``)."""
+    if net not in BACKBONES:
+        raise ValueError(f'calculate_lpips: net must be one of {tuple(BACKBONES)}, got {net!r}')
+    return BACKBONES[net]
+
+
 def weights_url(arch):
     """The URL torchvision downloads ``arch``'s ImageNet weights from (``arch``: ``'vgg19'``, ``'alexnet'``, ...)."""
     try:
@@ -117,8 +127,6 @@ def check_pretrained_weights(opt):
         resolve_weights(vgg_type, percep.get('pretrained_path'), 'train:perceptual_opt:pretrained_path', extra)
     for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
         if metric.get('type') == 'calculate_lpips' and metric.get('pretrained', True):
-            from d2csr.metrics.lpips_metric import lpips_backbone
-
             resolve_weights(lpips_backbone(metric.get('net', 'alex')), metric.get('pretrained_path'),
                             f'val:metrics:{name}:pretrained_path')
 

@@ -16,7 +16,7 @@ then say the patches are active). 5. is a context manager / builder and patches 
 3. replaces ``basicsr.train.load_resume_state``, which calls ``torch.cuda.current_device()`` and so
    fails on a machine without a GPU, by a device-agnostic version that loads with ``weights_only=True``,
    picks the newest *complete* state with ``--auto_resume`` (and says which), and refuses a state of
-   another network shape before anything is written (:mod:`d2csr.checkpoint`);
+   another network shape before anything is written (:mod:`d2csr.utils.checkpoint`);
 4. makes the training data position resumable: ``basicsr.train`` builds a :class:`ResumableEnlargedSampler`
    (BasicSR's ``EnlargedSampler`` that can start an epoch part-way) and its ``create_train_val_dataloader``
    is wrapped so that, on resume, the sampler skips the batches of the current epoch that were already
@@ -28,7 +28,7 @@ then say the patches are active). 5. is a context manager / builder and patches 
    ``torch.nn.L2loss``; :func:`build_basicsr_perceptual_loss`);
 6. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
    resume), that every backbone weight file the options need (perceptual loss, LPIPS) is there or
-   downloadable (:func:`d2csr.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
+   downloadable (:func:`d2csr.utils.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
    before anything is written.
 7. :func:`run_basicsr_entry_point`: BasicSR's own ``python -m basicsr.train`` / ``basicsr/test.py`` run
    through the imported ``basicsr.train`` / ``basicsr.test`` module, which carries the shims above (the copy
@@ -297,6 +297,19 @@ def _check_batches_per_epoch(opt, train_loader, train_sampler):
         'a smaller batch_size_per_gpu or a larger dataset_enlarge_ratio.')
 
 
+# ``check(dataset, scale, gt_size=None)`` functions run on every training / validation set when the loaders are
+# built: d2csr.data registers its check_eval_dataset here (utils imports nothing of the data package).
+DATASET_CHECKS = []
+
+
+def register_dataset_check(check):
+    """Add ``check(dataset, scale, gt_size=None)`` (raises on a data set that cannot train / validate) to the
+    checks :func:`create_train_val_dataloader` runs; a function already registered is not added twice."""
+    if check not in DATASET_CHECKS:
+        DATASET_CHECKS.append(check)
+    return check
+
+
 def create_train_val_dataloader(opt, logger):
     """BasicSR's ``create_train_val_dataloader``, then the resume of the data position (see the module doc)."""
     result = _basicsr_create_train_val_dataloader(opt, logger)
@@ -304,11 +317,10 @@ def create_train_val_dataloader(opt, logger):
     train_loader, train_sampler = result[0], result[1]
     if train_loader is None:
         return result
-    from d2csr.data.eval_check import check_eval_dataset  # empty, sizes and gt_size, before the first batch
-
-    check_eval_dataset(train_loader.dataset, opt['scale'], opt['datasets']['train'].get('gt_size'))
-    for val_loader in result[2] or []:  # not only at the first validation, hours later
-        check_eval_dataset(val_loader.dataset, opt['scale'])
+    for check_dataset in DATASET_CHECKS:  # empty, sizes and gt_size, before the first batch
+        check_dataset(train_loader.dataset, opt['scale'], opt['datasets']['train'].get('gt_size'))
+        for val_loader in result[2] or []:  # not only at the first validation, hours later
+            check_dataset(val_loader.dataset, opt['scale'])
     _check_batches_per_epoch(opt, train_loader, train_sampler)
     resume_path = opt['path'].get('resume_state')
     if resume_path and isinstance(train_sampler, ResumableEnlargedSampler):
@@ -373,7 +385,7 @@ class _TorchvisionVGGFromFile:
 
 class basicsr_vgg_weights:  # noqa: N801  (used as a context manager, like torch.no_grad)
     """``with basicsr_vgg_weights(path): build_loss({'type': 'PerceptualLoss', ...})`` builds BasicSR's VGG
-    with the weights of ``path`` (a torchvision checkpoint, see :mod:`d2csr.pretrained_weights`), or randomly
+    with the weights of ``path`` (a torchvision checkpoint, see :mod:`d2csr.utils.pretrained_weights`), or randomly
     initialised with ``path=None``."""
 
     def __init__(self, path):
@@ -504,7 +516,7 @@ def run_basicsr_entry_point(kind, script=None):
     """
     import basicsr.test
     import basicsr.train
-    from d2csr.utils import check_options_file, print_entry_help
+    from .misc import check_options_file, print_entry_help
 
     if kind not in ('train', 'test'):
         raise ValueError(f'run_basicsr_entry_point: kind must be train or test, got {kind!r}')
