@@ -140,3 +140,22 @@ def test_no_import_cycle():
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+def test_old_import_paths_are_the_moved_modules():
+    import importlib
+
+    for old in sorted(ALIASES):
+        new = {'d2csr.models.d2c_model': 'd2csr.models.d2csr_model',
+               'd2csr.losses.d2c_loss': 'd2csr.losses.d2csr_losses'}.get(old, old.replace('d2csr.', 'd2csr.utils.', 1))
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from d2csr.archs.d2csr_arch import D2CSR
+    from d2csr.convert import CheckpointFormatError, load_official  # noqa: F401
+    from d2csr.losses.d2c_loss import DivergenceLoss
+    from d2csr.models.d2c_model import D2CModel
+    from d2csr.utils import check_options_file, set_tf32  # noqa: F401  (the old d2csr/utils.py helpers)
+    from d2csr.utils.checkpoint import CheckpointFormatError as moved
+
+    assert CheckpointFormatError is moved
+    assert (D2CSR.__module__, DivergenceLoss.__module__, D2CModel.__module__) == (
+        'd2csr.archs.d2csr_arch', 'd2csr.losses.d2csr_losses', 'd2csr.models.d2csr_model')
