@@ -56,7 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 import d2csr  # noqa: E402,F401  (BasicSR shim, registries)
 from basicsr.archs.rcan_arch import RCAN  # noqa: E402
 from d2csr.archs import D2CSR  # noqa: E402
-from d2csr.losses.d2c_loss import ConvergenceLoss, DivergenceLoss  # noqa: E402
+from d2csr.losses.d2csr_losses import ConvergenceLoss, DivergenceLoss  # noqa: E402
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 CLOCK = [time.perf_counter]  # --clock cpu: time.thread_time

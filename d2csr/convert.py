@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from d2csr.archs import D2CSR
-from d2csr.options_check import NO_TRACE_OPTIONS
+from d2csr.utils.checkpoint import CheckpointFormatError, check_finite  # noqa: F401  (defined there, used here)
 
 # (module, name) pairs the checkpoint unpickler may resolve; everything else is refused.
 _ALLOWED_GLOBALS = {
@@ -54,14 +54,11 @@ for _core in ('numpy.core.multiarray', 'numpy._core.multiarray'):  # pickles wri
     _ALLOWED_GLOBALS[(_core, 'scalar')] = _multiarray.scalar
 
 OFFICIAL_KEYS = ('state_dict_D', 'state_dict_C')
+NO_TRACE_OPTIONS = ('bicubic_skip', 'img_range', 'rgb_mean')  # network_g settings the weights do not record
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint pickle asked for something other than plain containers and numpy arrays."""
-
-
-class CheckpointFormatError(ValueError):
-    """A file is not an official D2C-SR checkpoint (or not one this converter understands)."""
 
 
 def _is_zip(head):
@@ -129,19 +126,6 @@ def _check_arrays(obj, source, where='checkpoint'):
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
             stack.append((item, f'{place}[{key!r}]', depth + 1))
-
-
-def check_finite(state, source):
-    """Raise :class:`CheckpointFormatError` naming the first tensor of ``state`` (name -> tensor / array)
-    that holds NaN or Inf: such weights give black or garbage images without any other sign."""
-    for name, value in state.items():
-        tensor = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.device.type != 'meta' \
-                and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointFormatError(f'{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or Inf) '
-                                        f'of {tensor.numel()}; the checkpoint is corrupt (or from a diverged '
-                                        'training run). Use an earlier checkpoint.')
 
 
 def _check_model_file(path):

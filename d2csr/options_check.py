@@ -12,7 +12,7 @@ import inspect
 import math
 import os.path as osp
 
-NO_TRACE_OPTIONS = ('bicubic_skip', 'img_range', 'rgb_mean')  # network_g settings the weights do not record
+from d2csr.convert import NO_TRACE_OPTIONS, saved_network_options  # convert sits below the options checks
 
 
 def _arch_defaults(arch_type):
@@ -100,8 +100,6 @@ def _check_stage1(opt, network, problems):
     pretrain = (opt.get('path') or {}).get('pretrain_network_g')
     if train.get('stage') != 'convergence' or not pretrain or network is None or not osp.isfile(pretrain):
         return
-    from d2csr.convert import saved_network_options
-
     defaults = _arch_defaults(network.get('type')) or {}
     for saved, yml in saved_network_options(pretrain):
         if saved.get('type') != network.get('type'):

@@ -1,13 +1,15 @@
 """Test D2C-SR with BasicSR's pipeline: ``python d2csr/test.py -opt options/test_D2C_x4.yml``."""
 import os.path as osp
 
-import d2csr  # noqa: F401  (compatibility shims, then registers archs, data, losses, models)
+import d2csr  # noqa: F401  (torchvision shim, then registers archs, data, losses, models)
 from basicsr.test import test_pipeline
 
+from d2csr.utils.compat import apply_training_patches
 from d2csr.utils import check_options_file, print_entry_help
 
 if __name__ == '__main__':
     print_entry_help('test')
     check_options_file()
+    apply_training_patches()  # BasicSR's pipeline with d2csr's launch, resume and data changes
     root_path = osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
     test_pipeline(root_path)

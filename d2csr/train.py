@@ -4,13 +4,15 @@ Accepts exactly BasicSR's flags (``--launcher``, ``--auto_resume``, ``--debug``,
 """
 import os.path as osp
 
-import d2csr  # noqa: F401  (compatibility shims, then registers archs, data, losses, models)
+import d2csr  # noqa: F401  (torchvision shim, then registers archs, data, losses, models)
 from basicsr.train import train_pipeline
 
+from d2csr.utils.compat import apply_training_patches
 from d2csr.utils import check_options_file, print_entry_help
 
 if __name__ == '__main__':
     print_entry_help('train')
     check_options_file()
+    apply_training_patches()  # BasicSR's pipeline with d2csr's launch, resume and data changes
     root_path = osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
     train_pipeline(root_path)

@@ -22,6 +22,10 @@ OFFICIAL_FIXTURE = ROOT / 'tests' / 'data' / 'official_megengine_x4_f32_b2'
 RUN_ID = uuid.uuid4().hex[:8]
 
 import d2csr  # noqa: E402,F401  (registers everything; also the basicsr shim)
+from d2csr.utils.compat import apply_training_patches  # noqa: E402
+
+# in-process tests train and resume through BasicSR's pipeline as d2csr/train.py runs it
+apply_training_patches(verbose=False)
 
 
 def unique_name(stem):

@@ -19,7 +19,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TRAIN = osp.join(ROOT, 'd2csr', 'train.py')
 
 import d2csr  # noqa: E402,F401
-from d2csr.models.d2c_model import D2CModel  # noqa: E402
+from d2csr.models.d2csr_model import D2CModel  # noqa: E402
 
 
 def main():

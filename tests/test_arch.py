@@ -103,3 +103,20 @@ def test_frozen_tree_runs_without_autograd():
 def test_invalid_options_raise_value_error_naming_the_option(kwargs, name):
     with pytest.raises(ValueError, match=name):
         D2CSR(**kwargs)
+
+
+def test_every_arch_refuses_a_non_positive_or_non_integer_size_with_one_message():
+    """One check (``d2csr.archs.arch_util.check_int``) names the option, the minimum and the value."""
+    from d2csr.archs import IMDN, RDN, VDSR
+    from d2csr.archs.branch_modules import build_branch_module
+
+    cases = [(lambda: D2CSR(num_feat=16, num_group=1, num_block=1, squeeze_factor=4, depth=0, width=2),
+              'network_g:depth must be an integer >= 1, got 0'),
+             (lambda: build_branch_module('rcan', 16, num_group=True), 'network_g:num_group must be an integer >= 1, got True'),
+             (lambda: RDN(num_feat=0), 'RDN: num_feat must be an integer >= 1, got 0'),
+             (lambda: IMDN(upscale=2.0), 'IMDN: upscale must be an integer >= 1, got 2.0'),
+             (lambda: VDSR(num_conv=2), 'VDSR: num_conv must be an integer >= 3 (first, middle and last layer), got 2')]
+    for build, message in cases:
+        with pytest.raises(ValueError) as error:
+            build()
+        assert str(error.value) == message

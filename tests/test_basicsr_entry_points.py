@@ -52,7 +52,7 @@ def test_the_hook_imports_nothing_at_start_up(site_env, tmp_path):
     # a plain `import basicsr` gets the shim and d2csr's registrations
     code = 'import basicsr; from basicsr.utils.registry import MODEL_REGISTRY as M; print(M.get("D2CModel").__module__)'
     proc = run(['-c', code], site_env(), tmp_path)
-    assert proc.stdout.strip() == 'd2csr.models.d2c_model', proc.stderr
+    assert proc.stdout.strip() == 'd2csr.models.d2csr_model', proc.stderr
 
 
 def test_python_m_basicsr_train_and_test_run_d2c(site_env, photo_data, tmp_path):

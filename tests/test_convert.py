@@ -131,7 +131,7 @@ def test_converter_and_official_test_options_give_the_same_metric(photo_data, tm
     reports the PSNR of the converted network computed here directly; its panels are written too."""
     from basicsr.metrics import calculate_psnr
     from basicsr.utils import tensor2img
-    from d2csr.image_io import image_to_tensor, read_image
+    from d2csr.utils.image_io import image_to_tensor, read_image
 
     pth = tmp_path / 'official_x4.pth'
     assert load_script('scripts/convert_official.py').main([str(CKPT), str(pth)]) == 0

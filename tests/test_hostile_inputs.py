@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-import d2csr.checkpoint as checkpoint_module
+import d2csr.utils.checkpoint as checkpoint_module
 import d2csr.data.prepare as prepare_module
 from basicsr.data import build_dataset
 from conftest import TINY_NET, load_script, tiny_options
@@ -28,7 +28,7 @@ from d2csr.convert import (CheckpointFormatError, UnsafeCheckpointError, d2csr_t
                            load_network, load_official, save_basicsr_checkpoint)
 from d2csr.data.eval_check import check_eval_dataset
 from d2csr.data.pair_index import DataError
-from d2csr.image_io import UnreadableImage, read_image
+from d2csr.utils.image_io import UnreadableImage, read_image
 from d2csr.options_check import validate_options
 from data_trees import camera_pairs_tree
 
@@ -466,7 +466,7 @@ def test_gt_size_larger_than_an_image_says_to_lower_gt_size(tmp_path):
 
 
 def test_a_truncated_resume_state_names_the_file_and_auto_resume(tmp_path):
-    from d2csr.compat import load_resume_state
+    from d2csr.utils.compat import load_resume_state
 
     state = tmp_path / '4.state'
     torch.save({'iter': 4, 'epoch': 0}, state)

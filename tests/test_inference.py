@@ -11,7 +11,7 @@ import d2csr.tiling as tiling
 from conftest import ROOT, load_script, subprocess_env
 from d2csr.archs import D2CSR
 from d2csr.convert import save_basicsr_checkpoint
-from d2csr.image_io import image_to_tensor, read_image
+from d2csr.utils.image_io import image_to_tensor, read_image
 from d2csr.tiling import receptive_radius, tiled_forward
 
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import OFFICIAL_FIXTURE
 from d2csr.losses import ConvergenceLoss, DivergenceLoss, DivergenceWeightSchedule
-from d2csr.losses.d2c_loss import tree_pair_depths
+from d2csr.losses.d2csr_losses import tree_pair_depths
 
 
 def load_fixture():

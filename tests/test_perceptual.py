@@ -17,7 +17,7 @@ from conftest import experiment_dir, results_dir, run_entry, tiny_options, uniqu
 from d2csr.losses import build_perceptual_loss, perceptual_terms
 from d2csr.metrics import calculate_lpips, get_lpips_net
 from d2csr.metrics.lpips_metric import _cached_lpips_net
-from d2csr.pretrained_weights import MissingWeightsError, check_pretrained_weights, resolve_weights
+from d2csr.utils.pretrained_weights import MissingWeightsError, check_pretrained_weights, resolve_weights
 
 RANDOM_LPIPS = dict(pretrained=False, device='cpu')
 PERCEP_OPT = {'type': 'PerceptualLoss', 'layer_weights': {'conv5_4': 1.0}, 'perceptual_weight': 0.01,

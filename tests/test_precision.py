@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import TINY_NET
-from d2csr.models.d2c_model import D2CModel
-from d2csr.precision import amp_dtype, amp_name, autocast
+from d2csr.models.d2csr_model import D2CModel
+from d2csr.utils.precision import amp_dtype, amp_name, autocast
 
 
 def test_amp_option_values_are_checked_and_named():

@@ -29,6 +29,7 @@ from basicsr.archs.arch_util import ResidualBlockNoBN, make_layer
 from basicsr.archs.rcan_arch import RCAB, ResidualGroup
 from basicsr.archs.rrdbnet_arch import RRDB
 
+from .arch_util import check_int
 from .imdn_arch import IMDNTrunk
 from .rdn_arch import RDNTrunk
 from .vdsr_arch import ConvReLUStack
@@ -78,8 +79,7 @@ def build_branch_module(backbone, num_feat, **opts):
 
 
 def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f'network_g:backbone_opt:{name} must be an integer >= {minimum}, got {value!r}')
+    check_int(f'network_g:backbone_opt:{name}', value, minimum)
 
 
 class RCABlock(RCAB):
@@ -120,8 +120,7 @@ class RCANGroup(ResidualGroup):
 def rcan_branch(num_feat, num_group=2, num_block=4, squeeze_factor=16, res_scale=1.0):
     """RCAN branch: ``num_group`` x ResidualGroup(``num_block`` x RCAB) then a 3x3 conv (paper's default)."""
     for name, value in (('num_group', num_group), ('num_block', num_block), ('squeeze_factor', squeeze_factor)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f'network_g:{name} must be a positive integer, got {value!r}')
+        check_int(f'network_g:{name}', value)
     if num_feat % squeeze_factor != 0:
         raise ValueError(f'network_g:num_feat ({num_feat}) must be divisible by network_g:squeeze_factor '
                          f'({squeeze_factor}) for channel attention')

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from basicsr.archs.arch_util import Upsample
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from .arch_util import check_int
 from .branch_modules import build_branch_module
 
 SUPPORTED_SCALES = (2, 3, 4, 8)
@@ -161,11 +162,6 @@ class ConvergenceNet(nn.Module):
         return torch.softmax(self.fusion(stacked), dim=1)
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'network_g:{name} must be an integer >= 1, got {value!r}')
-
-
 @ARCH_REGISTRY.register()
 class D2CSR(nn.Module):
     """D2C-SR: divergence tree + convergence net as one ``network_g``.
@@ -226,7 +222,7 @@ class D2CSR(nn.Module):
         super().__init__()
         for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
                             ('depth', depth), ('width', width), ('fusion_feat', fusion_feat)):
-            _positive_int(name, value)
+            check_int(f'network_g:{name}', value)
         if upscale not in SUPPORTED_SCALES:
             raise ValueError(f'network_g:upscale must be one of {SUPPORTED_SCALES}, got {upscale!r}')
         if mean_shift not in MEAN_SHIFTS:

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from .arch_util import check_int
+
 
 class ContrastChannelAttention(nn.Module):
     """Contrast-aware channel attention (CCA, IMDN paper Sec. 3.2).
@@ -96,8 +98,7 @@ class IMDNTrunk(nn.Module):
 
     def __init__(self, num_feat, num_block=6, distill_rate=0.25):
         super().__init__()
-        if isinstance(num_block, bool) or not isinstance(num_block, int) or num_block < 1:
-            raise ValueError(f'IMDNTrunk: num_block must be an integer >= 1, got {num_block!r}')
+        check_int('IMDNTrunk: num_block', num_block)
         self.blocks = nn.ModuleList(IMDB(num_feat, distill_rate) for _ in range(num_block))
         self.fuse = nn.Sequential(nn.Conv2d(num_block * num_feat, num_feat, 1), nn.LeakyReLU(0.05, inplace=True))
         self.conv = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -129,8 +130,7 @@ class IMDN(nn.Module):
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_block=6, distill_rate=0.25, upscale=4,
                  img_range=1.0):
         super().__init__()
-        if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 1:
-            raise ValueError(f'IMDN: upscale must be an integer >= 1, got {upscale!r}')
+        check_int('IMDN: upscale', upscale)
         self.img_range = img_range
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.trunk = IMDNTrunk(num_feat, num_block, distill_rate)

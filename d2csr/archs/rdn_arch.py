@@ -21,11 +21,12 @@ import torch
 from torch import nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from .arch_util import check_int
+
 
 def _check_positive(owner, **values):
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f'{owner}: {name} must be an integer >= 1, got {value!r}')
+        check_int(f'{owner}: {name}', value)
 
 
 class ResidualDenseBlock(nn.Module):

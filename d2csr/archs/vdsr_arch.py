@@ -14,6 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from .arch_util import check_int
+
 
 class ConvReLUStack(nn.Sequential):
     """VDSR's plain body: ``num_conv`` x (3x3 conv ``F -> F``, ReLU).
@@ -22,8 +24,7 @@ class ConvReLUStack(nn.Sequential):
     """
 
     def __init__(self, num_feat, num_conv):
-        if isinstance(num_conv, bool) or not isinstance(num_conv, int) or num_conv < 1:
-            raise ValueError(f'ConvReLUStack: num_conv must be an integer >= 1, got {num_conv!r}')
+        check_int('ConvReLUStack: num_conv', num_conv)
         layers = []
         for _ in range(num_conv):
             layers += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), nn.ReLU(inplace=True)]
@@ -50,10 +51,8 @@ class VDSR(nn.Module):
         if num_in_ch != num_out_ch:
             raise ValueError(f'VDSR: num_in_ch ({num_in_ch}) must equal num_out_ch ({num_out_ch}): the network '
                              'predicts a residual on the interpolated input')
-        if isinstance(num_conv, bool) or not isinstance(num_conv, int) or num_conv < 3:
-            raise ValueError(f'VDSR: num_conv must be an integer >= 3 (first, middle and last layer), got {num_conv!r}')
-        if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 1:
-            raise ValueError(f'VDSR: upscale must be an integer >= 1, got {upscale!r}')
+        check_int('VDSR: num_conv', num_conv, 3, ' (first, middle and last layer)')
+        check_int('VDSR: upscale', upscale)
         self.upscale = upscale
         self.conv_first = nn.Sequential(nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), nn.ReLU(inplace=True))
         self.body = ConvReLUStack(num_feat, num_conv - 2)

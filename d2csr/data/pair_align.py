@@ -99,7 +99,7 @@ def image_size(path):
 def image_size_or_reason(path):
     """``((h, w), None)`` from the header (no decoding; OpenCV for formats Pillow lacks), or ``(None, why)``:
     a broken link, a folder, a header claiming a huge image or an undecodable file."""
-    from d2csr.image_io import UnreadableImage, decode_image, header_size
+    from d2csr.utils.image_io import UnreadableImage, decode_image, header_size
 
     if osp.islink(path) and not osp.exists(path):
         return None, 'a broken symbolic link'

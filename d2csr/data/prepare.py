@@ -33,7 +33,7 @@ import tempfile
 
 import cv2
 
-from d2csr.image_io import UnreadableImage, decode_image
+from d2csr.utils.image_io import UnreadableImage, decode_image
 
 from .pair_align import align_pair, check_lq_at_gt_size, check_pair_sizes
 from .pair_index import DataError, folder_pairs, layout_pairs, list_pairs

@@ -1,3 +1,3 @@
 """Losses registered into ``basicsr.utils.registry.LOSS_REGISTRY``."""
-from .d2c_loss import ConvergenceLoss, DivergenceLoss, DivergenceWeightSchedule, build_divergence_loss  # noqa: F401
+from .d2csr_losses import ConvergenceLoss, DivergenceLoss, DivergenceWeightSchedule, build_divergence_loss  # noqa: F401
 from .perceptual import build_perceptual_loss, perceptual_terms  # noqa: F401

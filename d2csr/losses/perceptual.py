@@ -2,21 +2,21 @@
 
 ``train: perceptual_opt`` takes BasicSR's ``PerceptualLoss`` options (``layer_weights``, ``vgg_type``,
 ``use_input_norm``, ``range_norm``, ``perceptual_weight``, ``style_weight``, ``criterion``: ``l1`` | ``l2`` |
-``fro``; ``l2`` fixed by :mod:`d2csr.compat`) plus two of its own, which choose the VGG weights:
+``fro``; ``l2`` fixed by :mod:`d2csr.utils.compat`) plus two of its own, which choose the VGG weights:
 
 - ``pretrained_path``: a torchvision VGG checkpoint (``vgg19-dcbb9e9d.pth`` for ``vgg19``, the whole
   ``state_dict`` or its ``features.*`` part). Unset: torch hub's cache, BasicSR's
-  ``experiments/pretrained_models/vgg19-dcbb9e9d.pth``, else one download (:mod:`d2csr.pretrained_weights`);
+  ``experiments/pretrained_models/vgg19-dcbb9e9d.pth``, else one download (:mod:`d2csr.utils.pretrained_weights`);
 - ``pretrained: false``: a randomly initialised VGG. **For tests only**: random features make no
   perceptual loss.
 """
 from copy import deepcopy
 
 import torch
-from d2csr.compat import basicsr_vgg_weights, build_basicsr_perceptual_loss
-from d2csr.pretrained_weights import basicsr_vgg_default_path, resolve_weights
+from d2csr.utils.compat import basicsr_vgg_weights, build_basicsr_perceptual_loss
+from d2csr.utils.pretrained_weights import basicsr_vgg_default_path, resolve_weights
 
-CRITERIA = ('l1', 'l2', 'fro')  # 'l2' through d2csr.compat (BasicSR 1.4.2's refers to a missing torch.nn.L2loss)
+CRITERIA = ('l1', 'l2', 'fro')  # 'l2' through d2csr.utils.compat (BasicSR 1.4.2's refers to a missing torch.nn.L2loss)
 
 
 def build_perceptual_loss(opt, option='train:perceptual_opt'):

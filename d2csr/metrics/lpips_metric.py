@@ -13,7 +13,7 @@ In an options file::
 
 ``lpips`` ships its linear layers (``lpips/weights/v0.1/{alex,vgg}.pth``); the backbone (torchvision's AlexNet
 or VGG16 ImageNet weights) is downloaded once by torchvision or read from ``pretrained_path``
-(:mod:`d2csr.pretrained_weights`). ``pretrained: false`` gives a randomly initialised backbone with the
+(:mod:`d2csr.utils.pretrained_weights`). ``pretrained: false`` gives a randomly initialised backbone with the
 package's linear layers: **for tests only**, it is not LPIPS.
 """
 import functools
@@ -24,17 +24,7 @@ import torch
 from basicsr.metrics.metric_util import reorder_image
 from basicsr.utils.registry import METRIC_REGISTRY
 
-from d2csr.pretrained_weights import load_backbone, resolve_weights
-
-BACKBONES = {'alex': 'alexnet', 'vgg': 'vgg16'}
-
-
-def lpips_backbone(net):
-    """torchvision name of the backbone of LPIPS's ``net`` (``'alex'`` -> ``'alexnet'``, ``'vgg'`` -> ``'vgg16'``)."""
-    if net not in BACKBONES:
-        raise ValueError(f'calculate_lpips: net must be one of {tuple(BACKBONES)}, got {net!r}')
-    return BACKBONES[net]
-
+from d2csr.utils.pretrained_weights import BACKBONES, load_backbone, lpips_backbone, resolve_weights  # noqa: F401
 
 def _default_device():
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')

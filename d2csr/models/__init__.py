@@ -1,2 +1,2 @@
 """Models registered into ``basicsr.utils.registry.MODEL_REGISTRY``."""
-from .d2c_model import D2CModel  # noqa: F401
+from .d2csr_model import D2CModel  # noqa: F401

@@ -1,0 +1,352 @@
+"""Crash-safe checkpoints and exact resume: atomic writes, RNG states, choosing and checking a resume state.
+
+A training run writes, at every ``save_checkpoint_freq`` iterations, ``models/net_g_<iter>.pth`` and then
+``training_states/<iter>.state``. Both go through :func:`atomic_save`: the bytes are written to a temporary
+file in the same folder (``<name>.tmp<pid>``), flushed and fsynced, and only then renamed over the final
+name (``os.replace`` is atomic on POSIX and Windows), after which the folder itself is fsynced. A process
+killed at any moment therefore leaves either the complete old file, the complete new one, or a stray
+``*.tmp<pid>`` that nothing reads (resume deletes it).
+
+:func:`find_resume_state` picks the newest *complete* pair (a readable ``<iter>.state`` and a readable
+``net_g_<iter>.pth``) and says why it passed over newer ones; :func:`check_network_matches` refuses a state
+written by another network shape before anything is written.
+
+Test hook: the environment variable ``D2CSR_TEST_SLOW_SAVE=<seconds>`` makes :func:`atomic_save` write half of
+each file, fsync, sleep that long, then write the rest, so that a test can kill a process while a save is
+in flight. Unset (the default), saving is a plain ``torch.save`` into the temporary file.
+"""
+import contextlib
+import io
+import os
+import os.path as osp
+import random
+import re
+import time
+from copy import deepcopy
+
+import numpy as np
+import torch
+
+SLOW_SAVE_ENV = 'D2CSR_TEST_SLOW_SAVE'
+_TMP_PATTERN = re.compile(r'\.tmp\d+$')
+
+
+# --------------------------------------------------------------------------------------------------
+# atomic writes
+class CheckpointFormatError(ValueError):
+    """A file is not an official D2C-SR checkpoint (or not one this converter understands)."""
+
+
+def check_finite(state, source):
+    """Raise :class:`CheckpointFormatError` naming the first tensor of ``state`` (name -> tensor / array)
+    that holds NaN or Inf: such weights give black or garbage images without any other sign."""
+    for name, value in state.items():
+        tensor = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.device.type != 'meta' \
+                and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointFormatError(f'{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or Inf) '
+                                        f'of {tensor.numel()}; the checkpoint is corrupt (or from a diverged '
+                                        'training run). Use an earlier checkpoint.')
+
+
+def _fsync_dir(directory):
+    if os.name == 'nt':  # directories cannot be opened for fsync on Windows; the rename is durable there
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj, path):
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path``.
+
+    Writes ``<path>.tmp<pid>`` in the same folder, fsyncs it, renames it to ``path`` and fsyncs the folder.
+    On any error (or interruption) the temporary file is removed and ``path`` keeps its previous content.
+    """
+    path = os.fspath(path)
+    tmp = f'{path}.tmp{os.getpid()}'
+    pause = float(os.environ.get(SLOW_SAVE_ENV) or 0)
+    try:
+        with open(tmp, 'wb') as f:
+            if pause > 0:  # test hook (see the module docstring): a save that is half-written for a while
+                buffer = io.BytesIO()
+                torch.save(obj, buffer)
+                data = buffer.getbuffer()
+                f.write(data[:len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+                time.sleep(pause)
+                f.write(data[len(data) // 2:])
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(osp.dirname(osp.abspath(path)))
+
+
+def _is_disk_full(error):
+    """ENOSPC as ``OSError`` (plain writes), or as torch's ``RuntimeError`` from its zip writer
+    (``[enforce fail at inline_container.cc] . unexpected pos ...`` / ``file write failed``)."""
+    import errno
+
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return isinstance(error, RuntimeError) and ('unexpected pos' in text or 'file write failed' in text)
+
+
+def save_with_retry(obj, path, logger, retries=3):
+    """:func:`atomic_save` with BasicSR's retry-on-error policy.
+
+    BasicSR retries a failed save three times and then carries on training; so does this (the previous
+    complete checkpoint stays in place and the next save tries again). A full disk (``OSError`` ENOSPC, or
+    torch's ``RuntimeError: ... unexpected pos`` form of it) is handled the same way and logged as
+    "disk full". Returns whether it was saved.
+    """
+    full = False
+    for attempt in range(retries):
+        try:
+            atomic_save(obj, path)
+            return True
+        except (OSError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and not _is_disk_full(error):
+                raise
+            full = _is_disk_full(error)
+            what = 'disk full' if full else str(error).splitlines()[0]
+            logger.warning(f'Saving {path} failed ({what}); {retries - attempt - 1} retries left.')
+            time.sleep(1)
+    hint = (f' The disk holding {osp.dirname(osp.abspath(path))} is full: free some space (e.g. delete old '
+            'net_g_<iter>.pth / <iter>.state files); the next save tries again.') if full else ''
+    logger.error(f'Could not save {path}{" (disk full)" if full else ""}; training continues, the previous '
+                 f'checkpoint is kept.{hint}')
+    return False
+
+
+def remove_stale_temporaries(*directories):
+    """Delete ``*.tmp<pid>`` files that killed saves left behind; returns their paths."""
+    removed = []
+    for directory in directories:
+        if not osp.isdir(directory):
+            continue
+        for name in sorted(os.listdir(directory)):
+            if _TMP_PATTERN.search(name):
+                with contextlib.suppress(OSError):
+                    os.remove(osp.join(directory, name))
+                    removed.append(osp.join(directory, name))
+    return removed
+
+
+# --------------------------------------------------------------------------------------------------
+# random number generator states (python, numpy, torch, CUDA), in a form torch.load(weights_only=True) reads
+def capture_rng_state():
+    """The process's global RNG states as a dict of tensors, ints and lists."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        'python': [version, list(internal), gauss],
+        'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state):
+    """Inverse of :func:`capture_rng_state`."""
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state['torch'])
+    if state.get('cuda') is not None and torch.cuda.is_available():
+        for device, cuda_state in enumerate(state['cuda'][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+# --------------------------------------------------------------------------------------------------
+# choosing and checking a resume state
+def state_network_path(models_dir, resume_iter, label='net_g'):
+    return osp.join(models_dir, f'{label}_{resume_iter}.pth')
+
+
+def load_lazily(path):
+    """``torch.load`` on the CPU with ``weights_only``, mapping the tensor data instead of reading it.
+
+    Files in the pre-1.6 (non-zip) format cannot be mapped and are read whole.
+    """
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if 'zipfile' not in str(error):
+            raise
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _unreadable(path):
+    """``None`` when ``path`` is a complete torch file, else why not (missing, truncated, ...)."""
+    if not osp.isfile(path):
+        return 'missing'
+    try:  # reads the archive's index and pickle, not the tensor data
+        load_lazily(path)
+    except Exception as error:  # a truncated zip, a bad pickle, ...
+        return f'unreadable ({type(error).__name__}: {str(error).splitlines()[0][:120]})'
+    return None
+
+
+def find_resume_state(states_dir, models_dir, label='net_g'):
+    """Newest complete training state in ``states_dir``.
+
+    Complete means ``<iter>.state`` and ``<models_dir>/<label>_<iter>.pth`` both exist and load. Returns
+    ``(state_path or None, skipped)`` where ``skipped`` lists ``(path, reason)`` for newer, incomplete ones.
+    Raises ``RuntimeError`` when there are states but none is complete.
+    """
+    if not osp.isdir(states_dir):
+        return None, []
+    iters = sorted((int(name[:-len('.state')]) for name in os.listdir(states_dir)
+                    if name.endswith('.state') and name[:-len('.state')].isdigit()), reverse=True)
+    skipped = []
+    for it in iters:
+        state_path = osp.join(states_dir, f'{it}.state')
+        reason = _unreadable(state_path)
+        if reason is None:
+            net_path = state_network_path(models_dir, it, label)
+            net_reason = _unreadable(net_path)
+            if net_reason is None:
+                return state_path, skipped
+            reason = f'its network {net_path} is {net_reason}'
+        else:
+            reason = f'it is {reason}'
+        skipped.append((state_path, reason))
+    if skipped:
+        details = '; '.join(f'{p}: {r}' for p, r in skipped)
+        raise RuntimeError(f'--auto_resume: no complete training state in {states_dir} ({details}). Point '
+                           'path:resume_state at a good one, or move the folder away to start from scratch.')
+    return None, []
+
+
+def _network_shapes(network_opt):
+    """``{key: shape}`` of the state dict of ``network_opt``'s network, built without allocating it."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    kwargs = deepcopy(dict(network_opt))
+    arch = ARCH_REGISTRY.get(kwargs.pop('type'))
+    try:
+        with torch.device('meta'):
+            net = arch(**kwargs)
+    except Exception:  # an architecture that cannot be built on the meta device
+        net = arch(**kwargs)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def state_differences(expected, found, strict=True):
+    """What keeps a state dict with shapes ``found`` (``{key: shape}``) from loading into a network with
+    ``expected``: shape differences always, missing / unexpected keys with ``strict``; ``[]`` when it fits."""
+    shape = [k for k in expected if k in found and tuple(expected[k]) != tuple(found[k])]
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    problems = []
+    if shape:
+        k = shape[0]
+        problems.append(f'{len(shape)} tensors differ in shape (e.g. {k}: {tuple(found[k])} saved, '
+                        f'{tuple(expected[k])} now)')
+    if strict and missing:
+        problems.append(f'{len(missing)} are missing (e.g. {missing[0]})')
+    if strict and unexpected:
+        problems.append(f'{len(unexpected)} are unexpected (e.g. {unexpected[0]})')
+    return problems
+
+
+def read_network_weights(load_path, param_key='params', logger=None):
+    """The state dict of a BasicSR network checkpoint, as BasicSR's ``load_network`` picks it (``param_key``,
+    else ``params``; ``module.`` prefixes removed), read with ``weights_only=True`` and checked to be finite.
+
+    Raises ``ValueError`` naming the file and the fix: the authors' MegEngine pickle (convert it with
+    ``scripts/convert_official.py``; never ``weights_only=False``), a truncated or foreign file, a missing
+    entry, NaN/Inf weights.
+    """
+    if osp.isdir(load_path):
+        raise ValueError(f'{load_path!r} is a folder, not a network checkpoint (net_g_<iter>.pth).')
+    with open(load_path, 'rb') as f:
+        head = f.read(4)
+    if not head.startswith(b'PK\x03\x04'):
+        raise ValueError(f'{load_path} is not a PyTorch checkpoint (no zip archive): if it is the authors\' '
+                         'MegEngine checkpoint (.pkl), convert it first with python scripts/convert_official.py '
+                         f'{load_path} OUT.pth and load OUT.pth. (Loading it with weights_only=False, as torch '
+                         'suggests, would let the file run code.)')
+    try:
+        ckpt = torch.load(load_path, map_location='cpu', weights_only=True)
+    except Exception as error:  # noqa: BLE001  (truncated archive, objects weights_only refuses)
+        raise ValueError(f'{load_path} could not be loaded as a weights-only PyTorch checkpoint '
+                         f'({type(error).__name__}: {str(error).splitlines()[0][:200]}); it is truncated or not '
+                         'a network checkpoint.') from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{load_path} holds a {type(ckpt).__name__}, not a network checkpoint.')
+    if param_key is not None:
+        if param_key not in ckpt and 'params' in ckpt:
+            if logger is not None:
+                logger.info(f'Loading: {param_key} does not exist, use params.')
+            param_key = 'params'
+        if param_key not in ckpt:
+            raise ValueError(f'{load_path} has no {param_key!r} entry (it has {sorted(map(str, ckpt))}); is it a '
+                             'BasicSR network checkpoint (net_g_<iter>.pth)?')
+        ckpt = ckpt[param_key]
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{load_path}: entry {param_key!r} is a {type(ckpt).__name__}, not a state dict.')
+    state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in ckpt.items()}
+    try:
+        check_finite(state, load_path)
+    except CheckpointFormatError as error:
+        raise ValueError(str(error)) from None
+    return state, param_key
+
+
+def load_network_checked(net, load_path, strict=True, param_key='params', logger=None):
+    """BasicSR's ``load_network`` with every check: :func:`read_network_weights`, then the shapes compared
+    with ``net`` (the check resuming uses) before ``load_state_dict``, so that weights of another network
+    give one line naming the first differing tensor instead of a page of ``load_state_dict`` errors."""
+    state, param_key = read_network_weights(load_path, param_key, logger)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    problems = state_differences(expected, {k: tuple(v.shape) for k, v in state.items()}, strict)
+    if problems:
+        raise ValueError(f'{load_path} does not fit network_g ({"; ".join(problems)}): it was trained with other '
+                         'network_g options (num_feat, depth, width, upscale, ...). Use the options of the run '
+                         'that wrote it (a copy is in its experiments/<name>/ folder), or set '
+                         'path:strict_load_g: false to load only matching keys (shapes must still match).')
+    if logger is not None:
+        logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+    net.load_state_dict(state, strict=strict)
+
+
+def check_network_matches(network_opt, net_path, state_path, strict=True, saved_network_opt=None):
+    """Raise ``ValueError`` when the weights in ``net_path`` do not fit ``network_opt``'s network.
+
+    Called before resuming, before anything is written. Shape differences are always refused; missing or
+    unexpected keys only with ``strict`` (``path: strict_load_g``).
+    """
+    expected = _network_shapes(network_opt)
+    saved = load_lazily(net_path)
+    if isinstance(saved, dict) and isinstance(saved.get('params'), dict):
+        saved = saved['params']
+    found = {(k[len('module.'):] if k.startswith('module.') else k): tuple(v.shape) for k, v in saved.items()}
+    problems = state_differences(expected, found, strict)
+    if not problems:
+        return
+    if saved_network_opt:
+        now = dict(network_opt)
+        diff = [f'{k}: {saved_network_opt.get(k)!r} saved, {now.get(k)!r} now'
+                for k in sorted(set(saved_network_opt) | set(now)) if saved_network_opt.get(k) != now.get(k)]
+        if diff:
+            problems.append('network_g options differ: ' + '; '.join(diff))
+    raise ValueError(f'refusing to resume from {state_path}: it was trained with a different network than '
+                     f'network_g in this options file ({", ".join(problems)}; weights {net_path}). Resume with '
+                     'the options of that run (a copy is in its experiments/<name>/ folder), or give this run '
+                     'another name to start a new experiment. Nothing was written.')

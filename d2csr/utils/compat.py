@@ -1,0 +1,533 @@
+"""Every compatibility shim d2csr needs for BasicSR 1.4.2 on current PyTorch, in one place.
+
+This module must be imported *before* ``basicsr`` (``import d2csr`` does it first). Importing it only does 1.
+(what ``import basicsr`` needs) and leaves BasicSR's functions as they are; 2., 3., 4. and 6. change BasicSR's
+training / test pipeline and are applied by one explicit call, :func:`apply_training_patches`, which
+``d2csr/train.py``, ``d2csr/test.py`` and :func:`run_basicsr_entry_point` make (stdout and the training log
+then say the patches are active). 5. is a context manager / builder and patches nothing globally. It
+
+1. registers ``torchvision.transforms.functional_tensor`` (removed from torchvision 0.17), which
+   ``basicsr/data/degradations.py`` still imports, so that ``import basicsr`` works;
+2. replaces BasicSR's ``init_dist`` (in ``basicsr.utils.dist_util`` and where ``parse_options`` imported
+   it): the same on GPU, but without a GPU it uses the gloo backend and does not call
+   ``torch.cuda.set_device``, so ``--launcher pytorch`` / ``slurm`` train on CPU machines; a launch whose
+   world size cannot work (not started by torchrun, ``RANK >= WORLD_SIZE``, more processes per node than
+   GPUs) stops with a message that names the problem;
+3. replaces ``basicsr.train.load_resume_state``, which calls ``torch.cuda.current_device()`` and so
+   fails on a machine without a GPU, by a device-agnostic version that loads with ``weights_only=True``,
+   picks the newest *complete* state with ``--auto_resume`` (and says which), and refuses a state of
+   another network shape before anything is written (:mod:`d2csr.utils.checkpoint`);
+4. makes the training data position resumable: ``basicsr.train`` builds a :class:`ResumableEnlargedSampler`
+   (BasicSR's ``EnlargedSampler`` that can start an epoch part-way) and its ``create_train_val_dataloader``
+   is wrapped so that, on resume, the sampler skips the batches of the current epoch that were already
+   trained on and restores the saved RNG states when the first new batch is drawn. BasicSR itself restarts
+   the epoch from its first batch. It also refuses a world size / batch size with no batch per epoch;
+5. lets BasicSR's ``VGGFeatureExtractor`` (``PerceptualLoss``) take its weights from a given file, or none
+   (random, for tests), instead of a fixed path or torchvision's download (:func:`basicsr_vgg_weights`), and
+   gives ``PerceptualLoss`` a working ``criterion: l2`` (BasicSR 1.4.2 refers to the non-existent
+   ``torch.nn.L2loss``; :func:`build_basicsr_perceptual_loss`);
+6. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
+   resume), that every backbone weight file the options need (perceptual loss, LPIPS) is there or
+   downloadable (:func:`d2csr.utils.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
+   before anything is written.
+7. :func:`run_basicsr_entry_point`: BasicSR's own ``python -m basicsr.train`` / ``basicsr/test.py`` run
+   through the imported ``basicsr.train`` / ``basicsr.test`` module, which carries the shims above (the copy
+   Python runs as ``__main__`` would not); called by the import hook ``d2csr_basicsr_hook``.
+
+Nothing else in d2csr patches BasicSR.
+"""
+import itertools
+import os
+import os.path as osp
+import sys
+import types
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torchvision.transforms.functional as _tv_functional
+
+
+def _install_functional_tensor():
+    name = 'torchvision.transforms.functional_tensor'
+    if name in sys.modules:
+        return
+    try:  # an old torchvision still has it
+        import torchvision.transforms.functional_tensor  # noqa: F401
+        return
+    except ImportError:
+        pass
+    shim = types.ModuleType(name)
+    shim.rgb_to_grayscale = _tv_functional.rgb_to_grayscale
+    sys.modules[name] = shim
+
+
+_install_functional_tensor()
+
+import basicsr.train  # noqa: E402  (must come after the torchvision shim)
+import basicsr.utils.dist_util  # noqa: E402
+import basicsr.utils.options  # noqa: E402
+from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
+from basicsr.utils import check_resume  # noqa: E402
+
+from .checkpoint import (check_network_matches, find_resume_state, load_lazily,  # noqa: E402
+                         remove_stale_temporaries, restore_rng_state, state_network_path)
+
+# --------------------------------------------------------------------------------------------------
+# distributed launch
+_basicsr_init_dist = basicsr.utils.dist_util.init_dist
+TORCHRUN_HINT = 'python -m torch.distributed.run --nproc_per_node=N d2csr/train.py -opt X --launcher pytorch'
+
+
+def _env_int(name, launcher, hint):
+    value = os.environ.get(name)
+    if value is None:
+        raise RuntimeError(f'--launcher {launcher}: environment variable {name} is not set. {hint}')
+    try:
+        return int(value)
+    except ValueError:
+        raise RuntimeError(f'--launcher {launcher}: {name}={value!r} is not an integer. {hint}') from None
+
+
+def _check_world(launcher, rank, world_size, local_rank, local_world_size, use_cuda):
+    """Refuse a launch whose world size cannot work, naming the numbers."""
+    if world_size < 1:
+        raise RuntimeError(f'--launcher {launcher}: world size {world_size} < 1; start at least one process.')
+    if not 0 <= rank < world_size:
+        raise RuntimeError(f'--launcher {launcher}: rank {rank} is outside the world size {world_size} '
+                           f'(ranks are 0..{world_size - 1}); the launcher environment is inconsistent.')
+    if use_cuda:
+        num_gpus = torch.cuda.device_count()
+        if local_world_size is not None and local_world_size > num_gpus:
+            raise RuntimeError(
+                f'--launcher {launcher}: {local_world_size} processes per node but only {num_gpus} visible '
+                f'GPU(s) (world size {world_size}); start at most {num_gpus} per node (--nproc_per_node='
+                f'{num_gpus}) or make more GPUs visible (CUDA_VISIBLE_DEVICES).')
+        if local_rank is not None and local_rank >= num_gpus:
+            raise RuntimeError(f'--launcher {launcher}: local rank {local_rank} has no GPU (only {num_gpus} '
+                               'visible); start fewer processes per node.')
+
+
+def _slurm_master_addr(node_list):
+    import subprocess
+
+    try:
+        out = subprocess.run(['scontrol', 'show', 'hostnames', node_list], capture_output=True, text=True,
+                             check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise RuntimeError(f'--launcher slurm: cannot resolve SLURM_NODELIST={node_list!r} with scontrol '
+                           f'({error}); set MASTER_ADDR yourself.') from None
+    return out[0]
+
+
+def init_dist(launcher, backend='nccl', **kwargs):
+    """BasicSR's ``init_dist`` that also works without a GPU (gloo) and checks the world size first.
+
+    With CUDA available it validates the launcher's environment and then calls BasicSR's own
+    ``init_dist`` (nothing else changes). Without CUDA it sets up the same environment and calls
+    ``torch.distributed.init_process_group('gloo')``. A second call in an initialised process is a no-op.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return
+    if launcher not in ('pytorch', 'slurm'):
+        raise ValueError(f"--launcher must be 'none', 'pytorch' or 'slurm', got {launcher!r}")
+    use_cuda = torch.cuda.is_available()
+    if launcher == 'pytorch':
+        hint = f'--launcher pytorch expects to be started by torchrun ({TORCHRUN_HINT}); drop --launcher to ' \
+               'train in one process.'
+        world_size = _env_int('WORLD_SIZE', launcher, hint)
+        rank = _env_int('RANK', launcher, hint)
+        local_rank = int(os.environ.get('LOCAL_RANK', rank))
+        local_world = os.environ.get('LOCAL_WORLD_SIZE')
+        _check_world(launcher, rank, world_size, local_rank, int(local_world) if local_world else None, use_cuda)
+        for name in ('MASTER_ADDR', 'MASTER_PORT'):
+            if name not in os.environ:
+                raise RuntimeError(f'--launcher pytorch: environment variable {name} is not set. {hint}')
+    else:
+        hint = '--launcher slurm expects to run under srun, which sets SLURM_PROCID, SLURM_NTASKS, SLURM_NODELIST.'
+        rank = _env_int('SLURM_PROCID', launcher, hint)
+        world_size = _env_int('SLURM_NTASKS', launcher, hint)
+        local_rank = int(os.environ.get('SLURM_LOCALID', 0))
+        if 'SLURM_NODELIST' not in os.environ:
+            raise RuntimeError(f'--launcher slurm: environment variable SLURM_NODELIST is not set. {hint}')
+        _check_world(launcher, rank, world_size, local_rank, None, use_cuda)
+    if use_cuda:
+        return _basicsr_init_dist(launcher, backend, **kwargs)
+
+    # no GPU: gloo, no torch.cuda.set_device
+    if mp.get_start_method(allow_none=True) is None:
+        mp.set_start_method('spawn')
+    if launcher == 'slurm':
+        port = kwargs.pop('port', None)
+        if port is not None:
+            os.environ['MASTER_PORT'] = str(port)
+        os.environ.setdefault('MASTER_PORT', '29500')
+        if 'MASTER_ADDR' not in os.environ:
+            os.environ['MASTER_ADDR'] = _slurm_master_addr(os.environ['SLURM_NODELIST'])
+        os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(local_rank))
+    kwargs.pop('backend', None)
+    dist.init_process_group(backend='gloo', **kwargs)
+    if rank == 0:
+        print(f'Distributed training on CPU: {world_size} processes, gloo backend (no GPU).', flush=True)
+
+
+
+
+# --------------------------------------------------------------------------------------------------
+# resume
+def resume_map_location(opt):
+    """Where resume states are loaded to: the current CUDA device when training on GPU, else the CPU."""
+    if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
+
+
+def load_resume_state(opt):
+    """Drop-in for ``basicsr.train.load_resume_state`` that also works without a GPU.
+
+    With ``--auto_resume`` it picks the newest *complete* ``<iter>.state`` in
+    ``opt['path']['training_states']`` (its ``net_g_<iter>.pth`` must exist and load too) and says which
+    one and why newer ones were passed over; otherwise it reads ``path: resume_state``. Before returning
+    it checks that the saved network has the shapes of ``network_g`` (else ``ValueError``, nothing
+    written) and deletes temporary files of interrupted saves. Returns the state dict or ``None``.
+    """
+    resume_state_path = None
+    states_dir, models_dir = opt['path']['training_states'], opt['path']['models']
+    main_process = opt.get('rank', 0) == 0
+    if opt['auto_resume']:
+        resume_state_path, skipped = find_resume_state(states_dir, models_dir)
+        for path, reason in skipped if main_process else ():
+            print(f'Resume: skipping {path}: {reason}.', flush=True)
+        if resume_state_path is not None:
+            opt['path']['resume_state'] = resume_state_path
+    elif opt['path'].get('resume_state'):
+        resume_state_path = opt['path']['resume_state']
+
+    if resume_state_path is None:
+        return None
+    if not osp.isfile(resume_state_path):
+        raise FileNotFoundError(f'path:resume_state {resume_state_path!r} does not exist; '
+                                'point it at an existing experiments/<name>/training_states/<iter>.state '
+                                'or remove it to start from scratch.')
+    try:
+        resume_state = torch.load(resume_state_path, map_location=resume_map_location(opt), weights_only=True)
+    except Exception as error:  # noqa: BLE001  (a truncated or foreign file)
+        raise ValueError(f'path:resume_state {resume_state_path} cannot be read ({type(error).__name__}: '
+                         f'{str(error).splitlines()[0][:160]}); it is truncated or not a training state. Point it '
+                         'at another <iter>.state, or drop it and use --auto_resume, which picks the newest '
+                         'complete one.') from None
+    if not isinstance(resume_state, dict) or 'iter' not in resume_state:
+        raise ValueError(f'path:resume_state {resume_state_path} is not a BasicSR training state (no "iter"); '
+                         'point it at experiments/<name>/training_states/<iter>.state, or use --auto_resume.')
+    saved_stage, stage = resume_state.get('stage'), (opt.get('train') or {}).get('stage')
+    if saved_stage is not None and saved_stage != stage:
+        raise ValueError(f'refusing to resume from {resume_state_path}: it was written by the {saved_stage!r} '
+                         f'stage but this options file trains train:stage {stage!r}. Use the options of that run, '
+                         'or give this run another name (stage 2 starts from stage 1 through '
+                         'path:pretrain_network_g, not by resuming). Nothing was written.')
+    check_resume(opt, resume_state['iter'])  # sets path:pretrain_network_g to models/net_g_<iter>.pth
+    net_path = opt['path'].get('pretrain_network_g')
+    if net_path == state_network_path(models_dir, resume_state['iter']):
+        if not osp.isfile(net_path):
+            raise FileNotFoundError(f'path:resume_state {resume_state_path} needs its network {net_path}, which '
+                                    'does not exist; resume from another state (or use --auto_resume, which '
+                                    'picks the newest complete one).')
+        check_network_matches(opt['network_g'], net_path, resume_state_path,
+                              strict=opt['path'].get('strict_load_g', True),
+                              saved_network_opt=resume_state.get('network_g'))
+    if main_process:
+        for path in remove_stale_temporaries(states_dir, models_dir):
+            print(f'Resume: removed {path}, left by an interrupted save.', flush=True)
+        print(f"Resume: using training state {resume_state_path} (iteration {resume_state['iter']}, epoch "
+              f"{resume_state['epoch']}) and network {net_path}.", flush=True)
+    return resume_state
+
+
+
+
+# --------------------------------------------------------------------------------------------------
+# resumable data position
+class ResumableEnlargedSampler(EnlargedSampler):
+    """BasicSR's :class:`~basicsr.data.data_sampler.EnlargedSampler` that can resume part-way into an epoch.
+
+    :meth:`resume_at` makes the epoch ``epoch`` (once :meth:`set_epoch` selects it) start at sample
+    ``num_consumed`` of this process's share instead of its first sample, and calls ``on_start`` when that
+    epoch's indices are first drawn, i.e. right before the first new batch is loaded (with
+    ``num_worker_per_gpu: 0``). The order of the samples is BasicSR's: a permutation seeded by the epoch.
+    """
+
+    def __init__(self, dataset, num_replicas, rank, ratio=1):
+        super().__init__(dataset, num_replicas, rank, ratio)
+        self._resume_epoch = None
+        self._num_consumed = 0
+        self._on_start = None
+
+    def resume_at(self, epoch, num_consumed, on_start=None):
+        if not 0 <= num_consumed <= self.num_samples:
+            raise ValueError(f'cannot skip {num_consumed} of the {self.num_samples} samples of an epoch')
+        self._resume_epoch, self._num_consumed, self._on_start = epoch, num_consumed, on_start
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        if self._resume_epoch is not None and epoch != self._resume_epoch:
+            self._resume_epoch, self._num_consumed, self._on_start = None, 0, None
+
+    def __iter__(self):
+        indices = super().__iter__()
+        if self._resume_epoch is not None and self.epoch == self._resume_epoch:
+            indices = itertools.islice(indices, self._num_consumed, None)
+            if self._on_start is not None:
+                on_start, self._on_start = self._on_start, None
+                on_start()
+        return indices
+
+
+_basicsr_create_train_val_dataloader = basicsr.train.create_train_val_dataloader
+
+
+def _check_batches_per_epoch(opt, train_loader, train_sampler):
+    if len(train_loader) > 0:
+        return
+    dataset_opt = opt['datasets']['train']
+    ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
+    raise ValueError(
+        f'no training batch per epoch: the world size is {opt["world_size"]} process(es), each with batches '
+        f'of {train_loader.batch_size}, but an epoch has {len(train_loader.dataset)} training pairs x '
+        f'dataset_enlarge_ratio {ratio}, i.e. {train_sampler.num_samples} per process. Use fewer processes, '
+        'a smaller batch_size_per_gpu or a larger dataset_enlarge_ratio.')
+
+
+# ``check(dataset, scale, gt_size=None)`` functions run on every training / validation set when the loaders are
+# built: d2csr.data registers its check_eval_dataset here (utils imports nothing of the data package).
+DATASET_CHECKS = []
+
+
+def register_dataset_check(check):
+    """Add ``check(dataset, scale, gt_size=None)`` (raises on a data set that cannot train / validate) to the
+    checks :func:`create_train_val_dataloader` runs; a function already registered is not added twice."""
+    if check not in DATASET_CHECKS:
+        DATASET_CHECKS.append(check)
+    return check
+
+
+def create_train_val_dataloader(opt, logger):
+    """BasicSR's ``create_train_val_dataloader``, then the resume of the data position (see the module doc)."""
+    result = _basicsr_create_train_val_dataloader(opt, logger)
+    logger.info(f'd2csr: BasicSR training patches active ({", ".join(TRAINING_PATCHES)}).')
+    train_loader, train_sampler = result[0], result[1]
+    if train_loader is None:
+        return result
+    for check_dataset in DATASET_CHECKS:  # empty, sizes and gt_size, before the first batch
+        check_dataset(train_loader.dataset, opt['scale'], opt['datasets']['train'].get('gt_size'))
+        for val_loader in result[2] or []:  # not only at the first validation, hours later
+            check_dataset(val_loader.dataset, opt['scale'])
+    _check_batches_per_epoch(opt, train_loader, train_sampler)
+    resume_path = opt['path'].get('resume_state')
+    if resume_path and isinstance(train_sampler, ResumableEnlargedSampler):
+        _resume_data_position(opt, logger, resume_path, train_loader, train_sampler)
+    return result
+
+
+def _resume_data_position(opt, logger, resume_path, train_loader, train_sampler):
+    state = load_lazily(resume_path)
+    epoch, it = state['epoch'], state['iter']
+    per_epoch = len(train_loader)
+    consumed = it - epoch * per_epoch
+    if not 0 <= consumed <= per_epoch:
+        logger.warning(f'Resume: iteration {it} is not in epoch {epoch} with {per_epoch} iterations per epoch '
+                       '(did the data, batch size or world size change?); the epoch restarts from its first '
+                       'batch, as in BasicSR, and the resumed run is not exact.')
+        return
+    rng = state.get('rng')
+    rank = opt.get('rank', 0)
+    on_start = None
+    if rng is None:
+        logger.warning(f'Resume: {resume_path} holds no RNG states (written by another tool); the resumed run '
+                       'continues from the right data position but is not bit-exact.')
+    elif len(rng) != opt['world_size']:
+        logger.warning(f'Resume: the state was saved by {len(rng)} process(es), this run has '
+                       f'{opt["world_size"]}; RNG states are not restored and the resumed run is not exact.')
+    else:
+        on_start = lambda: restore_rng_state(rng[rank])  # noqa: E731
+    train_sampler.resume_at(epoch, consumed * train_loader.batch_size, on_start)
+    dataset_opt = opt['datasets']['train']
+    inexact = []
+    if dataset_opt.get('num_worker_per_gpu', 0) > 0:
+        inexact.append('num_worker_per_gpu > 0 (workers keep their own RNG streams)')
+    if dataset_opt.get('prefetch_mode') in ('cpu', 'cuda'):
+        inexact.append(f'prefetch_mode {dataset_opt["prefetch_mode"]} (batches are loaded ahead)')
+    if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
+        inexact.append('GPU kernels (cuDNN autotuning, atomics) that are not bit-deterministic')
+    note = f' Not bit-exact because of {" and ".join(inexact)}.' if inexact else ''
+    logger.info(f'Resume: data position epoch {epoch}, skipping the {consumed} of its {per_epoch} iterations '
+                f'already trained{"" if on_start is None else "; RNG states restored at the next batch"}.{note}')
+
+
+
+
+# --- 5. the VGG weights of BasicSR's VGGFeatureExtractor -------------------------------------------------------
+class _TorchvisionVGGFromFile:
+    """Stands in for ``torchvision.models.vgg`` inside ``basicsr.archs.vgg_arch``: ``vgg19(pretrained=...)``
+    returns torchvision's network with the weights of ``path`` (random when ``path`` is None), whatever
+    ``pretrained`` says, so BasicSR neither reads its fixed path nor downloads."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __getattr__(self, vgg_type):
+        from .pretrained_weights import load_backbone
+
+        def build(pretrained=False, **kwargs):
+            return load_backbone(vgg_type, self.path)
+
+        return build
+
+
+class basicsr_vgg_weights:  # noqa: N801  (used as a context manager, like torch.no_grad)
+    """``with basicsr_vgg_weights(path): build_loss({'type': 'PerceptualLoss', ...})`` builds BasicSR's VGG
+    with the weights of ``path`` (a torchvision checkpoint, see :mod:`d2csr.utils.pretrained_weights`), or randomly
+    initialised with ``path=None``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        from basicsr.archs import vgg_arch
+
+        self._saved = vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH
+        vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = _TorchvisionVGGFromFile(self.path), ''
+        return self
+
+    def __exit__(self, *exc):
+        from basicsr.archs import vgg_arch
+
+        vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = self._saved
+        return False
+
+
+def build_basicsr_perceptual_loss(opt):
+    """``build_loss(opt)`` for BasicSR's ``PerceptualLoss``, with ``criterion: l2`` working (MSE of the
+    features, SRGAN's VGG loss): built as ``l1``, then given ``torch.nn.MSELoss``, which its ``forward`` calls
+    like the L1 criterion."""
+    from basicsr.losses import build_loss
+
+    opt = dict(opt)
+    l2 = opt.get('criterion') == 'l2'
+    if l2:
+        opt['criterion'] = 'l1'
+    loss = build_loss(opt)
+    if l2:
+        loss.criterion, loss.criterion_type = torch.nn.MSELoss(), 'l2'
+    return loss
+
+
+# --- 6. backbone weight files checked before the experiment folder is made ------------------------------------
+import basicsr.test  # noqa: E402
+
+_basicsr_make_exp_dirs = basicsr.test.make_exp_dirs
+
+
+def make_exp_dirs(opt):
+    """BasicSR's ``make_exp_dirs`` for ``basicsr.test``, after checking the backbone weight files."""
+    from .pretrained_weights import check_pretrained_weights
+
+    check_pretrained_weights(opt)
+    _basicsr_make_exp_dirs(opt)
+
+
+def checked_load_resume_state(opt):
+    """:func:`load_resume_state` for ``basicsr.train``, after checking the backbone weight files: it is the
+    first thing the training pipeline does with the options, before the experiment folder or a resume."""
+    from .pretrained_weights import check_pretrained_weights
+
+    check_pretrained_weights(opt)
+    return load_resume_state(opt)
+
+
+
+
+# --- the explicit training patches ------------------------------------------------------------------------
+# (module, attribute, replacement name in this module): what apply_training_patches() installs.
+_PATCHES = (
+    ('basicsr.utils.dist_util', 'init_dist', 'init_dist'),
+    ('basicsr.utils.options', 'init_dist', 'init_dist'),  # parse_options imported the name
+    ('basicsr.train', 'load_resume_state', 'checked_load_resume_state'),
+    ('basicsr.train', 'EnlargedSampler', 'ResumableEnlargedSampler'),
+    ('basicsr.train', 'create_train_val_dataloader', 'create_train_val_dataloader'),
+    ('basicsr.test', 'make_exp_dirs', 'make_exp_dirs'),
+)
+TRAINING_PATCHES = ('gloo init_dist without GPUs and launch checks', 'exact resume (load_resume_state)',
+                    'resumable sampler and data checks (create_train_val_dataloader)',
+                    'backbone weight checks before make_exp_dirs / load_resume_state')
+_applied = False
+
+
+def training_patches_applied():
+    """Whether :func:`apply_training_patches` has run in this process."""
+    return _applied
+
+
+def apply_training_patches(verbose=True):
+    """Apply d2csr's training-time changes to BasicSR, once per process (a second call does nothing).
+
+    ``import d2csr`` only installs the torchvision shim and registers d2csr's classes; BasicSR's own
+    functions stay untouched until this call, which ``d2csr/train.py``, ``d2csr/test.py`` and BasicSR's
+    entry points run through ``d2csr_basicsr_hook`` make. It replaces BasicSR's ``init_dist`` (gloo without
+    GPUs, world-size checks), ``basicsr.train.load_resume_state`` (device-agnostic, exact resume, weight
+    checks), ``basicsr.train.EnlargedSampler`` / ``create_train_val_dataloader`` (resumable data position,
+    data checks) and ``basicsr.test.make_exp_dirs`` (weight checks). With ``verbose`` the main process
+    says so on stdout; the training log says so when the data loaders are built.
+    """
+    global _applied
+    if _applied:
+        return
+    import importlib
+
+    for module_name, attribute, replacement in _PATCHES:
+        setattr(importlib.import_module(module_name), attribute, globals()[replacement])
+    _applied = True
+    if verbose and os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0':
+        print(f'd2csr: BasicSR training patches active ({", ".join(TRAINING_PATCHES)}).', flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# BasicSR's own entry points (see d2csr_basicsr_hook)
+def basicsr_root_path(script=None):
+    """BasicSR's ``root_path`` for its entry points: the folder above the ``basicsr`` package (a source
+    checkout, as BasicSR computes it), or the current directory when that folder is site-packages (an
+    installed basicsr: ``experiments/`` and ``results/`` then land where the command runs, as with
+    ``d2csr/train.py``)."""
+    import basicsr
+
+    origin = script or basicsr.__file__
+    root = os.path.abspath(os.path.join(os.path.dirname(origin), os.pardir))
+    if os.path.basename(root) in ('site-packages', 'dist-packages'):
+        return os.getcwd()
+    return root
+
+
+def run_basicsr_entry_point(kind, script=None):
+    """Run BasicSR's ``train_pipeline`` / ``test_pipeline`` (``kind``: ``'train'`` / ``'test'``) as BasicSR's
+    ``train.py`` / ``test.py`` would, with d2csr registered and its shims in place, then exit.
+
+    ``script``: the ``basicsr/<kind>.py`` file run as a script (its checkout gives the root path), ``None``
+    for ``python -m basicsr.<kind>``. BasicSR's flags (``-opt``, ``--launcher``, ``--auto_resume``,
+    ``--debug``, ``--force_yml``) are read by BasicSR itself.
+    """
+    import basicsr.test
+    import basicsr.train
+    from .misc import check_options_file, print_entry_help
+
+    if kind not in ('train', 'test'):
+        raise ValueError(f'run_basicsr_entry_point: kind must be train or test, got {kind!r}')
+    if script is None:  # python -m: runpy puts '-m' in sys.argv[0] until it runs the module itself
+        sys.argv[0] = os.path.join(os.path.dirname(basicsr.train.__file__), f'{kind}.py')
+    print_entry_help(kind)
+    check_options_file()
+    apply_training_patches()
+    root = basicsr_root_path(script)
+    if kind == 'train':
+        basicsr.train.train_pipeline(root)
+    else:
+        basicsr.test.test_pipeline(root)
+    sys.exit(0)

@@ -1,0 +1,161 @@
+"""How d2csr is wired into BasicSR: a plain ``import d2csr`` leaves BasicSR's functions alone; the training
+patches come from one explicit call."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, subprocess_env
+
+# (module, attribute) that apply_training_patches replaces
+PATCHED = [('basicsr.train', 'load_resume_state'), ('basicsr.train', 'create_train_val_dataloader'),
+           ('basicsr.train', 'EnlargedSampler'), ('basicsr.test', 'make_exp_dirs'),
+           ('basicsr.utils.dist_util', 'init_dist'), ('basicsr.utils.options', 'init_dist')]
+
+PROBE = r'''
+import importlib, json, sys
+patched = json.loads(sys.argv[1])
+import d2csr  # the plain import under test
+mods = [m for m, _ in patched]
+def owners():
+    return [getattr(importlib.import_module(m), a).__module__ for m, a in patched]
+before = owners()
+from d2csr.utils.compat import apply_training_patches, training_patches_applied
+was = training_patches_applied()
+apply_training_patches()
+print(json.dumps({'before': before, 'was_applied': was, 'after': owners()}))
+'''
+
+
+def test_plain_import_leaves_basicsr_untouched_and_the_explicit_call_patches():
+    proc = subprocess.run([sys.executable, '-c', PROBE, json.dumps(PATCHED)], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    # after `import d2csr` every function is BasicSR's own
+    for (module, attribute), owner in zip(PATCHED, result['before']):
+        assert owner.startswith('basicsr.'), f'{module}.{attribute} is {owner}\'s after a plain import d2csr'
+    assert result['was_applied'] is False
+    # the explicit call replaces each of them and says so
+    assert result['after'] == ['d2csr.utils.compat'] * len(PATCHED)
+    assert any('d2csr: BasicSR training patches active' in line for line in lines[:-1])
+
+
+def test_apply_training_patches_is_idempotent_in_process():
+    import basicsr.train
+
+    from d2csr import compat
+
+    compat.apply_training_patches()  # conftest already applied them: nothing changes, nothing printed
+    assert compat.training_patches_applied()
+    assert basicsr.train.load_resume_state is compat.checked_load_resume_state
+    assert basicsr.train.EnlargedSampler is compat.ResumableEnlargedSampler
+
+
+# --- the package's floors: utils at the bottom, no import cycle ---------------------------------------------------
+PACKAGE = ROOT / 'd2csr'
+# old import paths kept as aliases of the moved modules (each replaces itself in sys.modules)
+ALIASES = {'d2csr.compat', 'd2csr.checkpoint', 'd2csr.image_io', 'd2csr.precision', 'd2csr.pretrained_weights',
+           'd2csr.models.d2c_model', 'd2csr.losses.d2c_loss'}
+
+
+def _module_name(path):
+    parts = list(path.relative_to(ROOT).with_suffix('').parts)
+    if parts[-1] == '__init__':
+        parts.pop()
+    return '.'.join(parts)
+
+
+def _d2csr_imports(path):
+    """The d2csr modules ``path`` imports, at module level or inside functions (resolved relative imports)."""
+    import ast
+
+    name = _module_name(path)
+    package = name if path.name == '__init__.py' else name.rpartition('.')[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                anchor = package.split('.')[:len(package.split('.')) - node.level + 1]
+                base = '.'.join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f'{base}.{alias.name}' for alias in node.names)  # `from pkg import module`
+    modules = {_module_name(p) for p in PACKAGE.rglob('*.py')}
+    return {m for m in found if m in modules and m != name}
+
+
+def test_every_module_imports_and_utils_is_the_ground_floor():
+    import importlib
+
+    graph = {}
+    for path in sorted(PACKAGE.rglob('*.py')):
+        name = _module_name(path)
+        if name.endswith(('.train', '.test')) and name.count('.') == 1:
+            continue  # the entry points are scripts (their imports are checked by running them)
+        importlib.import_module(name)
+        graph[name] = _d2csr_imports(path)
+    for name, imports in graph.items():
+        if name.startswith('d2csr.utils'):
+            outside = sorted(m for m in imports if not m.startswith('d2csr.utils'))
+            assert not outside, f'{name} (the ground floor) imports {outside}'
+    for name in ('d2csr.archs', 'd2csr.losses', 'd2csr.data', 'd2csr.metrics'):
+        for module, imports in graph.items():
+            if module.startswith(name):
+                up = sorted(m for m in imports if m.startswith(('d2csr.models', 'd2csr.convert', 'd2csr.tiling',
+                                                                 'd2csr.evaluation', 'd2csr.visualize')))
+                assert not up, f'{module} imports {up}, a floor above it'
+
+
+def test_no_import_cycle():
+    graph = {_module_name(p): _d2csr_imports(p) for p in PACKAGE.rglob('*.py')}
+    graph.pop('d2csr')  # the package imports its parts; nothing inside imports the package itself
+    for alias in ALIASES:
+        graph.pop(alias)
+    for module, imports in graph.items():
+        assert not imports & ALIASES, f'{module} imports an old path {sorted(imports & ALIASES)}'
+
+    def parents(module):  # importing a.b.c runs a.b's __init__ first
+        parts = module.split('.')
+        return {'.'.join(parts[:i]) for i in range(2, len(parts))}
+
+    edges = {m: {t for i in imports for t in {i} | parents(i) if t in graph and t != m and not m.startswith(t + '.')}
+             for m, imports in graph.items()}
+    state, stack = {}, []
+
+    def visit(module):
+        state[module] = 'open'
+        stack.append(module)
+        for target in sorted(edges[module]):
+            if state.get(target) == 'open':
+                cycle = stack[stack.index(target):] + [target]
+                raise AssertionError('import cycle: ' + ' -> '.join(cycle))
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = 'done'
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_old_import_paths_are_the_moved_modules():
+    import importlib
+
+    for old in sorted(ALIASES):
+        new = {'d2csr.models.d2c_model': 'd2csr.models.d2csr_model',
+               'd2csr.losses.d2c_loss': 'd2csr.losses.d2csr_losses'}.get(old, old.replace('d2csr.', 'd2csr.utils.', 1))
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from d2csr.archs.d2csr_arch import D2CSR
+    from d2csr.convert import CheckpointFormatError, load_official  # noqa: F401
+    from d2csr.losses.d2c_loss import DivergenceLoss
+    from d2csr.models.d2c_model import D2CModel
+    from d2csr.utils import check_options_file, set_tf32  # noqa: F401  (the old d2csr/utils.py helpers)
+    from d2csr.utils.checkpoint import CheckpointFormatError as moved
+
+    assert CheckpointFormatError is moved
+    assert (D2CSR.__module__, DivergenceLoss.__module__, D2CModel.__module__) == (
+        'd2csr.archs.d2csr_arch', 'd2csr.losses.d2csr_losses', 'd2csr.models.d2csr_model')
