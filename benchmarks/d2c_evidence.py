@@ -56,7 +56,7 @@ import d2csr  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
 from d2csr.data.photo_pairs import build_photo_pairs  # noqa: E402
 from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, evaluate_pairs, read_rgb  # noqa: E402
-from d2csr.utils import subprocess_device  # noqa: E402
+from d2csr.utils import pythonpath_env, subprocess_device  # noqa: E402
 from d2csr.losses import DivergenceLoss  # noqa: E402
 from basicsr.utils import img2tensor  # noqa: E402
 
@@ -157,7 +157,7 @@ def train(opt, opt_dir, log):
     path = osp.join(opt_dir, f'{opt["name"]}.yml')
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''), **RUN_DEVICE['env'])
+    env = dict(pythonpath_env(ROOT), **RUN_DEVICE['env'])
     start = time.time()
     proc = subprocess.run([sys.executable, osp.join(ROOT, 'd2csr', 'train.py'), '-opt', path], cwd=ROOT, env=env,
                           capture_output=True, text=True)

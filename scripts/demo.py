@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 import d2csr  # noqa: E402,F401
 from d2csr.data.photo_pairs import build_photo_pairs  # noqa: E402
 from d2csr.evaluation import evaluate_pairs, format_table  # noqa: E402
-from d2csr.utils import compute_threads, subprocess_device, thread_env  # noqa: E402
+from d2csr.utils import compute_threads, pythonpath_env, subprocess_device, thread_env  # noqa: E402
 
 SCALE = 4
 NETWORK = dict(type='D2CSR', num_feat=32, num_group=2, num_block=1, squeeze_factor=8, upscale=SCALE, depth=2,
@@ -87,8 +87,7 @@ def run(script, opt, opt_dir, threads, env=None):
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
     print(f'\n$ python d2csr/{script}.py -opt {osp.relpath(path, ROOT)}', flush=True)
-    env = thread_env(threads, dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
-                                   **(env or {})))
+    env = thread_env(threads, dict(pythonpath_env(ROOT), **(env or {})))
     proc = subprocess.Popen([sys.executable, osp.join(ROOT, 'd2csr', f'{script}.py'), '-opt', path], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # show BasicSR's progress lines and metrics, not the option dump

@@ -23,6 +23,7 @@ RUN_ID = uuid.uuid4().hex[:8]
 
 import d2csr  # noqa: E402,F401  (registers everything; also the basicsr shim)
 from d2csr.utils.compat import apply_training_patches  # noqa: E402
+from d2csr.utils import pythonpath_env  # noqa: E402
 
 # in-process tests train and resume through BasicSR's pipeline as d2csr/train.py runs it
 apply_training_patches(verbose=False)
@@ -33,9 +34,7 @@ def unique_name(stem):
 
 
 def subprocess_env(**extra):
-    env = dict(os.environ)
-    # no empty entry: an empty PYTHONPATH item means the current directory of the child
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(ROOT), env.get('PYTHONPATH', '')) if p)
+    env = pythonpath_env(ROOT)
     env.setdefault('OMP_NUM_THREADS', '1')
     env.update(extra)
     return env

@@ -10,4 +10,4 @@ imports d2csr's archs, losses, models or data.
 - :mod:`~d2csr.utils.misc`: entry-point help, devices, TF32, thread counts (re-exported here, as before).
 """
 from .misc import (ENTRY_HELP, available_cpus, check_options_file, compute_threads, print_entry_help,  # noqa: F401
-                   resolve_device, set_tf32, subprocess_device, thread_env)
+                   pythonpath_env, resolve_device, set_tf32, subprocess_device, thread_env)

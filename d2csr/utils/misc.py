@@ -126,6 +126,14 @@ def thread_env(threads, env=None):
     return env
 
 
+def pythonpath_env(path, env=None):
+    """``env`` (default ``os.environ``) with ``path`` first on ``PYTHONPATH``, for a child process that must
+    import this checkout's ``d2csr``. No empty entry is left (an empty item means the child's current folder)."""
+    env = dict(os.environ if env is None else env)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (str(path), env.get('PYTHONPATH', '')) if p)
+    return env
+
+
 SubprocessDevice = namedtuple('SubprocessDevice', ['device', 'num_gpu', 'env', 'description'])
 
 
