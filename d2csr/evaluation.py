@@ -18,6 +18,7 @@ pixel takes one branch. PSNR / SSIM are BasicSR's ``calculate_psnr`` / ``calcula
 
 This module imports nothing from :mod:`d2csr.models` (the model imports it).
 """
+import csv
 from collections import OrderedDict
 
 import cv2
@@ -119,6 +120,16 @@ def fusion_metrics(branches, fused, gt, scale, lq=None, crop_border=None, test_y
     return rows
 
 
+def psnr_row(lq, branches, sr, gt, scale, psnr_opts=None):
+    """PSNRs of one image, :func:`fusion_metrics` without SSIM: ``{'bicubic', 'branch1'.., 'mean', 'fused',
+    'oracle'}`` (dB). ``psnr_opts``: a ``psnr`` metric's options; its ``crop_border`` (default ``scale``) and
+    ``test_y_channel`` (default ``True``) are used, the rest ignored."""
+    opts = dict(crop_border=scale, test_y_channel=True)
+    opts.update({k: v for k, v in (psnr_opts or {}).items() if k in opts})
+    rows = fusion_metrics(branches, sr, gt, scale, lq=lq, **opts)
+    return {row: values['psnr'] for row, values in rows.items()}
+
+
 @torch.no_grad()
 def evaluate_pairs(net, pairs, scale, device='cpu'):
     """Mean PSNR / SSIM per row (:func:`fusion_metrics`) over ``pairs``, and the weights' deviation.
@@ -167,7 +178,7 @@ def row_label(row):
 
 
 def format_table(results, title=None):
-    """A Markdown table of :func:`evaluate_pairs` results, then the weights' deviation from uniform."""
+    """A Markdown table of :func:`evaluate_pairs` results (one line per row, averaged over images), then the weights' deviation from uniform."""
     lines = [f'**{title}**', ''] if title else []
     lines += ['| output | PSNR (dB, Y) | SSIM (Y) |', '| --- | ---: | ---: |']
     lines += [f'| {row_label(row)} | {m["psnr"]:.2f} | {m["ssim"]:.4f} |' for row, m in results.items()]
@@ -177,3 +188,32 @@ def format_table(results, title=None):
         lines += ['', f'Convergence weights: mean |W - 1/P| = {mad:.4f} (0: the fused output is the mean of '
                   f'branches; {2 * (num - 1) / num**2:.3f}: one branch per pixel).']
     return '\n'.join(lines)
+
+
+def format_image_table(rows, names):
+    """Per-image PSNRs (:func:`psnr_row` dicts, one per name) as aligned text: one line per image, then the
+    mean over images and a legend."""
+    if not rows:
+        return ''
+    keys = list(rows[0])
+    width = max(8, *(len(n) for n in names), len('mean'))
+    lines = [f'{"image":<{width}} ' + ' '.join(f'{k:>8}' for k in keys)]
+    for name, row in zip(names, rows):
+        lines.append(f'{name:<{width}} ' + ' '.join(f'{row[k]:8.2f}' for k in keys))
+    means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    lines.append(f'{"mean":<{width}} ' + ' '.join(f'{means[k]:8.2f}' for k in keys))
+    lines.append(f'(bicubic: {BICUBIC_LABEL}; mean: {MEAN_LABEL}, uniform weights; last line: mean over images)')
+    return '\n'.join(lines)
+
+
+def write_image_table(path, rows, names):
+    """The per-image table of :func:`format_image_table` as CSV (``image, bicubic, branch1..P, mean, fused,
+    oracle``; the last line is the mean over images)."""
+    keys = list(rows[0]) if rows else []
+    with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(['image', *keys])
+        for name, row in zip(names, rows):
+            writer.writerow([name, *(f'{row[k]:.4f}' for k in keys)])
+        if rows:
+            writer.writerow(['mean', *(f'{np.mean([r[k] for r in rows]):.4f}' for k in keys)])

@@ -1,7 +1,8 @@
 """Pictures of D2C-SR at work (paper Figs. 5, 8, 10): branches, fused result and convergence weight maps.
 
-:func:`make_panel` draws one image's panel; :func:`psnr_row` gives its PSNRs (each branch, the fused output,
-the oracle fusion and bicubic); :func:`format_table` / :func:`write_table` make the data set's table. Used by
+:func:`make_panel` draws one image's panel with the PSNRs of :func:`d2csr.evaluation.psnr_row` (each branch, the
+mean, the fused output, the oracle fusion and bicubic), the data set's table is
+:func:`d2csr.evaluation.format_image_table` / :func:`~d2csr.evaluation.write_image_table`. Used by
 ``scripts/visualize_d2c.py`` and by :class:`~d2csr.models.D2CModel` (``val: save_panels: true``).
 
 Panel layout (``P`` branches, every cell the HR size, or shrunk to ``max_side``, under a label band of
@@ -17,7 +18,6 @@ blue: the fused pixel is the mean of the branches; red: one branch), labelled wi
 (:func:`d2csr.evaluation.weight_mad`); the oracle pick shows which branch the oracle takes per pixel. Without
 HR, the PSNRs, the HR cell and the oracle cells are left out (blank).
 """
-import csv
 import os
 import os.path as osp
 
@@ -25,36 +25,15 @@ import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
-from basicsr.metrics import calculate_psnr
 from basicsr.utils import get_root_logger, tensor2img
 
-from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, fusion_metrics, mean_fusion, oracle_fusion, weight_mad
+from d2csr.evaluation import format_image_table, mean_fusion, oracle_fusion, psnr_row, weight_mad, write_image_table
 
 LABEL_HEIGHT = 24
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 # distinct colours (BGR) for the oracle-pick map, one per branch
 _PICK_COLOURS = np.array([[232, 126, 31], [14, 127, 255], [44, 160, 44], [40, 39, 214], [189, 103, 148],
                           [75, 86, 140], [194, 119, 227], [127, 127, 127], [34, 189, 188]], dtype=np.uint8)
-
-
-def psnr(img, ref, crop_border=0, test_y_channel=True, **_):
-    """PSNR of two ``(N, C, H, W)`` tensors in ``[0, 1]`` as the validation computes it (BasicSR's
-    ``calculate_psnr`` on 8-bit images, Y channel by default)."""
-    return calculate_psnr(tensor2img([img.detach().cpu()]), tensor2img([ref.detach().cpu()]), crop_border,
-                          test_y_channel=test_y_channel)
-
-
-def psnr_row(lq, branches, sr, gt, scale, psnr_opts=None):
-    """PSNRs of one image: ``{'bicubic', 'branch1'.., 'branchP', 'mean', 'fused', 'oracle'}`` (dB).
-
-    The rows of :func:`d2csr.evaluation.fusion_metrics` (bicubic: MATLAB-style ``imresize``; mean: the plain
-    mean of the branches). ``lq`` ``(1, C, h, w)``, ``branches`` ``P x (1, C, H, W)``, ``sr`` and ``gt``
-    ``(1, C, H, W)``; ``psnr_opts``: ``crop_border`` (default ``scale``) and ``test_y_channel`` (default ``True``).
-    """
-    opts = dict(crop_border=scale, test_y_channel=True)
-    opts.update({k: v for k, v in (psnr_opts or {}).items() if k in opts})
-    rows = fusion_metrics(branches, sr, gt, scale, lq=lq, **opts)
-    return {row: values['psnr'] for row, values in rows.items()}
 
 
 def _to_bgr(tensor):
@@ -159,34 +138,6 @@ def make_panel(lq, branches, sr, weights, gt=None, scale=None, psnr_opts=None, m
     return np.concatenate(rows, axis=0), row
 
 
-def format_table(rows, names):
-    """The PSNR table (one line per image, then the mean over images) as aligned text, with a legend."""
-    if not rows:
-        return ''
-    keys = list(rows[0])
-    width = max(8, *(len(n) for n in names), len('mean'))
-    lines = [f'{"image":<{width}} ' + ' '.join(f'{k:>8}' for k in keys)]
-    for name, row in zip(names, rows):
-        lines.append(f'{name:<{width}} ' + ' '.join(f'{row[k]:8.2f}' for k in keys))
-    means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    lines.append(f'{"mean":<{width}} ' + ' '.join(f'{means[k]:8.2f}' for k in keys))
-    lines.append(f'(bicubic: {BICUBIC_LABEL}; mean: {MEAN_LABEL}, uniform weights; last line: mean over images)')
-    return '\n'.join(lines)
-
-
-def write_table(path, rows, names):
-    """Write the PSNR table as CSV (``image, bicubic, branch1..P, mean, fused, oracle``; last line the mean over
-    images; bicubic is MATLAB-style ``imresize``, mean is the mean of the branches)."""
-    keys = list(rows[0]) if rows else []
-    with open(path, 'w', newline='') as f:
-        writer = csv.writer(f)
-        writer.writerow(['image', *keys])
-        for name, row in zip(names, rows):
-            writer.writerow([name, *(f'{row[k]:.4f}' for k in keys)])
-        if rows:
-            writer.writerow(['mean', *(f'{np.mean([r[k] for r in rows]):.4f}' for k in keys)])
-
-
 def save_validation_panels(model, dataloader, current_iter):
     """Panels and PSNR table of a validation set, for :class:`~d2csr.models.D2CModel` (``val: save_panels``).
 
@@ -215,5 +166,5 @@ def save_validation_panels(model, dataloader, current_iter):
         for attr in ('lq', 'gt', 'output', 'branches', 'weights'):
             model.__dict__.pop(attr, None)
     if rows:
-        write_table(osp.join(folder, 'psnr_table.csv'), rows, names)
-        get_root_logger().info(f'Panels of {dataset_name} in {folder}; PSNR (dB):\n{format_table(rows, names)}')
+        write_image_table(osp.join(folder, 'psnr_table.csv'), rows, names)
+        get_root_logger().info(f'Panels of {dataset_name} in {folder}; PSNR (dB):\n{format_image_table(rows, names)}')

@@ -22,7 +22,8 @@ from d2csr.utils import resolve_device, set_tf32
 from d2csr.convert import UnsafeCheckpointError, describe_param_key, load_network
 from d2csr.utils.image_io import UnreadableImage, image_to_tensor, list_images, read_image
 from d2csr.tiling import tiled_forward
-from d2csr.visualize import format_table, make_panel, write_table
+from d2csr.evaluation import format_image_table, write_image_table
+from d2csr.visualize import make_panel
 
 
 def parse_args(argv=None):
@@ -90,10 +91,10 @@ def main(argv=None):
             rows.append(row)
             names.append(name)
     if rows:
-        write_table(osp.join(args.output, 'psnr_table.csv'), rows, names)
+        write_image_table(osp.join(args.output, 'psnr_table.csv'), rows, names)
         kind = 'RGB' if args.rgb else 'Y'
         print(f'PSNR (dB, {kind} channel, border {psnr_opts["crop_border"]}); oracle = per pixel the branch '
-              'closest to HR\n' + format_table(rows, names))
+              'closest to HR\n' + format_image_table(rows, names))
     print(f'{len(paths) - len(skipped)} panels written to {args.output}')
     if skipped:
         print(f'{len(skipped)} skipped:\n' + '\n'.join(f'  {p}: {r}' for p, r in skipped))

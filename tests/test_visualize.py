@@ -13,7 +13,8 @@ from conftest import TINY_NET, experiment_dir, load_script, run_entry, tiny_opti
 from d2csr.archs import D2CSR
 from d2csr.convert import load_network, save_basicsr_checkpoint
 from d2csr.evaluation import bicubic_upsample
-from d2csr.visualize import LABEL_HEIGHT, make_panel, psnr_row
+from d2csr.evaluation import psnr_row
+from d2csr.visualize import LABEL_HEIGHT, make_panel
 
 
 

@@ -20,7 +20,8 @@ import os
 import os.path as osp
 import re
 
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+from d2csr.utils.image_io import IMG_EXTENSIONS, image_names
+
 REALSR_SCALES = (2, 3, 4)
 REALSR_CAMERAS = ('Canon', 'Nikon')
 DREALSR_SCALES = (2, 3, 4)
@@ -44,8 +45,7 @@ def list_images(folder, what='images'):
         raise DataError(f'{what}: folder {folder!r} does not exist.')
     # entries named like images that are not image files (broken links, folders) are kept: the size check
     # names them with the reason, instead of their partners being reported as "HR without LR"
-    names = sorted(n for n in os.listdir(folder)
-                   if not n.startswith('.') and osp.splitext(n)[1].lower() in IMG_EXTENSIONS)
+    names = image_names(folder)
     if not names:
         raise DataError(f'{what}: folder {folder!r} contains no images ({", ".join(IMG_EXTENSIONS)}).')
     return names

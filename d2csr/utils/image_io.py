@@ -39,14 +39,20 @@ class Image:
     alpha: Optional[np.ndarray] = None
 
 
+def image_names(folder):
+    """Names in ``folder`` that look like images (extension in :data:`IMG_EXTENSIONS`, not hidden), sorted.
+    Nothing is opened: a folder or a broken link named like an image is listed too."""
+    return sorted(n for n in os.listdir(folder) if not n.startswith('.') and n.lower().endswith(IMG_EXTENSIONS))
+
+
 def list_images(path):
-    """``path`` itself if it is a file, else the image files in the folder ``path`` (sorted, not recursive)."""
+    """``path`` itself if it is a file, else the image files in the folder ``path`` (:func:`image_names` that
+    are files; sorted, not recursive)."""
     if osp.isfile(path):
         return [path]
     if not osp.isdir(path):
         raise FileNotFoundError(f'input {path!r} is neither an image file nor a folder')
-    return [osp.join(path, name) for name in sorted(os.listdir(path))
-            if name.lower().endswith(IMG_EXTENSIONS) and osp.isfile(osp.join(path, name))]
+    return [osp.join(path, name) for name in image_names(path) if osp.isfile(osp.join(path, name))]
 
 
 def header_size(path):
