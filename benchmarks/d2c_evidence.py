@@ -54,8 +54,9 @@ sys.path.insert(0, ROOT)
 
 import d2csr  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
-from d2csr.data.photo_pairs import build_photo_pairs  # noqa: E402
+from d2csr.data.photo_pairs import build_photo_pairs, photo_pair_paths  # noqa: E402
 from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, evaluate_pairs, read_rgb  # noqa: E402
+from d2csr.options import train_options  # noqa: E402
 from d2csr.utils import pythonpath_env, subprocess_device  # noqa: E402
 from d2csr.losses import DivergenceLoss  # noqa: E402
 from basicsr.utils import img2tensor  # noqa: E402
@@ -125,28 +126,10 @@ class Plan:
 
 
 def options(name, stage, net, alpha, iters, data_root, pretrain=None, ckpt_every=None, device='cpu'):
-    depth, width = net.get('depth', 2), net.get('width', 2)
     gpu = device == 'cuda'  # on a GPU: data loading in 4 worker processes, long epochs (fewer worker restarts)
-    opt = dict(
-        name=name, model_type='D2CModel', scale=SCALE, num_gpu=1 if gpu else 0, manual_seed=0,
-        datasets=dict(train=dict(
-            name='photos_train', type='PairedImageDataset', dataroot_gt=f'{data_root}/train/HR',
-            dataroot_lq=f'{data_root}/train/LR', filename_tmpl='{}', io_backend=dict(type='disk'), gt_size=32 * SCALE,
-            use_hflip=True, use_rot=True, num_worker_per_gpu=4 if gpu else 0, batch_size_per_gpu=4,
-            dataset_enlarge_ratio=1000 if gpu else 100)),
-        network_g=copy.deepcopy(net),
-        path=dict(pretrain_network_g=pretrain, strict_load_g=True, resume_state=None),
-        train=dict(stage=stage, optim_g=dict(type='Adam', lr=5e-4, betas=[0.9, 0.999]),
-                   scheduler=dict(type='MultiStepLR', milestones=[int(iters * 0.7)], gamma=0.5), total_iter=iters,
-                   warmup_iter=-1),
-        logger=dict(print_freq=max(iters // 5, 1), save_checkpoint_freq=ckpt_every or iters, use_tb_logger=False))
-    if stage == 'divergence':
-        opt['train']['divergence_opt'] = dict(type='DivergenceLoss', alpha=alpha,
-                                              margins=[5e-5] + [2e-5] * (depth - 1), theta=0.8, gray='y', norm='image',
-                                              depth=depth, width=width)
-    else:
-        opt['train']['convergence_opt'] = dict(type='ConvergenceLoss')
-    return opt
+    return train_options(name, stage, data_root, net, iters, pretrain=pretrain, num_gpu=1 if gpu else 0,
+                         num_workers=4 if gpu else 0, enlarge_ratio=1000 if gpu else 100, alpha=alpha,
+                         validate=False, print_freq=max(iters // 5, 1), checkpoint_freq=ckpt_every)
 
 
 RUN_DEVICE = {'num_gpu': 0, 'env': {'CUDA_VISIBLE_DEVICES': ''}, 'description': 'CPU'}  # main() sets it (--device)
@@ -193,15 +176,10 @@ def mean_branch_psnr(results):
     return float(np.mean(branches))
 
 
-def val_pairs(data_root):
-    val_dir = osp.join(data_root, 'val')
-    return [(osp.join(val_dir, 'LR', f), osp.join(val_dir, 'HR', f)) for f in sorted(os.listdir(osp.join(val_dir, 'HR')))]
-
-
 def run_all(plan, data_root, work, prefix, log):
     opt_dir = osp.join(work, 'options')
     os.makedirs(opt_dir, exist_ok=True)
-    pairs = val_pairs(data_root)
+    pairs = photo_pair_paths(data_root)
     device = plan.device
     ckpt_every = max(plan.iters // plan.curve_points, 1)
     out = OrderedDict()
@@ -248,7 +226,7 @@ def run_fusion_budgets(plan, out, data_root, work, prefix, log):
     paper's convergence net and once with the variant. Returns ``{variant: [fusion_point, ...]}``, budget 0
     being the untrained convergence net of stage 1."""
     opt_dir = osp.join(work, 'options')
-    pairs = val_pairs(data_root)
+    pairs = photo_pair_paths(data_root)
     device = plan.device
     step = plan.conv_iters * math.gcd(*plan.fusion_budgets)
     total = plan.conv_iters * plan.fusion_budgets[-1]

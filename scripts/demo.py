@@ -14,7 +14,6 @@ there is one (``--device auto``, the default) and says which device it uses; ``-
 ``cuda:N`` chooses.
 """
 import argparse
-import copy
 import os
 import os.path as osp
 import shutil
@@ -29,57 +28,14 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, ROOT)
 
 import d2csr  # noqa: E402,F401
-from d2csr.data.photo_pairs import build_photo_pairs  # noqa: E402
+from d2csr.data.photo_pairs import build_photo_pairs, photo_pair_paths  # noqa: E402
 from d2csr.evaluation import evaluate_pairs, format_table  # noqa: E402
+from d2csr.options import test_options, train_options  # noqa: E402
 from d2csr.utils import compute_threads, pythonpath_env, subprocess_device, thread_env  # noqa: E402
 
 SCALE = 4
 NETWORK = dict(type='D2CSR', num_feat=32, num_group=2, num_block=1, squeeze_factor=8, upscale=SCALE, depth=2,
                width=2, deep_residual=True, bicubic_skip=True)
-
-
-def dataset_opts(data_root):
-    train = dict(name='photos_train', type='PairedImageDataset', dataroot_gt=f'{data_root}/train/HR',
-                 dataroot_lq=f'{data_root}/train/LR', filename_tmpl='{}', io_backend=dict(type='disk'),
-                 gt_size=32 * SCALE, use_hflip=True, use_rot=True, num_worker_per_gpu=0, batch_size_per_gpu=4,
-                 dataset_enlarge_ratio=100)
-    val = dict(name='photos_val', type='PairedImageDataset', dataroot_gt=f'{data_root}/val/HR',
-               dataroot_lq=f'{data_root}/val/LR', filename_tmpl='{}', io_backend=dict(type='disk'))
-    return train, val
-
-
-def metrics():
-    return dict(psnr=dict(type='calculate_psnr', crop_border=SCALE, test_y_channel=True),
-                ssim=dict(type='calculate_ssim', crop_border=SCALE, test_y_channel=True))
-
-
-def stage_options(name, stage, iters, data_root, pretrain=None, num_gpu=0, amp=None):
-    train, val = dataset_opts(data_root)
-    opt = dict(
-        name=name, model_type='D2CModel', scale=SCALE, num_gpu=num_gpu, manual_seed=0,
-        datasets=dict(train=train, val=val),
-        network_g=copy.deepcopy(NETWORK),
-        path=dict(pretrain_network_g=pretrain, strict_load_g=True, resume_state=None),
-        train=dict(stage=stage, ema_decay=0, amp=amp,
-                   optim_g=dict(type='Adam', lr=5e-4, betas=[0.9, 0.999]),
-                   scheduler=dict(type='MultiStepLR', milestones=[int(iters * 0.7)], gamma=0.5),
-                   total_iter=iters, warmup_iter=-1),
-        val=dict(val_freq=max(iters // 2, 1), save_img=False, amp=amp, metrics=metrics()),
-        logger=dict(print_freq=max(iters // 10, 1), save_checkpoint_freq=iters, use_tb_logger=False))
-    if stage == 'divergence':
-        opt['train']['divergence_opt'] = dict(type='DivergenceLoss', alpha=2e-5, margins=[5e-5, 2e-5], theta=0.8,
-                                              gray='y', norm='image')
-    else:
-        opt['train']['convergence_opt'] = dict(type='ConvergenceLoss')
-    return opt
-
-
-def test_options(name, data_root, weights, num_gpu=0, amp=None):
-    _, val = dataset_opts(data_root)
-    return dict(name=name, model_type='D2CModel', scale=SCALE, num_gpu=num_gpu, manual_seed=0,
-                datasets=dict(test_1=val), network_g=copy.deepcopy(NETWORK),
-                path=dict(pretrain_network_g=weights, strict_load_g=True, param_key_g='params'),
-                val=dict(save_img=True, suffix=None, amp=amp, metrics=metrics()))
 
 
 def run(script, opt, opt_dir, threads, env=None):
@@ -131,26 +87,25 @@ def main(argv=None):
     shutil.rmtree(osp.join(ROOT, 'results', test), ignore_errors=True)
 
     print(f'[2/4] Stage 1: divergence tree, {args.div_iters} iterations ({where.device})...')
-    run('train', stage_options(div, 'divergence', args.div_iters, data_root, num_gpu=where.num_gpu, amp=args.amp),
-        opt_dir, threads, where.env)
+    run('train', train_options(div, 'divergence', data_root, NETWORK, args.div_iters, num_gpu=where.num_gpu,
+                               amp=args.amp), opt_dir, threads, where.env)
     div_weights = osp.join(ROOT, 'experiments', div, 'models', 'net_g_latest.pth')
     print(f'[3/4] Stage 2: convergence net (tree frozen), {args.conv_iters} iterations...')
-    run('train', stage_options(conv, 'convergence', args.conv_iters, data_root, pretrain=div_weights,
+    run('train', train_options(conv, 'convergence', data_root, NETWORK, args.conv_iters, pretrain=div_weights,
                                num_gpu=where.num_gpu, amp=args.amp), opt_dir, threads, where.env)
     weights = osp.join(ROOT, 'experiments', conv, 'models', 'net_g_latest.pth')
     print('[4/4] Testing on the held-out photographs...')
-    run('test', test_options(test, data_root, weights, num_gpu=where.num_gpu, amp=args.amp), opt_dir, threads,
-        where.env)
+    run('test', test_options(test, data_root, NETWORK, weights, num_gpu=where.num_gpu, amp=args.amp), opt_dir,
+        threads, where.env)
 
     from basicsr.archs import build_network
     net_opt = dict(NETWORK)
     net = build_network(net_opt)
     net.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True)['params'])
-    val_dir = osp.join(data_root, 'val')
-    pairs = [(osp.join(val_dir, 'LR', f), osp.join(val_dir, 'HR', f)) for f in sorted(os.listdir(osp.join(val_dir, 'HR')))]
+    pairs = photo_pair_paths(data_root, 'val')
     results = evaluate_pairs(net.to(where.device), pairs, SCALE, device=where.device)
     minutes = (time.time() - start) / 60
-    table = format_table(results, title=f'D2C demo, x4, held-out photos ({", ".join(sorted(os.listdir(osp.join(val_dir, "HR"))))}), '
+    table = format_table(results, title=f'D2C demo, x4, held-out photos ({", ".join(osp.basename(hr) for _, hr in pairs)}), '
                                        f'{args.div_iters} + {args.conv_iters} iterations, {minutes:.1f} min, '
                                        f'{where.description}' + (f', trained in {args.amp}' if args.amp else ''))
     with open(osp.join(args.out, 'results.md'), 'w') as f:

@@ -4,8 +4,6 @@ Entry points run as subprocesses exactly as users run them (``python d2csr/train
 writes under ``<repo>/experiments/<name>`` and ``<repo>/results/<name>``, so every test run gets names
 with a unique prefix, removed afterwards.
 """
-import copy
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +21,7 @@ RUN_ID = uuid.uuid4().hex[:8]
 
 import d2csr  # noqa: E402,F401  (registers everything; also the basicsr shim)
 from d2csr.utils.compat import apply_training_patches  # noqa: E402
+from d2csr.options import train_options  # noqa: E402
 from d2csr.utils import pythonpath_env  # noqa: E402
 
 # in-process tests train and resume through BasicSR's pipeline as d2csr/train.py runs it
@@ -95,55 +94,11 @@ TINY_NET = dict(type='D2CSR', num_feat=16, num_group=1, num_block=1, squeeze_fac
 
 
 def tiny_options(data_root, name, stage='divergence', total_iter=4, pretrain=None, network=None, **overrides):
-    """An options dict for a few CPU iterations of a tiny D2C on ``data_root`` (a :func:`photo_data` tree)."""
-    data_root = Path(data_root)
-    opt = {
-        'name': name,
-        'model_type': 'D2CModel',
-        'scale': 4,
-        'num_gpu': 0,
-        'manual_seed': 0,
-        'datasets': {
-            'train': {
-                'name': 'photos_train', 'type': 'PairedImageDataset',
-                'dataroot_gt': str(data_root / 'train' / 'HR'), 'dataroot_lq': str(data_root / 'train' / 'LR'),
-                'filename_tmpl': '{}', 'io_backend': {'type': 'disk'}, 'gt_size': 64, 'use_hflip': True,
-                'use_rot': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 4,
-            },
-            'val': {
-                'name': 'photos_val', 'type': 'PairedImageDataset',
-                'dataroot_gt': str(data_root / 'val' / 'HR'), 'dataroot_lq': str(data_root / 'val' / 'LR'),
-                'filename_tmpl': '{}', 'io_backend': {'type': 'disk'},
-            },
-        },
-        'network_g': copy.deepcopy(network or TINY_NET),
-        'path': {'pretrain_network_g': pretrain, 'strict_load_g': True, 'resume_state': None},
-        'train': {
-            'stage': stage,
-            'optim_g': {'type': 'Adam', 'lr': 1e-4, 'betas': [0.9, 0.999]},
-            'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
-            'total_iter': total_iter,
-            'warmup_iter': -1,
-        },
-        'val': {
-            'val_freq': 1000, 'save_img': False,
-            'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True},
-                        'ssim': {'type': 'calculate_ssim', 'crop_border': 4, 'test_y_channel': True}},
-        },
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False},
-    }
-    if stage in ('divergence', 'joint'):
-        opt['train']['divergence_opt'] = {'type': 'DivergenceLoss', 'alpha': 1.0, 'margins': [5e-5, 2e-5],
-                                          'theta': 0.8, 'depth': 2, 'width': 2}
-    if stage in ('convergence', 'joint'):
-        opt['train']['convergence_opt'] = {'type': 'ConvergenceLoss'}
-    for key, value in overrides.items():  # 'a:b' keys reach into nested dicts
-        target = opt
-        *parents, last = key.split(':')
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[last] = value
-    return opt
+    """An options dict for a few CPU iterations of a tiny D2C on ``data_root`` (a :func:`photo_data` tree);
+    ``overrides`` use ``'a:b'`` keys for nested dicts (:func:`d2csr.options.set_option`)."""
+    return train_options(name, stage, data_root, network or TINY_NET, total_iter, pretrain=pretrain, gt_size=64,
+                         batch_size=2, enlarge_ratio=4, lr=1e-4, milestones=[1000], alpha=1.0, val_freq=1000,
+                         print_freq=1, checkpoint_freq=2, overrides=overrides)
 
 
 def write_options(opt, path):

@@ -8,6 +8,7 @@ import yaml
 
 from conftest import load_script
 from d2csr.utils import subprocess_device
+from d2csr.utils.misc import SubprocessDevice
 
 NO_GPU = not torch.cuda.is_available()
 
@@ -42,14 +43,28 @@ def test_a_gpu_beyond_the_count_is_named():
         subprocess_device(f'cuda:{count}')
 
 
-def test_demo_puts_the_device_into_its_option_files():
+def test_demo_puts_the_device_into_its_option_files(tmp_path, monkeypatch):
+    """The demo's three runs (stage 1, stage 2, test) get ``num_gpu`` and the environment of its device."""
     demo = load_script('scripts/demo.py')
-    assert demo.stage_options('n', 'divergence', 10, 'data', num_gpu=1)['num_gpu'] == 1
-    assert demo.stage_options('n', 'convergence', 10, 'data', pretrain='w.pth')['num_gpu'] == 0
-    assert demo.test_options('t', 'data', 'w.pth', num_gpu=1)['num_gpu'] == 1
     if NO_GPU:
         with pytest.raises(SystemExit, match='none is available'):
             demo.main(['--device', 'cuda'])
+    gpu = SubprocessDevice(torch.device('cpu'), 1, {'CUDA_VISIBLE_DEVICES': '3'}, 'cuda:0 (pretend)')
+    monkeypatch.setattr(demo, 'subprocess_device', lambda name: gpu)
+    monkeypatch.setattr(demo, 'build_photo_pairs', lambda *args, **kwargs: None)
+    runs = []
+
+    def fake_run(script, opt, opt_dir, threads, env=None):
+        runs.append((script, opt, env))
+        if len(runs) == 3:
+            raise SystemExit('stop before the evaluation')
+
+    monkeypatch.setattr(demo, 'run', fake_run)
+    with pytest.raises(SystemExit, match='stop before'):
+        demo.main(['--out', str(tmp_path), '--div-iters', '2', '--conv-iters', '2', '--threads', '1'])
+    assert [(script, opt['num_gpu'], env) for script, opt, env in runs] == [
+        ('train', 1, gpu.env), ('train', 1, gpu.env), ('test', 1, gpu.env)]
+    assert [opt['train']['stage'] for _, opt, _ in runs[:2]] == ['divergence', 'convergence']
 
 
 def test_evidence_trains_on_the_chosen_device(tmp_path, monkeypatch):
@@ -62,7 +77,8 @@ def test_evidence_trains_on_the_chosen_device(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, '', '')
 
     monkeypatch.setattr(evidence.subprocess, 'run', fake_run)
-    opt = evidence.options('e', 'divergence', dict(type='D2CSR', num_feat=8), 1e-5, 4, str(tmp_path))
+    opt = evidence.options('e', 'divergence', dict(type='D2CSR', num_feat=8, upscale=4), 1e-5, 4,
+                           str(tmp_path))
     monkeypatch.setitem(evidence.RUN_DEVICE, 'num_gpu', 1)
     monkeypatch.setitem(evidence.RUN_DEVICE, 'env', {'CUDA_VISIBLE_DEVICES': '2'})
     evidence.train(opt, str(tmp_path), lambda msg: None)

@@ -80,3 +80,9 @@ def build_photo_pairs(root, scale, train=TRAIN_PHOTOS, val=VAL_PHOTOS, seed=0, m
             cv2.imwrite(osp.join(lr_dir, f'{name}.png'), lr[..., ::-1])
         dirs[split] = (hr_dir, lr_dir)
     return dirs
+
+
+def photo_pair_paths(root, split='val'):
+    """``[(lr_path, hr_path), ...]`` of a :func:`build_photo_pairs` split, sorted by name."""
+    hr_dir, lr_dir = osp.join(root, split, 'HR'), osp.join(root, split, 'LR')
+    return [(osp.join(lr_dir, name), osp.join(hr_dir, name)) for name in sorted(os.listdir(hr_dir))]
