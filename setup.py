@@ -64,6 +64,6 @@ setup(
         'tqdm',
         'lpips>=0.1.4',
     ],
-    extras_require={'test': ['pytest', 'matplotlib'], 'plot': ['matplotlib']},
+    extras_require={'test': ['pytest', 'pytest-xdist', 'matplotlib'], 'plot': ['matplotlib']},
     license='Apache-2.0',
 )

@@ -87,6 +87,8 @@ class Plan:
         self.iters = iters
         self.kind = kind
         self.curve_points = 2 if quick else 4
+        # photographs centre-cropped to these sides (training, held-out): every run is measured on the held-out ones
+        self.max_side, self.val_max_side = (256, 128) if quick else (512, 256)
         self.conv_iters = conv_iters or max(iters // 4, 2)
         self.base = dict(SMALL, bicubic_skip=bicubic_skip)
         # item 6: stage 2 of the small D2C continued to these multiples of conv_iters (one run each, checkpoints)
@@ -140,13 +142,18 @@ def train(opt, opt_dir, log):
     path = osp.join(opt_dir, f'{opt["name"]}.yml')
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
-    env = dict(pythonpath_env(ROOT), **RUN_DEVICE['env'])
     start = time.time()
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'd2csr', 'train.py'), '-opt', path], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    proc = run_train_script(path, RUN_DEVICE['env'])
     if proc.returncode != 0:
         sys.exit(f'training {opt["name"]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}')
     log(f'    trained {opt["name"]} ({opt["train"]["total_iter"]} iterations, {time.time() - start:.0f} s)')
+
+
+def run_train_script(path, env):
+    """``python d2csr/train.py -opt <path>`` in its own process, with ``env`` (the device) added to this one's
+    environment; returns the CompletedProcess (output captured)."""
+    return subprocess.run([sys.executable, osp.join(ROOT, 'd2csr', 'train.py'), '-opt', path], cwd=ROOT,
+                          env=dict(pythonpath_env(ROOT), **env), capture_output=True, text=True)
 
 
 def load_net(net_opt, path, device='cpu'):
@@ -545,7 +552,7 @@ def main(argv=None):
     log(f'Building the data set and {len(plan.runs)} runs of {iters} (+{plan.conv_iters}) iterations, then the fusion '
         f'study (stage 2 up to {plan.fusion_budgets[-1] * plan.conv_iters} iterations, 2 runs) on {where.description}...')
     data_root = osp.join(work, 'data')
-    build_photo_pairs(data_root, SCALE, max_side=512, val_max_side=256)
+    build_photo_pairs(data_root, SCALE, max_side=plan.max_side, val_max_side=plan.val_max_side)
     out, pairs = run_all(plan, data_root, work, args.prefix, log)
     sweeps = run_fusion_budgets(plan, out, data_root, work, args.prefix, log)
     files = save_plots(plan, out, pairs, fig_dir, sweeps)

@@ -43,11 +43,14 @@ def main():
             dump(self, 'final')
 
     D2CModel.init_training_settings, D2CModel.save = init_and_dump, save_and_dump
-    for opt in options:
-        sys.argv = [TRAIN, '-opt', opt, *rest]
-        runpy.run_path(TRAIN, run_name='__main__')
-        if dist.is_initialized():
-            dist.barrier()
+    try:  # put the methods back: one process is run inside the test process (conftest.run_script)
+        for opt in options:
+            sys.argv = [TRAIN, '-opt', opt, *rest]
+            runpy.run_path(TRAIN, run_name='__main__')
+            if dist.is_initialized():
+                dist.barrier()
+    finally:
+        D2CModel.init_training_settings, D2CModel.save = init_training_settings, save
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -8,7 +8,8 @@ import cv2
 import pytest
 import torch
 
-from conftest import ROOT, TINY_NET, experiment_dir, subprocess_env, tiny_options, unique_name, write_options
+from conftest import (ROOT, TINY_NET, experiment_dir, run_script, subprocess_env, tiny_options, unique_name,
+                      write_options)
 
 MICRO_NET = dict(TINY_NET, num_feat=8, fusion_feat=8)
 HELPER = ROOT / 'tests' / 'dist_train_and_dump.py'
@@ -57,7 +58,9 @@ def run_both_stages(data, tmp, tag, processes):
     cmd = [*launch, str(HELPER), str(tmp), '-opt', str(div_yml), '-opt', str(conv_yml)]
     if processes > 1:
         cmd += ['--launcher', 'pytorch']
-    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    else:  # one process: the same helper, run inside this one
+        proc = run_script(*cmd[1:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     load = lambda n, t, r: torch.load(tmp / f'{n}.{t}.rank{r}.pth', weights_only=True)  # noqa: E731
     return {stage: {(t, r): load(n, t, r) for t in ('init', 'final') for r in range(processes)}

@@ -1,8 +1,6 @@
 """One forward: the modules' own forward (channels-last, in-place RCAN blocks, leaf-by-leaf HR tails) gives
 the outputs and gradients of the former fast path (fixtures) in either memory format; the benchmark runs."""
 import json
-import subprocess
-import sys
 import weakref
 from pathlib import Path
 
@@ -10,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, run_script
 from d2csr.archs import D2CSR, register_branch_module
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -161,9 +159,7 @@ def test_a_registered_backbone_runs_in_both_layouts(monkeypatch):
 
 
 def test_benchmark_smoke_mode_reports_every_figure():
-    proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_d2c.py'), '--smoke', '--json',
-                           '--threads', '1'],
-                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc = run_script(ROOT / 'benchmarks' / 'bench_d2c.py', '--smoke', '--json', '--threads', '1')
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout)
     assert set(res['rows']) == {'channels_last', 'nchw', 'rcan'}

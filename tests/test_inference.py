@@ -1,6 +1,4 @@
 """Exact tiled inference and the inference script on every image kind."""
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -8,7 +6,7 @@ import pytest
 import torch
 
 import d2csr.tiling as tiling
-from conftest import ROOT, load_script, subprocess_env
+from conftest import ROOT, load_script, run_script
 from d2csr.archs import D2CSR
 from d2csr.convert import save_basicsr_checkpoint
 from d2csr.utils.image_io import image_to_tensor, read_image
@@ -96,9 +94,8 @@ def test_inference_script_keeps_every_image_kind_and_reports_skipped_files(tmp_p
     inputs, out_dir = tmp_path / 'in', tmp_path / 'out'
     inputs.mkdir()
     written = write_kinds(inputs, np.random.default_rng(0))
-    proc = subprocess.run([sys.executable, str(ROOT / 'inference' / 'inference_d2csr.py'), '-i', str(inputs), '-o',
-                           str(out_dir), '--model_path', str(model), '--tile', '6', '--save_branches'],
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    proc = run_script(ROOT / 'inference' / 'inference_d2csr.py', '-i', inputs, '-o', out_dir, '--model_path', model,
+                      '--tile', '6', '--save_branches')
     assert proc.returncode == 1, proc.stderr[-3000:]  # something was skipped
     assert '6 of 8 images written' in proc.stdout
     assert 'broken.png' in proc.stdout and 'empty.jpg' in proc.stdout and 'notes.txt' not in proc.stdout

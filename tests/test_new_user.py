@@ -1,15 +1,13 @@
 """What a new user meets: --help texts, table3_params at every scale, plain progress output when piped,
 the demo's thread count, and time claims that match the README."""
 import re
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, load_script, subprocess_env
+from conftest import ROOT, load_script, run_script
 from d2csr.archs import D2CSR
 from d2csr.convert import save_basicsr_checkpoint
 from d2csr.utils import compute_threads, thread_env
@@ -17,8 +15,7 @@ from d2csr.utils import compute_threads, thread_env
 
 @pytest.mark.parametrize('kind', ['train', 'test'])
 def test_entry_point_help_describes_d2c_and_keeps_basicsr_flags(kind):
-    proc = subprocess.run([sys.executable, str(ROOT / 'd2csr' / f'{kind}.py'), '--help'], env=subprocess_env(),
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_script(ROOT / 'd2csr' / f'{kind}.py', '--help')
     assert proc.returncode == 0, proc.stderr
     assert 'D2C-SR' in proc.stdout and f'options/{kind}_D2C' in proc.stdout
     for flag in ('-opt OPT', '--launcher', '--auto_resume', '--debug', '--local_rank', '--force_yml'):
