@@ -1,8 +1,10 @@
 """Shared test helpers: paths, a small real-photo data set, tiny option files and entry-point runners.
 
-Entry points run as subprocesses exactly as users run them (``python d2csr/train.py -opt X``). BasicSR
-writes under ``<repo>/experiments/<name>`` and ``<repo>/results/<name>``, so every test run gets names
-with a unique prefix, removed afterwards.
+Entry points run with the argv users give them (``d2csr/train.py -opt X``): as ``__main__`` inside the test
+process (:func:`run_script`, no interpreter start-up), or in a fresh interpreter where that is what a test
+checks (``run_entry(..., subprocess=True)`` and the tests that start their own processes). BasicSR writes under
+``<repo>/experiments/<name>`` and ``<repo>/results/<name>``, so every test run gets names with a unique prefix
+(per pytest-xdist worker too), removed afterwards.
 """
 import os
 import shutil
