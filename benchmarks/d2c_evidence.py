@@ -34,7 +34,6 @@ at about 25 ms per step, stage 2 about 12 ms; 20x the committed CPU run's stage 
 stage-2 length (default a quarter of it).
 """
 import argparse
-import copy
 import json
 import math
 import os
@@ -54,6 +53,7 @@ sys.path.insert(0, ROOT)
 
 import d2csr  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
+from d2csr.convert import load_model  # noqa: E402
 from d2csr.data.photo_pairs import build_photo_pairs, photo_pair_paths  # noqa: E402
 from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, evaluate_pairs, read_rgb  # noqa: E402
 from d2csr.options import train_options  # noqa: E402
@@ -157,9 +157,7 @@ def run_train_script(path, env):
 
 
 def load_net(net_opt, path, device='cpu'):
-    net = build_network(copy.deepcopy(net_opt))
-    net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)['params'])
-    return net.to(device).eval()
+    return load_model(path, net_opt, param_key='params')[0].to(device)
 
 
 @torch.no_grad()

@@ -178,7 +178,8 @@ def row_label(row):
 
 
 def format_table(results, title=None):
-    """A Markdown table of :func:`evaluate_pairs` results (one line per row, averaged over images), then the weights' deviation from uniform."""
+    """A Markdown table of :func:`evaluate_pairs` results (one line per row, averaged over images), then the
+    weights' deviation from uniform."""
     lines = [f'**{title}**', ''] if title else []
     lines += ['| output | PSNR (dB, Y) | SSIM (Y) |', '| --- | ---: | ---: |']
     lines += [f'| {row_label(row)} | {m["psnr"]:.2f} | {m["ssim"]:.4f} |' for row, m in results.items()]

@@ -28,6 +28,7 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, ROOT)
 
 import d2csr  # noqa: E402,F401
+from d2csr.convert import load_model  # noqa: E402
 from d2csr.data.photo_pairs import build_photo_pairs, photo_pair_paths  # noqa: E402
 from d2csr.evaluation import evaluate_pairs, format_table  # noqa: E402
 from d2csr.options import test_options, train_options  # noqa: E402
@@ -98,10 +99,7 @@ def main(argv=None):
     run('test', test_options(test, data_root, NETWORK, weights, num_gpu=where.num_gpu, amp=args.amp), opt_dir,
         threads, where.env)
 
-    from basicsr.archs import build_network
-    net_opt = dict(NETWORK)
-    net = build_network(net_opt)
-    net.load_state_dict(torch.load(weights, map_location='cpu', weights_only=True)['params'])
+    net, _ = load_model(weights, NETWORK, param_key='params')
     pairs = photo_pair_paths(data_root, 'val')
     results = evaluate_pairs(net.to(where.device), pairs, SCALE, device=where.device)
     minutes = (time.time() - start) / 60

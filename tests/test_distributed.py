@@ -52,15 +52,13 @@ def run_both_stages(data, tmp, tag, processes):
     div_yml = write_options(stage_options(data, div, 'divergence', batch), tmp / f'{div}.yml')
     pretrain = experiment_dir(div) / 'models' / 'net_g_latest.pth'
     conv_yml = write_options(stage_options(data, conv, 'convergence', batch, str(pretrain)), tmp / f'{conv}.yml')
-    launch = [sys.executable]
+    args = [tmp, '-opt', div_yml, '-opt', conv_yml]
     if processes > 1:
-        launch += ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}']
-    cmd = [*launch, str(HELPER), str(tmp), '-opt', str(div_yml), '-opt', str(conv_yml)]
-    if processes > 1:
-        cmd += ['--launcher', 'pytorch']
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}',
+               str(HELPER), *map(str, args), '--launcher', 'pytorch']
         proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     else:  # one process: the same helper, run inside this one
-        proc = run_script(*cmd[1:])
+        proc = run_script(HELPER, *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     load = lambda n, t, r: torch.load(tmp / f'{n}.{t}.rank{r}.pth', weights_only=True)  # noqa: E731
     return {stage: {(t, r): load(n, t, r) for t in ('init', 'final') for r in range(processes)}

@@ -14,6 +14,8 @@ import os.path as osp
 import cv2
 import numpy as np
 
+from d2csr.utils.image_io import image_names
+
 # Colour photographs, then grey ones (used as 3-channel images); all ship inside scikit-image.
 TRAIN_PHOTOS = ('astronaut', 'rocket', 'hubble_deep_field', 'retina', 'immunohistochemistry', 'camera', 'brick',
                 'grass', 'gravel', 'coins')
@@ -85,4 +87,4 @@ def build_photo_pairs(root, scale, train=TRAIN_PHOTOS, val=VAL_PHOTOS, seed=0, m
 def photo_pair_paths(root, split='val'):
     """``[(lr_path, hr_path), ...]`` of a :func:`build_photo_pairs` split, sorted by name."""
     hr_dir, lr_dir = osp.join(root, split, 'HR'), osp.join(root, split, 'LR')
-    return [(osp.join(lr_dir, name), osp.join(hr_dir, name)) for name in sorted(os.listdir(hr_dir))]
+    return [(osp.join(lr_dir, name), osp.join(hr_dir, name)) for name in image_names(hr_dir)]
