@@ -106,13 +106,14 @@ def _check_stage1(opt, network, problems):
             continue
         saved = dict(defaults, **saved)
         differ = [f'{k}: {saved.get(k)!r} in stage 1, {network.get(k)!r} here' for k in NO_TRACE_OPTIONS
-                  if _plain(saved.get(k)) != _plain(network.get(k))]
+                  if _comparable(saved.get(k)) != _comparable(network.get(k))]
         if differ:
             problems.append(f'network_g differs from the stage-1 run that wrote {pretrain} ({yml}) in options the '
                             f'weights do not record: {"; ".join(differ)}. Use stage 1\'s values in network_g.')
 
 
-def _plain(value):
+def _comparable(value):
+    """A network option as compared with stage 1's saved one: numbers (also in lists) as floats."""
     if isinstance(value, (list, tuple)):
         return [float(v) if _number(v) else v for v in value]
     return float(value) if _number(value) else value
