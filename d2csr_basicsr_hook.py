@@ -7,11 +7,11 @@ site-packages, whose one line calls :func:`install`. That puts a small finder on
 nothing else: programs that never import ``basicsr`` never load torch or d2csr.
 
 When ``basicsr`` is first imported, the finder runs ``import d2csr`` just before BasicSR's own ``__init__``
-(the torchvision ``functional_tensor`` shim of :mod:`d2csr.utils.compat` must be in place before BasicSR's data
+(the torchvision ``functional_tensor`` shim of :mod:`d2csr.utils.torchvision_shim` must be in place before BasicSR's data
 module imports it; d2csr then registers its archs, losses, model and data sets; BasicSR's functions stay as they are).
 If the program is BasicSR's ``train.py`` / ``test.py`` (``python -m basicsr.train``, ``python basicsr/test.py``,
-...), d2csr's training patches are applied (:func:`d2csr.utils.compat.apply_training_patches`) and the run goes
-through that module's ``train_pipeline`` / ``test_pipeline`` (:func:`d2csr.utils.compat.run_basicsr_entry_point`),
+...), d2csr's training patches are applied (:func:`d2csr.pipeline.apply_training_patches`) and the run goes
+through that module's ``train_pipeline`` / ``test_pipeline`` (:func:`d2csr.pipeline.run_basicsr_entry_point`),
 with BasicSR's flags unchanged.
 
 Switch it off with ``D2CSR_BASICSR_HOOK=0`` in the environment.
@@ -66,7 +66,7 @@ class _ImportD2CSRFirst:
                               f'{ENV_SWITCH}=0 to run BasicSR without d2csr') from err
         self.loader.exec_module(module)
         if entry is not None:
-            from d2csr.utils.compat import run_basicsr_entry_point
+            from d2csr.pipeline import run_basicsr_entry_point
 
             module.__spec__._initializing = False  # basicsr is complete: other threads may import it now
             run_basicsr_entry_point(entry, script)  # exits

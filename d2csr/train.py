@@ -7,7 +7,7 @@ import os.path as osp
 import d2csr  # noqa: F401  (torchvision shim, then registers archs, data, losses, models)
 from basicsr.train import train_pipeline
 
-from d2csr.utils.compat import apply_training_patches
+from d2csr.pipeline import apply_training_patches
 from d2csr.utils import check_options_file, print_entry_help
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ OFFICIAL_FIXTURE = ROOT / 'tests' / 'data' / 'official_megengine_x4_f32_b2'
 RUN_ID = uuid.uuid4().hex[:8]
 
 import d2csr  # noqa: E402,F401  (registers everything; also the basicsr shim)
-from d2csr.utils.compat import apply_training_patches  # noqa: E402
+from d2csr.pipeline import apply_training_patches  # noqa: E402
 from d2csr.options import train_options  # noqa: E402
 from d2csr.utils import pythonpath_env  # noqa: E402
 

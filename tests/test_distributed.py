@@ -142,7 +142,7 @@ def test_launcher_rank_outside_the_world_size_names_it(launcher_argv):
 
 
 def test_world_size_too_large_for_the_data_names_it(photo_data):
-    from d2csr.utils.compat import create_train_val_dataloader
+    from d2csr.pipeline import create_train_val_dataloader
 
     opt = tiny_options(photo_data, unique_name('too_many'), **{'datasets:train:dataset_enlarge_ratio': 1})
     del opt['datasets']['val']
@@ -160,7 +160,7 @@ def test_slurm_launcher_without_gpu_uses_gloo(monkeypatch):
 
     import torch.distributed as dist
 
-    from d2csr.utils.compat import init_dist
+    from d2csr.pipeline import init_dist
 
     if torch.cuda.is_available():
         pytest.skip('checks the CPU path')

@@ -466,7 +466,7 @@ def test_gt_size_larger_than_an_image_says_to_lower_gt_size(tmp_path):
 
 
 def test_a_truncated_resume_state_names_the_file_and_auto_resume(tmp_path):
-    from d2csr.utils.compat import load_resume_state
+    from d2csr.pipeline import load_resume_state
 
     state = tmp_path / '4.state'
     torch.save({'iter': 4, 'epoch': 0}, state)

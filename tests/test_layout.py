@@ -21,10 +21,12 @@ arch = ARCH_REGISTRY.get('D2CSR').__name__
 def owners():
     return [getattr(importlib.import_module(m), a).__module__ for m, a in patched]
 before = owners()
-from d2csr.utils.compat import apply_training_patches, training_patches_applied
+pipeline_imported = 'd2csr.pipeline' in sys.modules
+from d2csr.pipeline import apply_training_patches, training_patches_applied
 was = training_patches_applied()
 apply_training_patches()
-print(json.dumps({'arch': arch, 'before': before, 'was_applied': was, 'after': owners()}))
+print(json.dumps({'arch': arch, 'before': before, 'pipeline_imported': pipeline_imported, 'was_applied': was,
+                  'after': owners()}))
 '''
 
 
@@ -38,28 +40,26 @@ def test_plain_import_leaves_basicsr_untouched_and_the_explicit_call_patches():
     # after `import d2csr` every function is BasicSR's own
     for (module, attribute), owner in zip(PATCHED, result['before']):
         assert owner.startswith('basicsr.'), f'{module}.{attribute} is {owner}\'s after a plain import d2csr'
+    assert result['pipeline_imported'] is False  # the pipeline changes are not even loaded by import d2csr
     assert result['was_applied'] is False
     # the explicit call replaces each of them and says so
-    assert result['after'] == ['d2csr.utils.compat'] * len(PATCHED)
+    assert result['after'] == ['d2csr.pipeline'] * len(PATCHED)
     assert any('d2csr: BasicSR training patches active' in line for line in lines[:-1])
 
 
 def test_apply_training_patches_is_idempotent_in_process():
     import basicsr.train
 
-    from d2csr import compat
+    from d2csr import pipeline
 
-    compat.apply_training_patches()  # conftest already applied them: nothing changes, nothing printed
-    assert compat.training_patches_applied()
-    assert basicsr.train.load_resume_state is compat.checked_load_resume_state
-    assert basicsr.train.EnlargedSampler is compat.ResumableEnlargedSampler
+    pipeline.apply_training_patches()  # conftest already applied them: nothing changes, nothing printed
+    assert pipeline.training_patches_applied()
+    assert basicsr.train.load_resume_state is pipeline.checked_load_resume_state
+    assert basicsr.train.EnlargedSampler is pipeline.ResumableEnlargedSampler
 
 
 # --- the package's floors: utils at the bottom, no import cycle ---------------------------------------------------
 PACKAGE = ROOT / 'd2csr'
-# old import paths kept as aliases of the moved modules (each replaces itself in sys.modules)
-ALIASES = {'d2csr.compat', 'd2csr.checkpoint', 'd2csr.image_io', 'd2csr.precision', 'd2csr.pretrained_weights',
-           'd2csr.models.d2c_model', 'd2csr.losses.d2c_loss'}
 
 
 def _module_name(path):
@@ -96,6 +96,7 @@ FLOORS = [
     ('d2csr.archs', 2), ('d2csr.losses', 2), ('d2csr.data', 2), ('d2csr.metrics', 2),   # the method's parts
     ('d2csr.convert', 3), ('d2csr.tiling', 3), ('d2csr.evaluation', 3), ('d2csr.visualize', 3),
     ('d2csr.options_check', 3), ('d2csr.options', 3),                  # on a built network / options
+    ('d2csr.pipeline', 3),                                             # BasicSR pipeline changes for d2csr's runs
     ('d2csr.models', 4),                                               # training and validation logic
 ]
 
@@ -113,8 +114,8 @@ def test_every_module_imports_and_imports_only_point_down():
     graph = {}
     for path in sorted(PACKAGE.rglob('*.py')):
         name = _module_name(path)
-        if name == 'd2csr' or name in ALIASES:
-            continue  # the package registers its parts; the aliases are old paths of moved modules
+        if name == 'd2csr':
+            continue  # the package registers its parts
         if name.endswith(('.train', '.test')) and name.count('.') == 1:
             continue  # the entry points are scripts (their imports are checked by running them)
         importlib.import_module(name)
@@ -127,10 +128,6 @@ def test_every_module_imports_and_imports_only_point_down():
 def test_no_import_cycle():
     graph = {_module_name(p): _d2csr_imports(p) for p in PACKAGE.rglob('*.py')}
     graph.pop('d2csr')  # the package imports its parts; nothing inside imports the package itself
-    for alias in ALIASES:
-        graph.pop(alias)
-    for module, imports in graph.items():
-        assert not imports & ALIASES, f'{module} imports an old path {sorted(imports & ALIASES)}'
 
     def parents(module):  # importing a.b.c runs a.b's __init__ first
         parts = module.split('.')
@@ -155,22 +152,3 @@ def test_no_import_cycle():
     for module in sorted(graph):
         if module not in state:
             visit(module)
-
-
-def test_old_import_paths_are_the_moved_modules():
-    import importlib
-
-    for old in sorted(ALIASES):
-        new = {'d2csr.models.d2c_model': 'd2csr.models.d2csr_model',
-               'd2csr.losses.d2c_loss': 'd2csr.losses.d2csr_losses'}.get(old, old.replace('d2csr.', 'd2csr.utils.', 1))
-        assert importlib.import_module(old) is importlib.import_module(new), old
-    from d2csr.archs.d2csr_arch import D2CSR
-    from d2csr.convert import CheckpointFormatError, load_official  # noqa: F401
-    from d2csr.losses.d2c_loss import DivergenceLoss
-    from d2csr.models.d2c_model import D2CModel
-    from d2csr.utils import check_options_file, set_tf32  # noqa: F401  (the old d2csr/utils.py helpers)
-    from d2csr.utils.checkpoint import CheckpointFormatError as moved
-
-    assert CheckpointFormatError is moved
-    assert (D2CSR.__module__, DivergenceLoss.__module__, D2CModel.__module__) == (
-        'd2csr.archs.d2csr_arch', 'd2csr.losses.d2csr_losses', 'd2csr.models.d2csr_model')

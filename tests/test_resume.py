@@ -13,7 +13,7 @@ import torch
 from conftest import (ROOT, TINY_NET, experiment_dir, run_entry, subprocess_env, tiny_options, unique_name,
                       write_options)
 from d2csr.utils.checkpoint import SLOW_SAVE_ENV, atomic_save, find_resume_state
-from d2csr.utils.compat import ResumableEnlargedSampler, load_resume_state
+from d2csr.pipeline import ResumableEnlargedSampler, load_resume_state
 
 MICRO_NET = dict(TINY_NET, num_feat=8, fusion_feat=8)
 TOTAL_ITER = 12  # 3 photos x enlarge 4 / batch 2 = 6 iterations per epoch: two epochs

@@ -2,7 +2,7 @@
 
 ``train: perceptual_opt`` takes BasicSR's ``PerceptualLoss`` options (``layer_weights``, ``vgg_type``,
 ``use_input_norm``, ``range_norm``, ``perceptual_weight``, ``style_weight``, ``criterion``: ``l1`` | ``l2`` |
-``fro``; ``l2`` fixed by :mod:`d2csr.utils.compat`) plus two of its own, which choose the VGG weights:
+``fro``; ``l2`` fixed here: BasicSR 1.4.2's refers to a missing ``torch.nn.L2loss``) plus two of its own, which choose the VGG weights:
 
 - ``pretrained_path``: a torchvision VGG checkpoint (``vgg19-dcbb9e9d.pth`` for ``vgg19``, the whole
   ``state_dict`` or its ``features.*`` part). Unset: torch hub's cache, BasicSR's
@@ -13,10 +13,65 @@
 from copy import deepcopy
 
 import torch
-from d2csr.utils.compat import basicsr_vgg_weights, build_basicsr_perceptual_loss
 from d2csr.utils.pretrained_weights import basicsr_vgg_default_path, resolve_weights
 
-CRITERIA = ('l1', 'l2', 'fro')  # 'l2' through d2csr.utils.compat (BasicSR 1.4.2's refers to a missing torch.nn.L2loss)
+CRITERIA = ('l1', 'l2', 'fro')  # 'l2' through build_basicsr_perceptual_loss
+
+
+
+class _TorchvisionVGGFromFile:
+    """Stands in for ``torchvision.models.vgg`` inside ``basicsr.archs.vgg_arch``: ``vgg19(pretrained=...)``
+    returns torchvision's network with the weights of ``path`` (random when ``path`` is None), whatever
+    ``pretrained`` says, so BasicSR neither reads its fixed path nor downloads."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __getattr__(self, vgg_type):
+        from d2csr.utils.pretrained_weights import load_backbone
+
+        def build(pretrained=False, **kwargs):
+            return load_backbone(vgg_type, self.path)
+
+        return build
+
+
+class basicsr_vgg_weights:  # noqa: N801  (used as a context manager, like torch.no_grad)
+    """``with basicsr_vgg_weights(path): build_loss({'type': 'PerceptualLoss', ...})`` builds BasicSR's VGG
+    with the weights of ``path`` (a torchvision checkpoint, see :mod:`d2csr.utils.pretrained_weights`), or randomly
+    initialised with ``path=None``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        from basicsr.archs import vgg_arch
+
+        self._saved = vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH
+        vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = _TorchvisionVGGFromFile(self.path), ''
+        return self
+
+    def __exit__(self, *exc):
+        from basicsr.archs import vgg_arch
+
+        vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = self._saved
+        return False
+
+
+def build_basicsr_perceptual_loss(opt):
+    """``build_loss(opt)`` for BasicSR's ``PerceptualLoss``, with ``criterion: l2`` working (MSE of the
+    features, SRGAN's VGG loss): built as ``l1``, then given ``torch.nn.MSELoss``, which its ``forward`` calls
+    like the L1 criterion."""
+    from basicsr.losses import build_loss
+
+    opt = dict(opt)
+    l2 = opt.get('criterion') == 'l2'
+    if l2:
+        opt['criterion'] = 'l1'
+    loss = build_loss(opt)
+    if l2:
+        loss.criterion, loss.criterion_type = torch.nn.MSELoss(), 'l2'
+    return loss
 
 
 def build_perceptual_loss(opt, option='train:perceptual_opt'):

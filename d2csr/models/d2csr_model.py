@@ -18,7 +18,7 @@ Training is guarded and resumable: a NaN/Inf loss or gradient stops the run befo
 (``train: nan_policy: stop``, the default) or skips the step and counts it (``nan_policy: skip``);
 checkpoints and training states are written atomically and the training state also holds every process's
 RNG states, so that a resumed CPU run is bit-identical to an uninterrupted one (:mod:`d2csr.utils.checkpoint`,
-:mod:`d2csr.utils.compat`). Under ``--launcher`` only what the stage trains is synchronised by
+:mod:`d2csr.pipeline`). Under ``--launcher`` only what the stage trains is synchronised by
 ``DistributedDataParallel``: parameters frozen by the stage are frozen before wrapping.
 
 The step (``optimize_parameters``) runs without host overhead (:mod:`d2csr.models.train_step`):
@@ -482,7 +482,7 @@ class D2CModel(SRModel):
         """Reload optimizers, schedulers and the skipped-step count.
 
         The RNG states and the data position are restored by the training loop's sampler when the next
-        batch is drawn (:class:`d2csr.utils.compat.ResumableEnlargedSampler`).
+        batch is drawn (:class:`d2csr.pipeline.ResumableEnlargedSampler`).
         """
         for kind, saved, current in (('optimizers', resume_state['optimizers'], self.optimizers),
                                      ('schedulers', resume_state['schedulers'], self.schedulers)):

@@ -1,8 +1,7 @@
 """d2csr's infrastructure, the ground floor of the package (as ``basicsr/utils/`` is BasicSR's): nothing here
 imports d2csr's archs, losses, models or data.
 
-- :mod:`~d2csr.utils.compat`: the torchvision shim ``import basicsr`` needs and the explicit BasicSR training
-  patches (:func:`~d2csr.utils.compat.apply_training_patches`);
+- :mod:`~d2csr.utils.torchvision_shim`: the one shim ``import basicsr`` needs on current torchvision;
 - :mod:`~d2csr.utils.checkpoint`: atomic saves, RNG state, resume-state discovery, checked weight loading;
 - :mod:`~d2csr.utils.image_io`: image decoding with clear errors;
 - :mod:`~d2csr.utils.precision`: autocast / amp dtypes;

@@ -1,76 +1,53 @@
-"""Every compatibility shim d2csr needs for BasicSR 1.4.2 on current PyTorch, in one place.
+"""d2csr's changes to BasicSR 1.4.2's training and test pipeline, for the runs of d2csr's entry points.
 
-This module must be imported *before* ``basicsr`` (``import d2csr`` does it first). Importing it only does 1.
-(what ``import basicsr`` needs) and leaves BasicSR's functions as they are; 2., 3., 4. and 6. change BasicSR's
-training / test pipeline and are applied by one explicit call, :func:`apply_training_patches`, which
-``d2csr/train.py``, ``d2csr/test.py`` and :func:`run_basicsr_entry_point` make (stdout and the training log
-then say the patches are active). 5. is a context manager / builder and patches nothing globally. It
+Nothing here runs on ``import d2csr``: :func:`apply_training_patches` applies them, once per process, called by
+``d2csr/train.py``, ``d2csr/test.py`` and (for D2C runs) the BasicSR entry-point hook ``d2csr_basicsr_hook``.
+It
 
-1. registers ``torchvision.transforms.functional_tensor`` (removed from torchvision 0.17), which
-   ``basicsr/data/degradations.py`` still imports, so that ``import basicsr`` works;
-2. replaces BasicSR's ``init_dist`` (in ``basicsr.utils.dist_util`` and where ``parse_options`` imported
+1. replaces BasicSR's ``init_dist`` (in ``basicsr.utils.dist_util`` and where ``parse_options`` imported
    it): the same on GPU, but without a GPU it uses the gloo backend and does not call
    ``torch.cuda.set_device``, so ``--launcher pytorch`` / ``slurm`` train on CPU machines; a launch whose
    world size cannot work (not started by torchrun, ``RANK >= WORLD_SIZE``, more processes per node than
    GPUs) stops with a message that names the problem;
-3. replaces ``basicsr.train.load_resume_state``, which calls ``torch.cuda.current_device()`` and so
+2. replaces ``basicsr.train.load_resume_state``, which calls ``torch.cuda.current_device()`` and so
    fails on a machine without a GPU, by a device-agnostic version that loads with ``weights_only=True``,
    picks the newest *complete* state with ``--auto_resume`` (and says which), and refuses a state of
    another network shape before anything is written (:mod:`d2csr.utils.checkpoint`);
-4. makes the training data position resumable: ``basicsr.train`` builds a :class:`ResumableEnlargedSampler`
+3. makes the training data position resumable: ``basicsr.train`` builds a :class:`ResumableEnlargedSampler`
    (BasicSR's ``EnlargedSampler`` that can start an epoch part-way) and its ``create_train_val_dataloader``
    is wrapped so that, on resume, the sampler skips the batches of the current epoch that were already
    trained on and restores the saved RNG states when the first new batch is drawn. BasicSR itself restarts
-   the epoch from its first batch. It also refuses a world size / batch size with no batch per epoch;
-5. lets BasicSR's ``VGGFeatureExtractor`` (``PerceptualLoss``) take its weights from a given file, or none
-   (random, for tests), instead of a fixed path or torchvision's download (:func:`basicsr_vgg_weights`), and
-   gives ``PerceptualLoss`` a working ``criterion: l2`` (BasicSR 1.4.2 refers to the non-existent
-   ``torch.nn.L2loss``; :func:`build_basicsr_perceptual_loss`);
-6. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
+   the epoch from its first batch. It also checks every data set before the first batch
+   (:func:`d2csr.data.eval_check.check_eval_dataset`) and refuses a world size / batch size with no batch
+   per epoch;
+4. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
    resume), that every backbone weight file the options need (perceptual loss, LPIPS) is there or
    downloadable (:func:`d2csr.utils.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
    before anything is written.
-7. :func:`run_basicsr_entry_point`: BasicSR's own ``python -m basicsr.train`` / ``basicsr/test.py`` run
-   through the imported ``basicsr.train`` / ``basicsr.test`` module, which carries the shims above (the copy
-   Python runs as ``__main__`` would not); called by the import hook ``d2csr_basicsr_hook``.
 
-Nothing else in d2csr patches BasicSR.
+:func:`run_basicsr_entry_point` runs BasicSR's own ``python -m basicsr.train`` / ``basicsr/test.py`` through the
+imported ``basicsr.train`` / ``basicsr.test`` module, which carries the changes above (the copy Python runs as
+``__main__`` would not); called by the import hook ``d2csr_basicsr_hook``.
 """
 import itertools
 import os
 import os.path as osp
 import sys
-import types
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torchvision.transforms.functional as _tv_functional
 
-
-def _install_functional_tensor():
-    name = 'torchvision.transforms.functional_tensor'
-    if name in sys.modules:
-        return
-    try:  # an old torchvision still has it
-        import torchvision.transforms.functional_tensor  # noqa: F401
-        return
-    except ImportError:
-        pass
-    shim = types.ModuleType(name)
-    shim.rgb_to_grayscale = _tv_functional.rgb_to_grayscale
-    sys.modules[name] = shim
-
-
-_install_functional_tensor()
-
-import basicsr.train  # noqa: E402  (must come after the torchvision shim)
+import d2csr.utils.torchvision_shim  # noqa: F401  (before basicsr)
+import basicsr.test  # noqa: E402
+import basicsr.train  # noqa: E402
 import basicsr.utils.dist_util  # noqa: E402
 import basicsr.utils.options  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from basicsr.utils import check_resume  # noqa: E402
 
-from .checkpoint import (check_network_matches, find_resume_state, load_lazily,  # noqa: E402
+from d2csr.data.eval_check import check_eval_dataset  # noqa: E402
+from d2csr.utils.checkpoint import (check_network_matches, find_resume_state, load_lazily,  # noqa: E402
                          remove_stale_temporaries, restore_rng_state, state_network_path)
 
 # --------------------------------------------------------------------------------------------------
@@ -171,8 +148,6 @@ def init_dist(launcher, backend='nccl', **kwargs):
         print(f'Distributed training on CPU: {world_size} processes, gloo backend (no GPU).', flush=True)
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # resume
 def resume_map_location(opt):
@@ -243,8 +218,6 @@ def load_resume_state(opt):
     return resume_state
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # resumable data position
 class ResumableEnlargedSampler(EnlargedSampler):
@@ -297,19 +270,6 @@ def _check_batches_per_epoch(opt, train_loader, train_sampler):
         'a smaller batch_size_per_gpu or a larger dataset_enlarge_ratio.')
 
 
-# ``check(dataset, scale, gt_size=None)`` functions run on every training / validation set when the loaders are
-# built: d2csr.data registers its check_eval_dataset here (utils imports nothing of the data package).
-DATASET_CHECKS = []
-
-
-def register_dataset_check(check):
-    """Add ``check(dataset, scale, gt_size=None)`` (raises on a data set that cannot train / validate) to the
-    checks :func:`create_train_val_dataloader` runs; a function already registered is not added twice."""
-    if check not in DATASET_CHECKS:
-        DATASET_CHECKS.append(check)
-    return check
-
-
 def create_train_val_dataloader(opt, logger):
     """BasicSR's ``create_train_val_dataloader``, then the resume of the data position (see the module doc)."""
     result = _basicsr_create_train_val_dataloader(opt, logger)
@@ -317,10 +277,10 @@ def create_train_val_dataloader(opt, logger):
     train_loader, train_sampler = result[0], result[1]
     if train_loader is None:
         return result
-    for check_dataset in DATASET_CHECKS:  # empty, sizes and gt_size, before the first batch
-        check_dataset(train_loader.dataset, opt['scale'], opt['datasets']['train'].get('gt_size'))
-        for val_loader in result[2] or []:  # not only at the first validation, hours later
-            check_dataset(val_loader.dataset, opt['scale'])
+    # empty, sizes and gt_size, before the first batch
+    check_eval_dataset(train_loader.dataset, opt['scale'], opt['datasets']['train'].get('gt_size'))
+    for val_loader in result[2] or []:  # not only at the first validation, hours later
+        check_eval_dataset(val_loader.dataset, opt['scale'])
     _check_batches_per_epoch(opt, train_loader, train_sampler)
     resume_path = opt['path'].get('resume_state')
     if resume_path and isinstance(train_sampler, ResumableEnlargedSampler):
@@ -363,73 +323,13 @@ def _resume_data_position(opt, logger, resume_path, train_loader, train_sampler)
                 f'already trained{"" if on_start is None else "; RNG states restored at the next batch"}.{note}')
 
 
-
-
-# --- 5. the VGG weights of BasicSR's VGGFeatureExtractor -------------------------------------------------------
-class _TorchvisionVGGFromFile:
-    """Stands in for ``torchvision.models.vgg`` inside ``basicsr.archs.vgg_arch``: ``vgg19(pretrained=...)``
-    returns torchvision's network with the weights of ``path`` (random when ``path`` is None), whatever
-    ``pretrained`` says, so BasicSR neither reads its fixed path nor downloads."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __getattr__(self, vgg_type):
-        from .pretrained_weights import load_backbone
-
-        def build(pretrained=False, **kwargs):
-            return load_backbone(vgg_type, self.path)
-
-        return build
-
-
-class basicsr_vgg_weights:  # noqa: N801  (used as a context manager, like torch.no_grad)
-    """``with basicsr_vgg_weights(path): build_loss({'type': 'PerceptualLoss', ...})`` builds BasicSR's VGG
-    with the weights of ``path`` (a torchvision checkpoint, see :mod:`d2csr.utils.pretrained_weights`), or randomly
-    initialised with ``path=None``."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        from basicsr.archs import vgg_arch
-
-        self._saved = vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH
-        vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = _TorchvisionVGGFromFile(self.path), ''
-        return self
-
-    def __exit__(self, *exc):
-        from basicsr.archs import vgg_arch
-
-        vgg_arch.vgg, vgg_arch.VGG_PRETRAIN_PATH = self._saved
-        return False
-
-
-def build_basicsr_perceptual_loss(opt):
-    """``build_loss(opt)`` for BasicSR's ``PerceptualLoss``, with ``criterion: l2`` working (MSE of the
-    features, SRGAN's VGG loss): built as ``l1``, then given ``torch.nn.MSELoss``, which its ``forward`` calls
-    like the L1 criterion."""
-    from basicsr.losses import build_loss
-
-    opt = dict(opt)
-    l2 = opt.get('criterion') == 'l2'
-    if l2:
-        opt['criterion'] = 'l1'
-    loss = build_loss(opt)
-    if l2:
-        loss.criterion, loss.criterion_type = torch.nn.MSELoss(), 'l2'
-    return loss
-
-
-# --- 6. backbone weight files checked before the experiment folder is made ------------------------------------
-import basicsr.test  # noqa: E402
-
+# --- 4. backbone weight files checked before the experiment folder is made ------------------------------------
 _basicsr_make_exp_dirs = basicsr.test.make_exp_dirs
 
 
 def make_exp_dirs(opt):
     """BasicSR's ``make_exp_dirs`` for ``basicsr.test``, after checking the backbone weight files."""
-    from .pretrained_weights import check_pretrained_weights
+    from d2csr.utils.pretrained_weights import check_pretrained_weights
 
     check_pretrained_weights(opt)
     _basicsr_make_exp_dirs(opt)
@@ -438,12 +338,10 @@ def make_exp_dirs(opt):
 def checked_load_resume_state(opt):
     """:func:`load_resume_state` for ``basicsr.train``, after checking the backbone weight files: it is the
     first thing the training pipeline does with the options, before the experiment folder or a resume."""
-    from .pretrained_weights import check_pretrained_weights
+    from d2csr.utils.pretrained_weights import check_pretrained_weights
 
     check_pretrained_weights(opt)
     return load_resume_state(opt)
-
-
 
 
 # --- the explicit training patches ------------------------------------------------------------------------
@@ -516,7 +414,7 @@ def run_basicsr_entry_point(kind, script=None):
     """
     import basicsr.test
     import basicsr.train
-    from .misc import check_options_file, print_entry_help
+    from d2csr.utils.misc import check_options_file, print_entry_help
 
     if kind not in ('train', 'test'):
         raise ValueError(f'run_basicsr_entry_point: kind must be train or test, got {kind!r}')
