@@ -53,7 +53,7 @@ sys.path.insert(0, ROOT)
 
 import d2csr  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
-from d2csr.convert import load_model  # noqa: E402
+from d2csr.loading import load_model  # noqa: E402
 from d2csr.data.photo_pairs import build_photo_pairs, photo_pair_paths  # noqa: E402
 from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, evaluate_pairs, read_rgb  # noqa: E402
 from d2csr.options import train_options  # noqa: E402

@@ -12,7 +12,7 @@ import inspect
 import math
 import os.path as osp
 
-from d2csr.convert import NO_TRACE_OPTIONS, saved_network_options  # convert sits below the options checks
+from d2csr.loading import NO_TRACE_OPTIONS, saved_network_options
 
 
 def _arch_defaults(arch_type):

@@ -14,7 +14,8 @@ import sys
 import yaml
 
 import d2csr  # noqa: F401  (compatibility shims and registries)
-from d2csr.convert import CheckpointFormatError, UnsafeCheckpointError, load_official, save_basicsr_checkpoint
+from d2csr.convert import UnsafeCheckpointError, load_official, save_basicsr_checkpoint
+from d2csr.utils.checkpoint import CheckpointFormatError
 
 
 def main(argv=None):

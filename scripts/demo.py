@@ -28,7 +28,7 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, ROOT)
 
 import d2csr  # noqa: E402,F401
-from d2csr.convert import load_model  # noqa: E402
+from d2csr.loading import load_model  # noqa: E402
 from d2csr.data.photo_pairs import build_photo_pairs, photo_pair_paths  # noqa: E402
 from d2csr.evaluation import evaluate_pairs, format_table  # noqa: E402
 from d2csr.options import test_options, train_options  # noqa: E402

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 import d2csr  # noqa: F401  (compatibility shims and registries)
 from d2csr.utils import resolve_device, set_tf32
-from d2csr.convert import UnsafeCheckpointError, describe_param_key, load_network
+from d2csr.convert import UnsafeCheckpointError
+from d2csr.loading import describe_param_key, load_network
 from d2csr.utils.image_io import UnreadableImage, image_to_tensor, list_images, read_image
 from d2csr.tiling import tiled_forward
 from d2csr.evaluation import format_image_table, write_image_table

@@ -10,8 +10,11 @@ import yaml
 
 from conftest import OFFICIAL_FIXTURE, ROOT, load_script, results_dir, run_entry, unique_name, write_options
 from d2csr.archs import D2CSR
-from d2csr.convert import (CheckpointFormatError, UnsafeCheckpointError, d2csr_to_official, infer_network_options,
-                           load_model, load_official, read_official_pickle, save_basicsr_checkpoint)
+from d2csr.archs.infer_options import infer_network_options
+from d2csr.convert import (UnsafeCheckpointError, d2csr_to_official, load_official, read_official_pickle,
+                           save_basicsr_checkpoint)
+from d2csr.loading import load_model
+from d2csr.utils.checkpoint import CheckpointFormatError
 
 CKPT = OFFICIAL_FIXTURE / 'checkpoint.pkl'
 

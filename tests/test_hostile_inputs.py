@@ -24,8 +24,9 @@ import d2csr.data.prepare as prepare_module
 from basicsr.data import build_dataset
 from conftest import TINY_NET, load_script, tiny_options
 from d2csr.archs import D2CSR
-from d2csr.convert import (CheckpointFormatError, UnsafeCheckpointError, d2csr_to_official, load_model,
-                           load_network, load_official, save_basicsr_checkpoint)
+from d2csr.convert import UnsafeCheckpointError, d2csr_to_official, load_official, save_basicsr_checkpoint
+from d2csr.loading import load_model, load_network
+from d2csr.utils.checkpoint import CheckpointFormatError
 from d2csr.data.eval_check import check_eval_dataset
 from d2csr.data.pair_index import DataError
 from d2csr.utils.image_io import UnreadableImage, read_image

@@ -7,7 +7,8 @@ import yaml
 
 from conftest import load_script
 from d2csr.archs import D2CSR
-from d2csr.convert import CheckpointFormatError, load_model, load_network
+from d2csr.loading import load_model, load_network
+from d2csr.utils.checkpoint import CheckpointFormatError
 from d2csr.utils.image_io import image_to_tensor, read_image
 
 NET = dict(type='D2CSR', num_feat=8, upscale=2, depth=1, width=2, backbone='imdn',

@@ -11,7 +11,8 @@ from basicsr.utils import tensor2img
 
 from conftest import TINY_NET, experiment_dir, load_script, run_entry, tiny_options, unique_name, write_options
 from d2csr.archs import D2CSR
-from d2csr.convert import load_network, save_basicsr_checkpoint
+from d2csr.convert import save_basicsr_checkpoint
+from d2csr.loading import load_network
 from d2csr.evaluation import bicubic_upsample
 from d2csr.evaluation import psnr_row
 from d2csr.visualize import LABEL_HEIGHT, make_panel

@@ -37,6 +37,21 @@ class CheckpointFormatError(ValueError):
     """A file is not an official D2C-SR checkpoint (or not one this converter understands)."""
 
 
+def is_zip_checkpoint(head):
+    """Whether the first bytes ``head`` of a file are a PyTorch (>= 1.6) checkpoint's zip archive (also when the
+    file is truncated); the authors' MegEngine checkpoints are plain pickles."""
+    return head.startswith(b'PK\x03\x04')
+
+
+def check_model_file(path):
+    """Raise ``FileNotFoundError`` naming ``path`` when it is a folder or does not exist."""
+    if osp.isdir(path):
+        raise FileNotFoundError(f'model {path!r} is a folder, not a checkpoint file; give the file itself (e.g. '
+                                f'{osp.join(path, "net_g_latest.pth")}).')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'model {path!r} does not exist')
+
+
 def check_finite(state, source):
     """Raise :class:`CheckpointFormatError` naming the first tensor of ``state`` (name -> tensor / array)
     that holds NaN or Inf: such weights give black or garbage images without any other sign."""
