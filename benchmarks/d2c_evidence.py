@@ -152,7 +152,7 @@ def train(opt, opt_dir, log):
 def run_train_script(path, env):
     """``python d2csr/train.py -opt <path>`` in its own process, with ``env`` (the device) added to this one's
     environment; returns the CompletedProcess (output captured)."""
-    return subprocess.run([sys.executable, osp.join(ROOT, 'd2csr', 'train.py'), '-opt', path], cwd=ROOT,
+    return subprocess.run([sys.executable, osp.join(ROOT, 'd2csr', 'train.py'), '-opt', path], cwd=os.getcwd(),
                           env=dict(pythonpath_env(ROOT), **env), capture_output=True, text=True)
 
 
@@ -193,10 +193,10 @@ def run_all(plan, data_root, work, prefix, log):
             f'alpha={run["alpha"]:g} deep_residual={run["net"].get("deep_residual", True)}')
         div, conv = f'{prefix}{tag}_div', f'{prefix}{tag}_conv'
         for name in (div, conv):
-            shutil.rmtree(osp.join(ROOT, 'experiments', name), ignore_errors=True)
+            shutil.rmtree(osp.join(os.getcwd(), 'experiments', name), ignore_errors=True)
         train(options(div, 'divergence', run['net'], run['alpha'], plan.iters, data_root, ckpt_every=ckpt_every,
                       device=device), opt_dir, log)
-        models = osp.join(ROOT, 'experiments', div, 'models')
+        models = osp.join(os.getcwd(), 'experiments', div, 'models')
         curve = []
         for it in range(ckpt_every, plan.iters + 1, ckpt_every):
             res = evaluate_pairs(load_net(run['net'], osp.join(models, f'net_g_{it}.pth'), device), pairs, SCALE, device)
@@ -205,7 +205,7 @@ def run_all(plan, data_root, work, prefix, log):
         if run['stage2']:
             train(options(conv, 'convergence', run['net'], 0.0, plan.conv_iters, data_root, pretrain=weights,
                           device=device), opt_dir, log)
-            weights = osp.join(ROOT, 'experiments', conv, 'models', 'net_g_latest.pth')
+            weights = osp.join(os.getcwd(), 'experiments', conv, 'models', 'net_g_latest.pth')
         net = load_net(run['net'], weights, device)
         results = evaluate_pairs(net, pairs, SCALE, device)
         out[tag] = dict(net=run['net'], alpha=run['alpha'], params=sum(p.numel() for p in net.parameters()),
@@ -241,13 +241,13 @@ def run_fusion_budgets(plan, out, data_root, work, prefix, log):
         log(f'[fusion] {variant["label"]}: stage 2 for {total} iterations ({plan.fusion_budgets[-1]}x {plan.conv_iters}), '
             f'measured at {", ".join(f"{b}x" for b in plan.fusion_budgets)}')
         name = f'{prefix}fusion_{key}_conv'
-        shutil.rmtree(osp.join(ROOT, 'experiments', name), ignore_errors=True)
+        shutil.rmtree(osp.join(os.getcwd(), 'experiments', name), ignore_errors=True)
         train(options(name, 'convergence', variant['net'], 0.0, total, data_root, pretrain=stage1, ckpt_every=step,
                       device=device), opt_dir, log)
         points = [fusion_point(evaluate_pairs(load_net(variant['net'], stage1, device), pairs, SCALE, device), 0, 0)]
         for budget in plan.fusion_budgets:
             it = plan.conv_iters * budget
-            ckpt = osp.join(ROOT, 'experiments', name, 'models', f'net_g_{it}.pth')
+            ckpt = osp.join(os.getcwd(), 'experiments', name, 'models', f'net_g_{it}.pth')
             points.append(fusion_point(evaluate_pairs(load_net(variant['net'], ckpt, device), pairs, SCALE, device),
                                        it, budget))
             p = points[-1]
@@ -567,9 +567,9 @@ def main(argv=None):
     if not args.keep:
         for tag in plan.runs:
             for stage in ('div', 'conv'):
-                shutil.rmtree(osp.join(ROOT, 'experiments', f'{args.prefix}{tag}_{stage}'), ignore_errors=True)
+                shutil.rmtree(osp.join(os.getcwd(), 'experiments', f'{args.prefix}{tag}_{stage}'), ignore_errors=True)
         for key in plan.fusion_variants:
-            shutil.rmtree(osp.join(ROOT, 'experiments', f'{args.prefix}fusion_{key}_conv'), ignore_errors=True)
+            shutil.rmtree(osp.join(os.getcwd(), 'experiments', f'{args.prefix}fusion_{key}_conv'), ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     log('\n' + summary)
     log(f'Report: {md_path}')

@@ -1,5 +1,5 @@
 """Test D2C-SR with BasicSR's pipeline: ``python d2csr/test.py -opt options/test_D2C_x4.yml``."""
-import os.path as osp
+import os
 
 import d2csr  # noqa: F401  (torchvision shim, then registers archs, data, losses, models)
 from basicsr.test import test_pipeline
@@ -11,5 +11,5 @@ if __name__ == '__main__':
     print_entry_help('test')
     check_options_file()
     apply_training_patches()  # BasicSR's pipeline with d2csr's launch, resume and data changes
-    root_path = osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
+    root_path = os.getcwd()  # experiments/, results/, tb_logger/ land where the command runs (data paths too)
     test_pipeline(root_path)

@@ -2,7 +2,7 @@
 
 Accepts exactly BasicSR's flags (``--launcher``, ``--auto_resume``, ``--debug``, ``--force_yml``).
 """
-import os.path as osp
+import os
 
 import d2csr  # noqa: F401  (torchvision shim, then registers archs, data, losses, models)
 from basicsr.train import train_pipeline
@@ -14,5 +14,5 @@ if __name__ == '__main__':
     print_entry_help('train')
     check_options_file()
     apply_training_patches()  # BasicSR's pipeline with d2csr's launch, resume and data changes
-    root_path = osp.abspath(osp.join(__file__, osp.pardir, osp.pardir))
+    root_path = os.getcwd()  # experiments/, results/, tb_logger/ land where the command runs (data paths too)
     train_pipeline(root_path)

@@ -43,9 +43,9 @@ def run(script, opt, opt_dir, threads, env=None):
     path = osp.join(opt_dir, f'{opt["name"]}.yml')
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
-    print(f'\n$ python d2csr/{script}.py -opt {osp.relpath(path, ROOT)}', flush=True)
+    print(f'\n$ python {osp.relpath(osp.join(ROOT, "d2csr", script + ".py"))} -opt {osp.relpath(path)}', flush=True)
     env = thread_env(threads, dict(pythonpath_env(ROOT), **(env or {})))
-    proc = subprocess.Popen([sys.executable, osp.join(ROOT, 'd2csr', f'{script}.py'), '-opt', path], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, osp.join(ROOT, 'd2csr', f'{script}.py'), '-opt', path], cwd=os.getcwd(),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # show BasicSR's progress lines and metrics, not the option dump
         if ' INFO: [' in line or '# psnr' in line or '# ssim' in line or 'Validation' in line or 'Error' in line:
@@ -58,7 +58,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--div-iters', type=int, default=500, help='stage-1 iterations (default 500)')
     parser.add_argument('--conv-iters', type=int, default=150, help='stage-2 iterations (default 150)')
-    parser.add_argument('--out', default=osp.join(ROOT, 'demo_output'), help='folder for data, options, table')
+    parser.add_argument('--out', default='demo_output', help='folder for data, options, table (default: demo_output)')
     parser.add_argument('--name', default='D2C_demo_x4', help='experiment name prefix')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for training and testing (default: the CPUs this process may use '
@@ -84,17 +84,17 @@ def main(argv=None):
 
     div, conv, test = f'{args.name}_div', f'{args.name}_conv', f'{args.name}_test'
     for name in (div, conv):  # a fresh run, not a resume of an older demo
-        shutil.rmtree(osp.join(ROOT, 'experiments', name), ignore_errors=True)
-    shutil.rmtree(osp.join(ROOT, 'results', test), ignore_errors=True)
+        shutil.rmtree(osp.join('experiments', name), ignore_errors=True)
+    shutil.rmtree(osp.join('results', test), ignore_errors=True)
 
     print(f'[2/4] Stage 1: divergence tree, {args.div_iters} iterations ({where.device})...')
     run('train', train_options(div, 'divergence', data_root, NETWORK, args.div_iters, num_gpu=where.num_gpu,
                                amp=args.amp), opt_dir, threads, where.env)
-    div_weights = osp.join(ROOT, 'experiments', div, 'models', 'net_g_latest.pth')
+    div_weights = osp.abspath(osp.join('experiments', div, 'models', 'net_g_latest.pth'))
     print(f'[3/4] Stage 2: convergence net (tree frozen), {args.conv_iters} iterations...')
     run('train', train_options(conv, 'convergence', data_root, NETWORK, args.conv_iters, pretrain=div_weights,
                                num_gpu=where.num_gpu, amp=args.amp), opt_dir, threads, where.env)
-    weights = osp.join(ROOT, 'experiments', conv, 'models', 'net_g_latest.pth')
+    weights = osp.abspath(osp.join('experiments', conv, 'models', 'net_g_latest.pth'))
     print('[4/4] Testing on the held-out photographs...')
     run('test', test_options(test, data_root, NETWORK, weights, num_gpu=where.num_gpu, amp=args.amp), opt_dir,
         threads, where.env)
@@ -109,8 +109,8 @@ def main(argv=None):
     with open(osp.join(args.out, 'results.md'), 'w') as f:
         f.write(table + '\n')
     print('\n' + table)
-    print(f'\nSR images: results/{test}/visualization/ ; weights: {osp.relpath(weights, ROOT)} ; '
-          f'table: {osp.relpath(osp.join(args.out, "results.md"), ROOT)}')
+    print(f'\nSR images: results/{test}/visualization/ ; weights: {osp.relpath(weights)} ; '
+          f'table: {osp.relpath(osp.join(args.out, "results.md"))}')
 
 
 if __name__ == '__main__':

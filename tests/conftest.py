@@ -2,14 +2,16 @@
 
 Entry points run with the argv users give them (``d2csr/train.py -opt X``): as ``__main__`` inside the test
 process (:func:`run_script`, no interpreter start-up), or in a fresh interpreter where that is what a test
-checks (``run_entry(..., subprocess=True)`` and the tests that start their own processes). BasicSR writes under
-``<repo>/experiments/<name>`` and ``<repo>/results/<name>``, so every test run gets names with a unique prefix
-(per pytest-xdist worker too), removed afterwards.
+checks (``run_entry(..., subprocess=True)`` and the tests that start their own processes). They run in
+:data:`WORK`, a temporary folder of this test process (BasicSR writes ``experiments/<name>`` and
+``results/<name>`` under the folder a command runs in), removed at the end: the suite never writes into the
+checkout, where a user's own ``experiments/``, ``results/`` and ``demo_output/`` live.
 """
 import os
 import shutil
 import subprocess as _subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -21,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # its tests read, so a plain clone passes them.
 OFFICIAL_FIXTURE = ROOT / 'tests' / 'data' / 'official_megengine_x4_f32_b2'
 RUN_ID = uuid.uuid4().hex[:8]
+# where the entry points run (their experiments/ and results/): one temporary folder per test process
+WORK = Path(tempfile.mkdtemp(prefix=f'd2csr-tests-{RUN_ID}-'))
 
 import d2csr  # noqa: E402,F401  (registers everything; also the basicsr shim)
 from d2csr.pipeline import apply_training_patches  # noqa: E402
@@ -43,7 +47,7 @@ def subprocess_env(**extra):
 
 
 def run_entry(script, *args, timeout=600, check=True, cwd=None, subprocess=False):
-    """Run ``python d2csr/<script>.py *args`` from the repository root; returns a CompletedProcess.
+    """Run ``python d2csr/<script>.py *args`` in :data:`WORK` (or ``cwd``); returns a CompletedProcess.
 
     By default the script file runs as ``__main__`` in this process (:func:`run_script`: same file, same argv,
     its output and exit status captured), which saves the interpreter's start-up (about 4 s of imports);
@@ -51,17 +55,17 @@ def run_entry(script, *args, timeout=600, check=True, cwd=None, subprocess=False
     """
     path = ROOT / 'd2csr' / f'{script}.py'
     if subprocess:
-        proc = _subprocess.run([sys.executable, str(path), *map(str, args)], cwd=cwd or ROOT, env=subprocess_env(),
+        proc = _subprocess.run([sys.executable, str(path), *map(str, args)], cwd=cwd or WORK, env=subprocess_env(),
                                capture_output=True, text=True, timeout=timeout)
     else:
-        proc = run_script(path, *args, cwd=cwd or ROOT)
+        proc = run_script(path, *args, cwd=cwd or WORK)
     if check and proc.returncode != 0:
         raise AssertionError(f'{" ".join(map(str, proc.args))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n'
                              f'{proc.stderr[-5000:]}')
     return proc
 
 
-def run_script(path, *args, cwd=ROOT, env=None):
+def run_script(path, *args, cwd=WORK, env=None):
     """Run the Python file ``path`` as ``__main__`` in this process with ``sys.argv = [path, *args]``, like
     ``python path *args``: stdout / stderr are captured, an uncaught exception is printed as a traceback and
     gives exit status 1, ``sys.exit`` its status. BasicSR's logger is set up afresh for the run (so its
@@ -123,11 +127,11 @@ def _reset_basicsr_logger():
 
 
 def experiment_dir(name):
-    return ROOT / 'experiments' / name
+    return WORK / 'experiments' / name
 
 
 def results_dir(name):
-    return ROOT / 'results' / name
+    return WORK / 'results' / name
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -143,12 +147,47 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+# --- the checkout is the user's: the suite must leave it as it found it ----------------------------------------
+SKIP_DIRS = {'.git', '__pycache__', '.pytest_cache', 'datasets', 'build', 'd2csr.egg-info'}
+
+
+def checkout_snapshot(root=ROOT):
+    """``{relative path: (size, mtime_ns)}`` of every file in the checkout (a user's ``datasets/`` and caches
+    aside)."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, 'workerinput'):  # the main process (with pytest-xdist: not the workers)
+        session.config._d2csr_checkout = checkout_snapshot()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, '_d2csr_checkout', None)
+    if before is None:
+        return
+    after = checkout_snapshot()
+    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+    if changed:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f'\nThe test suite changed the checkout ({len(changed)} files written or deleted outside its '
+              'temporary folders): ' + ', '.join(changed[:20]), file=sys.stderr)
+
+
 @pytest.fixture(scope='session', autouse=True)
-def _cleanup_experiments():
+def _cleanup_work():
     yield
-    for parent in ('experiments', 'results', 'tb_logger'):
-        for path in (ROOT / parent).glob(f'pytest_{RUN_ID}_*'):
-            shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(WORK, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

@@ -45,6 +45,7 @@ def test_a_gpu_beyond_the_count_is_named():
 
 def test_demo_puts_the_device_into_its_option_files(tmp_path, monkeypatch):
     """The demo's three runs (stage 1, stage 2, test) get ``num_gpu`` and the environment of its device."""
+    monkeypatch.chdir(tmp_path)  # the demo starts afresh: it removes its experiments/ and results/ folders here
     demo = load_script('scripts/demo.py')
     if NO_GPU:
         with pytest.raises(SystemExit, match='none is available'):

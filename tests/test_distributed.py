@@ -8,7 +8,7 @@ import cv2
 import pytest
 import torch
 
-from conftest import (ROOT, TINY_NET, experiment_dir, run_script, subprocess_env, tiny_options, unique_name,
+from conftest import (ROOT, TINY_NET, WORK, experiment_dir, run_script, subprocess_env, tiny_options, unique_name,
                       write_options)
 
 MICRO_NET = dict(TINY_NET, num_feat=8, fusion_feat=8)
@@ -56,7 +56,7 @@ def run_both_stages(data, tmp, tag, processes):
     if processes > 1:
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}',
                str(HELPER), *map(str, args), '--launcher', 'pytorch']
-        proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, cwd=WORK, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     else:  # one process: the same helper, run inside this one
         proc = run_script(HELPER, *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

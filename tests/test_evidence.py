@@ -10,11 +10,12 @@ import re
 
 import cv2
 
-from conftest import ROOT, RUN_ID, load_script, run_script
+from conftest import ROOT, RUN_ID, WORK, load_script, run_script
 
 
 def test_quick_evidence_run_produces_its_report(tmp_path, monkeypatch, capsys):
     prefix = f'pytest_{RUN_ID}_ev_'
+    monkeypatch.chdir(WORK)  # where its trainings write experiments/ (run_script runs them there)
     evidence = load_script('benchmarks/d2c_evidence.py')
     monkeypatch.setattr(evidence, 'run_train_script',
                         lambda path, env: run_script(ROOT / 'd2csr' / 'train.py', '-opt', path, env=env))
@@ -64,4 +65,4 @@ def test_quick_evidence_run_produces_its_report(tmp_path, monkeypatch, capsys):
     # the divergence term makes the branches more diverse than no divergence term
     assert runs[f'alpha_{max(data["alphas"]):g}']['diversity'] > runs['d2c_alpha0']['diversity']
     # nothing left behind in experiments/
-    assert not list((ROOT / 'experiments').glob(f'{prefix}*'))
+    assert not list((WORK / 'experiments').glob(f'{prefix}*'))

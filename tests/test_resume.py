@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import (ROOT, TINY_NET, experiment_dir, run_entry, subprocess_env, tiny_options, unique_name,
+from conftest import (ROOT, TINY_NET, WORK, experiment_dir, run_entry, subprocess_env, tiny_options, unique_name,
                       write_options)
 from d2csr.utils.checkpoint import SLOW_SAVE_ENV, atomic_save, find_resume_state
 from d2csr.pipeline import ResumableEnlargedSampler, load_resume_state
@@ -130,7 +130,7 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(reference_run, ph
     rng = random.Random(20240607)
     kills, outputs, killed_mid_save = 0, [], None
     for attempt in range(12):
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=WORK, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         lines = []
         if kills < 3:
