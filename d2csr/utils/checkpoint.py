@@ -27,6 +27,8 @@ from copy import deepcopy
 import numpy as np
 import torch
 
+from .atomic import atomic_write
+
 SLOW_SAVE_ENV = 'D2CSR_TEST_SLOW_SAVE'
 _TMP_PATTERN = re.compile(r'\.tmp\d+$')
 
@@ -65,46 +67,23 @@ def check_finite(state, source):
                                         'training run). Use an earlier checkpoint.')
 
 
-def _fsync_dir(directory):
-    if os.name == 'nt':  # directories cannot be opened for fsync on Windows; the rename is durable there
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj, path):
-    """``torch.save(obj, path)`` that never leaves a partial file at ``path``.
-
-    Writes ``<path>.tmp<pid>`` in the same folder, fsyncs it, renames it to ``path`` and fsyncs the folder.
-    On any error (or interruption) the temporary file is removed and ``path`` keeps its previous content.
-    """
-    path = os.fspath(path)
-    tmp = f'{path}.tmp{os.getpid()}'
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path`` (:func:`d2csr.utils.atomic.atomic_write`:
+    a temporary file in the same folder, fsynced and renamed; on any error or interruption it is removed and
+    ``path`` keeps its previous content)."""
     pause = float(os.environ.get(SLOW_SAVE_ENV) or 0)
-    try:
-        with open(tmp, 'wb') as f:
-            if pause > 0:  # test hook (see the module docstring): a save that is half-written for a while
-                buffer = io.BytesIO()
-                torch.save(obj, buffer)
-                data = buffer.getbuffer()
-                f.write(data[:len(data) // 2])
-                f.flush()
-                os.fsync(f.fileno())
-                time.sleep(pause)
-                f.write(data[len(data) // 2:])
-            else:
-                torch.save(obj, f)
+    with atomic_write(path) as f:
+        if pause > 0:  # test hook (see the module docstring): a save that is half-written for a while
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            data = buffer.getbuffer()
+            f.write(data[:len(data) // 2])
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(osp.dirname(osp.abspath(path)))
+            time.sleep(pause)
+            f.write(data[len(data) // 2:])
+        else:
+            torch.save(obj, f)
 
 
 def _is_disk_full(error):
