@@ -28,6 +28,8 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.matlab_functions import imresize
 
+from d2csr.utils.atomic import atomic_write
+
 BICUBIC_LABEL = 'bicubic (MATLAB imresize)'
 MEAN_LABEL = 'mean of branches'
 
@@ -211,7 +213,7 @@ def write_image_table(path, rows, names):
     """The per-image table of :func:`format_image_table` as CSV (``image, bicubic, branch1..P, mean, fused,
     oracle``; the last line is the mean over images)."""
     keys = list(rows[0]) if rows else []
-    with open(path, 'w', newline='') as f:
+    with atomic_write(path, 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(['image', *keys])
         for name, row in zip(names, rows):

@@ -14,17 +14,7 @@ import os
 import os.path as osp
 import sys
 
-import cv2
-from tqdm import tqdm
-
-import d2csr  # noqa: F401  (compatibility shims and registries)
-from d2csr.utils import resolve_device, set_tf32
-from d2csr.convert import UnsafeCheckpointError
-from d2csr.loading import describe_param_key, load_network
-from d2csr.utils.image_io import UnreadableImage, image_to_tensor, list_images, read_image
-from d2csr.tiling import tiled_forward
-from d2csr.evaluation import format_image_table, write_image_table
-from d2csr.visualize import make_panel
+# torch, BasicSR and d2csr are imported in main(), after the arguments: --help answers at once
 
 
 def parse_args(argv=None):
@@ -49,6 +39,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+
+    import cv2
+
+    from d2csr.convert import UnsafeCheckpointError
+    from d2csr.evaluation import format_image_table, write_image_table
+    from d2csr.loading import describe_param_key, load_network
+    from d2csr.tiling import tiled_forward
+    from d2csr.utils import resolve_device, set_tf32
+    from d2csr.utils.atomic import write_bytes_atomic
+    from d2csr.utils.image_io import UnreadableImage, image_to_tensor, list_images, read_image
+    from d2csr.utils.progress import ImageProgress
+    from d2csr.visualize import make_panel
+
     device = resolve_device(args.device)
     if args.no_tf32:
         set_tf32(False)
@@ -66,8 +69,10 @@ def main(argv=None):
         sys.exit(f'error: no images found in {args.lq!r}')
     os.makedirs(args.output, exist_ok=True)
     rows, names, skipped = [], [], []
-    for path in tqdm(paths, unit='img'):
+    progress = ImageProgress(paths)  # a bar on a terminal, one line per image in a pipe or log file
+    for index, path in progress:
         name = osp.splitext(osp.basename(path))[0]
+        progress.label(osp.basename(path))
         try:
             lq = image_to_tensor(read_image(path)).to(device)
             gt = None
@@ -83,14 +88,17 @@ def main(argv=None):
                 gt = gt[..., :h, :w]  # HR cropped to scale x LR, as the data pipeline does
         except UnreadableImage as err:
             skipped.append((path, str(err)))
-            tqdm.write(f'skipped {path}: {err}')
+            progress.note(f'skipped {path}: {err}')
             continue
         out = tiled_forward(net, lq, tile=args.tile, return_branches=True, return_weights=True, output_device='cpu')
         panel, row = make_panel(lq.cpu(), out.branches, out.sr, out.weights, gt, scale, psnr_opts, args.max_side)
-        cv2.imwrite(osp.join(args.output, f'{name}_panel.png'), panel)
+        panel_path = osp.join(args.output, f'{name}_panel.png')
+        write_bytes_atomic(panel_path, cv2.imencode('.png', panel)[1].tobytes())
+        progress.done(index, f'{path} -> {osp.basename(panel_path)}')
         if row:
             rows.append(row)
             names.append(name)
+    progress.close()
     if rows:
         write_image_table(osp.join(args.output, 'psnr_table.csv'), rows, names)
         kind = 'RGB' if args.rgb else 'Y'

@@ -73,8 +73,12 @@ def test_visualize_script_writes_panels_and_psnr_table(photo_data, tmp_path, cap
     out = tmp_path / 'panels'
     code = script.main(['--lq', str(lq_dir), '--gt', str(photo_data / 'val' / 'HR'), '--model_path', str(model),
                         '-o', str(out), '--tile', '8', '--max_side', '0'])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert code == 1 and 'unreadable.png' in printed  # skipped, named, exit status says so
+    # not a terminal: whole lines, one per image, no progress bar's carriage returns or escape codes
+    assert '\r' not in printed + captured.err and '\x1b' not in printed + captured.err
+    assert f'[1/2] {lq_dir / "chelsea.png"} -> chelsea_panel.png' in printed.splitlines()
     hr = cv2.imread(str(photo_data / 'val' / 'HR' / 'chelsea.png'))
     panel = cv2.imread(str(out / 'chelsea_panel.png'))
     assert panel.shape == (2 * (hr.shape[0] + LABEL_HEIGHT), 8 * hr.shape[1], 3)

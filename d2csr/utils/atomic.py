@@ -30,13 +30,14 @@ def fsync_dir(directory):
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode='wb'):
+def atomic_write(path, mode='wb', **open_kwargs):
     """``with atomic_write(path) as f: f.write(...)``: ``path`` gets the whole content when the block ends
-    without an error, else stays as it was (the temporary file is removed)."""
+    without an error, else stays as it was (the temporary file is removed). ``mode`` and ``open_kwargs``
+    (``encoding``, ``newline``) go to :func:`open`."""
     path = os.fspath(path)
     tmp = temporary_name(path)
     try:
-        with open(tmp, mode) as f:
+        with open(tmp, mode, **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
