@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -110,14 +111,18 @@ def test_pip_install_puts_the_hook_into_site_packages(editable, tmp_path):
     venv = tmp_path / 'venv'
     subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', '--without-pip', str(venv)], check=True)
     python = venv / 'bin' / 'python'
-    install = [sys.executable, '-m', 'pip', '--python', str(python), 'install', '-q', '--no-deps',
-               '--no-build-isolation', '--no-index', *(['-e'] if editable else []), str(src)]
-    proc = subprocess.run(install, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     env['OMP_NUM_THREADS'] = '1'
     site = subprocess.run([str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    # Run from a virtual environment (as most users install), --system-site-packages gives the new one the *base*
+    # interpreter's packages only; it also needs this environment's (torch, BasicSR, setuptools), listed first
+    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ('purelib', 'platlib'))
+    (Path(site) / 'd2csr_test_outer_env.pth').write_text(''.join(f'{p}\n' for p in ours))
+    install = [sys.executable, '-m', 'pip', '--python', str(python), 'install', '-q', '--no-deps',
+               '--no-build-isolation', '--no-index', *(['-e'] if editable else []), str(src)]
+    proc = subprocess.run(install, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert (Path(site) / HOOK_PTH).is_file()
     code = ('import sys; assert "torch" not in sys.modules and "basicsr" not in sys.modules; '
             'import basicsr, d2csr; from basicsr.utils.registry import ARCH_REGISTRY; '
