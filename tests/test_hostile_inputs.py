@@ -434,7 +434,7 @@ def test_training_options_that_would_fail_later(tmp_path, photo_data):
     def refused(match, **kwargs):
         with pytest.raises(ValueError, match=match):
             build(model_options(tmp_path, photo_data, **kwargs))
-    refused(r'network_g \(D2CSR\) has no option\(s\) num_feats; valid: num_in_ch, num_out_ch, num_feat',
+    refused(r'network_g:num_feats is not an option of D2CSR \(did you mean num_feat\?\): nothing reads it',
             network=dict(TINY_NET, num_feats=8))
     refused(r'gt_size must be a positive multiple of scale 4.*got 66', **{'datasets:train:gt_size': 66})
     refused(r'scale is 2 but network_g:upscale is 4', scale=2)
