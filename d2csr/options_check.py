@@ -123,12 +123,26 @@ def _check_amp(opt, problems):
                 problems.append(f'{error}.')
 
 
-def _check_files(opt, problems):
-    """The weights and training state the options name exist; a test run names weights at all."""
+def _check_backbone_weights(opt, problems):
+    from d2csr.utils.pretrained_weights import MissingWeightsError, check_pretrained_weights
+
+    try:
+        check_pretrained_weights(opt)
+    except MissingWeightsError as error:
+        problems.append(str(error))
+    except Exception:  # noqa: BLE001  (malformed sections: the schema says what is wrong with them)
+        pass
+
+
+def _check_files(opt, problems, complete):
+    """The weights and training state the options name exist; a test run (``complete``: ``d2csr/test.py``)
+    names weights at all; the backbone weights of the perceptual loss and LPIPS are there or downloadable."""
     path = opt.get('path') if isinstance(opt.get('path'), dict) else {}
     is_train = opt.get('is_train', True)
     pretrain = path.get('pretrain_network_g')
-    if not is_train and opt.get('model_type') in ('D2CModel', 'SRModel') and not pretrain:
+    if complete:
+        _check_backbone_weights(opt, problems)
+    if complete and not is_train and opt.get('model_type') in ('D2CModel', 'SRModel') and not pretrain:
         problems.append('path:pretrain_network_g is not set: d2csr/test.py would score a randomly initialised '
                         'network. Set it to the weights to test (e.g. experiments/<name>/models/net_g_latest.pth, '
                         'or a converted official checkpoint).')
@@ -171,15 +185,16 @@ def _comparable(value):
     return float(value) if _number(value) else value
 
 
-def option_problems(opt):
+def option_problems(opt, complete=True):
     """Every problem of ``opt`` (an options dict; ``is_train`` as BasicSR's parser sets it, missing means
-    training), as a list of sentences: the schema's, then the values' and files'."""
-    problems = schema_problems(opt)
+    training), as a list of sentences: the schema's, then the values' and files'. ``complete``: the options of a
+    whole run (the entry points), not only of a model built on its own (:func:`schema_problems`)."""
+    problems = schema_problems(opt, complete)
     if not isinstance(opt, dict):
         return problems
     network = _check_network(opt, problems)
     _check_device(opt, problems)
-    _check_files(opt, problems)
+    _check_files(opt, problems, complete)
     if opt.get('model_type') == 'D2CModel':
         _check_amp(opt, problems)
     if opt.get('is_train', True) and isinstance(opt.get('train'), dict):
@@ -194,10 +209,11 @@ def format_problems(name, problems):
             + '\n  - '.join(problems))
 
 
-def validate_options(opt):
+def validate_options(opt, complete=False):
     """Raise :class:`~d2csr.utils.errors.OptionsError` (a ``ValueError``) listing every problem of ``opt`` (a
-    parsed BasicSR options dict) at once."""
-    problems = option_problems(opt)
+    parsed BasicSR options dict) at once. :class:`~d2csr.models.D2CModel` calls it with ``complete=False``: the
+    model's own sections must be complete, the pipeline's are checked by the entry points."""
+    problems = option_problems(opt, complete)
     if problems:
         raise OptionsError(format_problems(opt.get('name', 'options') if isinstance(opt, dict) else 'options',
                                            problems))

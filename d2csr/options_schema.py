@@ -220,17 +220,23 @@ def value_problem(where, value, spec):
         wanted = ' or '.join(KIND_WORDS[k] for k in kinds)
         if isinstance(value, str) and any(k in ('number', 'count') for k in kinds) and _float_text(value):
             return (f'{where} is the text {value!r}, not a number: YAML reads a number in exponent form without a '
-                    f'dot (1e-4) as text. Write {_decimal(value)} or !!float {value}.')
+                    f'dot (1e-4) as text. Write {_decimal(value)} or !!float {value.strip()} (in --force_yml: '
+                    f'{_positional(value)}).')
         if isinstance(value, str) and any(k in ('int', 'count') for k in kinds) and _int_text(value):
             return f'{where} is the text {value!r} (in quotes), not a number; write {value.strip()} without quotes.'
         return f'{where} must be {wanted}, got {describe(value)}.'
     if spec.choices is not None and value not in spec.choices and not KINDS['dict'](value):
         choices = ', '.join('~' if c is None else str(c).lower() if isinstance(c, bool) else str(c)
                             for c in spec.choices)
-        return f'{where} must be one of {choices}, got {describe(value)}{did_you_mean(value, spec.choices)}.'
+        return f'{where} must be one of {choices}, got {value!r}{did_you_mean(value, spec.choices)}.'
     if spec.minimum is not None and _is_number(value) and value < spec.minimum:
         return f'{where} must be at least {spec.minimum}, got {value!r}.'
     return None
+
+
+def _positional(text):
+    """``'1e-4'`` -> ``'0.0001'``: how ``--force_yml`` (BasicSR's own conversion) reads a number."""
+    return format(float(text), '.20f').rstrip('0').rstrip('.') if 1e-15 < abs(float(text)) < 1e15 else text
 
 
 def _decimal(text):
@@ -351,12 +357,12 @@ def check_registered(section, where, registry, kind, problems, **kwargs):
 
 # --------------------------------------------------------------------------------------------------
 # the sections
-def _check_datasets(opt, model, problems):
+def _check_datasets(opt, problems, complete):
     datasets = opt.get('datasets')
     if not isinstance(datasets, dict):
         return
     is_train = opt.get('is_train', True)
-    if is_train and 'train' not in datasets:
+    if is_train and 'train' not in datasets and complete:
         problems.append('datasets:train is missing (the training set).')
     for phase_name, dataset in datasets.items():
         where = f'datasets:{phase_name}'
@@ -378,7 +384,8 @@ def _check_datasets(opt, model, problems):
             table.update(LOADER)
         else:  # BasicSR's evaluation loaders take batch 1 and no workers: the loader keys are allowed, not read
             table.update({k: v._replace(required=False) for k, v in LOADER.items()})
-        check_section(dataset, where, table, problems, extra=SET_BY_BASICSR['dataset'], open_keys=known is None)
+        check_section(dataset, where, table, problems, extra=SET_BY_BASICSR['dataset'], open_keys=known is None,
+                      required=complete)
         type_ = dataset.get('type')
         if isinstance(type_, str):
             from basicsr.utils.registry import DATASET_REGISTRY
@@ -510,13 +517,13 @@ def _check_train(opt, model, problems):
     _check_losses(train, problems)
 
 
-def _check_val(opt, model, problems):
+def _check_val(opt, model, problems, complete):
     from basicsr.utils.registry import METRIC_REGISTRY
 
     val = opt.get('val')
     is_train = opt.get('is_train', True)
     if val is None:
-        if not is_train:
+        if not is_train and complete:
             problems.append('val is missing: d2csr/test.py reads val:save_img (and val:metrics for the scores).')
         return
     if not isinstance(val, dict):
@@ -526,7 +533,7 @@ def _check_val(opt, model, problems):
         table['val_freq'] = table['val_freq']._replace(required=True)
     elif val.get('save_img'):  # SRModel's test-time saving reads val:suffix (~ is fine)
         table['suffix'] = table['suffix']._replace(required=True)
-    check_section(val, 'val', table, problems)
+    check_section(val, 'val', table, problems, required=complete)
     metrics = val.get('metrics')
     if isinstance(metrics, dict):
         for name, metric in metrics.items():
@@ -550,45 +557,50 @@ def _check_val(opt, model, problems):
                     problems.append(f'{where}:{arg} is missing ({metric["type"]} needs it).')
 
 
-def _check_path(opt, model, problems):
+def _check_path(opt, problems):
     path = opt.get('path')
     if isinstance(path, dict):
         check_section(path, 'path', PATH, problems, extra=SET_BY_BASICSR['path'])
 
 
-def _check_logger(opt, problems):
+def _check_logger(opt, problems, complete):
     logger = opt.get('logger')
-    if not opt.get('is_train', True):
+    if not opt.get('is_train', True) or (logger is None and not complete):
         return
     if not isinstance(logger, dict):
         problems.append('logger is missing (print_freq, save_checkpoint_freq, use_tb_logger).')
         return
-    check_section(logger, 'logger', LOGGER, problems)
+    check_section(logger, 'logger', LOGGER, problems, required=complete)
     if isinstance(logger.get('wandb'), dict):
         check_section(logger['wandb'], 'logger:wandb', WANDB, problems, open_keys=False)
 
 
-def schema_problems(opt):
+def schema_problems(opt, complete=True):
     """Every difference between ``opt`` (an options dict, with ``is_train`` set: BasicSR's parser sets it; missing
-    means training) and what BasicSR and d2csr read, as a list of sentences (empty: none)."""
+    means training) and what BasicSR and d2csr read, as a list of sentences (empty: none).
+
+    ``complete``: the options of a whole run (an entry point), so the sections BasicSR's pipeline reads
+    (``datasets``, ``logger``, ``val``) must have their required keys; ``False`` for a model built on its own
+    (the model's sections are still complete; unknown keys and types are checked everywhere).
+    """
     from basicsr.utils.registry import MODEL_REGISTRY
 
     problems = []
     if not isinstance(opt, dict):
         return [f'the options file holds {describe(opt)}, not sections of key: value lines.']
-    check_section(opt, '', TOP, problems, extra=SET_BY_BASICSR[''])
+    check_section(opt, '', TOP, problems, extra=SET_BY_BASICSR[''], required=complete)
     model = opt.get('model_type')
     if isinstance(model, str) and lookup(MODEL_REGISTRY, model) is None:
         problems.append(f'model_type {model!r} is not a registered model'
                         f'{did_you_mean(model, registered_names(MODEL_REGISTRY))}.')
     known_model = model if model in TRAIN else None
     _check_network(opt, problems)
-    _check_datasets(opt, known_model, problems)
+    _check_datasets(opt, problems, complete)
     if known_model is not None:  # another plugin's model: its own keys are its business
-        _check_path(opt, known_model, problems)
+        _check_path(opt, problems)
         _check_train(opt, known_model, problems)
-        _check_val(opt, known_model, problems)
-    _check_logger(opt, problems)
+        _check_val(opt, known_model, problems, complete)
+    _check_logger(opt, problems, complete)
     if isinstance(opt.get('dist_params'), dict):
         check_section(opt['dist_params'], 'dist_params', DIST_PARAMS, problems, open_keys=True)
     return problems

@@ -143,9 +143,9 @@ def _meta_size_problems(paths, shapes, scale, gt_size, limit=10):
             small.append(f'{pair["gt_path"]} ({gt[0]}x{gt[1]})')
     problems = []
     if wrong:
-        ratio = {round(shapes['gt'][p['gt_path']][0] / max(shapes['lq'][p['lq_path']][0], 1), 2) for p in paths
+        ratio = {shapes['gt'][p['gt_path']][0] / max(shapes['lq'][p['lq_path']][0], 1) for p in paths
                  if p['gt_path'] in shapes['gt'] and p['lq_path'] in shapes['lq']}
-        made = f' (these LMDBs were made for scale {", ".join(map(str, sorted(ratio)))})' if len(ratio) == 1 else ''
+        made = f' (these LMDBs were made for scale {ratio.pop():g})' if len(ratio) == 1 else ''
         problems.append(f'{len(wrong)} pair(s) whose HR is not {scale} x LR by meta_info.txt{made}, e.g. '
                         f'{"; ".join(wrong[:limit])}: point dataroot_gt / dataroot_lq at the LMDBs of scale {scale}, '
                         'or set scale to the LMDBs\' factor.')
