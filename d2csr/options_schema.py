@@ -181,7 +181,7 @@ VAL = {
     'D2CModel': dict(_VAL_COMMON, amp=key(('str', 'bool', 'none'), note='bf16, fp16 or ~ (fp32)'),
                      save_panels=key('bool'), panel_max_side=key('int', minimum=16)),
 }
-# option dicts built from a registered class: (section, registry, extra keys the builder reads itself)
+# keys a builder reads itself besides its class's constructor arguments
 EXTRA_LOSS_KEYS = {'perceptual_opt': ('pretrained', 'pretrained_path')}  # d2csr.losses.perceptual
 METRIC_KEYS = ('better', )  # BasicSR's validation reads it besides the metric function's arguments
 
@@ -218,11 +218,14 @@ def value_problem(where, value, spec):
     kinds = spec.kinds
     if not any(KINDS[k](value) for k in kinds):
         wanted = ' or '.join(KIND_WORDS[k] for k in kinds)
-        if isinstance(value, str) and any(k in ('number', 'count') for k in kinds) and _float_text(value):
+        numeric = isinstance(value, str) and (
+            (any(k in ('number', 'count') for k in kinds) and _float_text(value))
+            or (any(k in ('int', 'count') for k in kinds) and _int_text(value)))
+        if numeric and 'e' in value.lower():
             return (f'{where} is the text {value!r}, not a number: YAML reads a number in exponent form without a '
                     f'dot (1e-4) as text. Write {_decimal(value)} or !!float {value.strip()} (in --force_yml: '
                     f'{_positional(value)}).')
-        if isinstance(value, str) and any(k in ('int', 'count') for k in kinds) and _int_text(value):
+        if numeric:
             return f'{where} is the text {value!r} (in quotes), not a number; write {value.strip()} without quotes.'
         return f'{where} must be {wanted}, got {describe(value)}.'
     if spec.choices is not None and value not in spec.choices and not KINDS['dict'](value):
@@ -314,7 +317,7 @@ def check_arguments(section, where, target, problems, *, skip=(), ignore=('type'
     check_section(body, where, table, problems, required=False, open_keys=var_kw,
                   owner=getattr(target, '__name__', ''))
     for name in list(required) + list(required_extra):
-        if name not in section:
+        if name not in section and not any(did_you_mean(k, [name]) for k in body if k not in table):
             problems.append(f'{where}:{name} is missing ({getattr(target, "__name__", target)} needs it).')
 
 
@@ -553,7 +556,7 @@ def _check_val(opt, model, problems, complete):
             check_section({k: v for k, v in metric.items() if k != 'type'}, where, spec, problems, required=False,
                           owner=metric['type'])
             for arg in required:
-                if arg not in metric:
+                if arg not in metric and not any(did_you_mean(k, [arg]) for k in metric if k not in spec):
                     problems.append(f'{where}:{arg} is missing ({metric["type"]} needs it).')
 
 
