@@ -18,8 +18,11 @@ It
    is wrapped so that, on resume, the sampler skips the batches of the current epoch that were already
    trained on and restores the saved RNG states when the first new batch is drawn. BasicSR itself restarts
    the epoch from its first batch. It also checks every data set before the first batch
-   (:func:`d2csr.data.eval_check.check_eval_dataset`) and refuses a world size / batch size with no batch
-   per epoch;
+   (:func:`d2csr.data.eval_check.check_eval_dataset`; LMDBs: keys, ``data.mdb``, sizes, and before BasicSR
+   builds on them :func:`~d2csr.data.eval_check.check_lmdb_roots`), refuses a world size / batch size with no
+   batch per epoch, sorts the file lists BasicSR made with ``os.scandir`` (:func:`sort_scanned_paths`: the
+   same order on every node) and sets the number of epochs from the loader's real epoch length, so that a run
+   does exactly ``total_iter`` iterations (:func:`exact_last_epoch`);
 4. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
    resume), that every backbone weight file the options need (perceptual loss, LPIPS) is there or
    downloadable (:func:`d2csr.utils.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
