@@ -18,8 +18,11 @@ It
    is wrapped so that, on resume, the sampler skips the batches of the current epoch that were already
    trained on and restores the saved RNG states when the first new batch is drawn. BasicSR itself restarts
    the epoch from its first batch. It also checks every data set before the first batch
-   (:func:`d2csr.data.eval_check.check_eval_dataset`) and refuses a world size / batch size with no batch
-   per epoch;
+   (:func:`d2csr.data.eval_check.check_eval_dataset`; LMDBs: keys, ``data.mdb``, sizes, and before BasicSR
+   builds on them :func:`~d2csr.data.eval_check.check_lmdb_roots`), refuses a world size / batch size with no
+   batch per epoch, sorts the file lists BasicSR made with ``os.scandir`` (:func:`sort_scanned_paths`: the
+   same order on every node) and sets the number of epochs from the loader's real epoch length, so that a run
+   does exactly ``total_iter`` iterations (:func:`exact_last_epoch`);
 4. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
    resume), that every backbone weight file the options need (perceptual loss, LPIPS) is there or
    downloadable (:func:`d2csr.utils.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
@@ -30,6 +33,7 @@ imported ``basicsr.train`` / ``basicsr.test`` module, which carries the changes 
 ``__main__`` would not); called by the import hook ``d2csr_basicsr_hook``.
 """
 import itertools
+import math
 import os
 import os.path as osp
 import sys
@@ -46,9 +50,11 @@ import basicsr.utils.options  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from basicsr.utils import check_resume  # noqa: E402
 
-from d2csr.data.eval_check import check_eval_dataset  # noqa: E402
-from d2csr.utils.checkpoint import (check_network_matches, find_resume_state, load_lazily,  # noqa: E402
-                         remove_stale_temporaries, restore_rng_state, state_network_path)
+from d2csr.data.eval_check import check_eval_dataset, check_lmdb_roots  # noqa: E402
+from d2csr.utils.checkpoint import (check_network_matches, error_summary, find_resume_state,  # noqa: E402
+                                    load_lazily, remove_stale_temporaries, restore_rng_state, state_network_path,
+                                    unreadable_reason)
+from d2csr.utils.errors import ResumeError  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # distributed launch
@@ -180,33 +186,35 @@ def load_resume_state(opt):
 
     if resume_state_path is None:
         return None
-    if not osp.isfile(resume_state_path):
-        raise FileNotFoundError(f'path:resume_state {resume_state_path!r} does not exist; '
-                                'point it at an existing experiments/<name>/training_states/<iter>.state '
-                                'or remove it to start from scratch.')
+    reason = unreadable_reason(resume_state_path)
+    if reason == 'missing':
+        raise ResumeError(f'path:resume_state {resume_state_path!r} does not exist; point it at an existing '
+                          'experiments/<name>/training_states/<iter>.state or remove it to start from scratch.')
     try:
-        resume_state = torch.load(resume_state_path, map_location=resume_map_location(opt), weights_only=True)
+        resume_state = None if reason else torch.load(resume_state_path, map_location=resume_map_location(opt),
+                                                      weights_only=True)
     except Exception as error:  # noqa: BLE001  (a truncated or foreign file)
-        raise ValueError(f'path:resume_state {resume_state_path} cannot be read ({type(error).__name__}: '
-                         f'{str(error).splitlines()[0][:160]}); it is truncated or not a training state. Point it '
-                         'at another <iter>.state, or drop it and use --auto_resume, which picks the newest '
-                         'complete one.') from None
+        reason = f'unreadable ({error_summary(error)})'
+    if reason:
+        raise ResumeError(f'path:resume_state {resume_state_path} cannot be read ({reason}): it is truncated or '
+                          'not a training state. Point it at another <iter>.state, or drop it and use --auto_resume, '
+                          'which picks the newest complete one.')
     if not isinstance(resume_state, dict) or 'iter' not in resume_state:
-        raise ValueError(f'path:resume_state {resume_state_path} is not a BasicSR training state (no "iter"); '
-                         'point it at experiments/<name>/training_states/<iter>.state, or use --auto_resume.')
+        raise ResumeError(f'path:resume_state {resume_state_path} is not a BasicSR training state (no "iter"); '
+                          'point it at experiments/<name>/training_states/<iter>.state, or use --auto_resume.')
     saved_stage, stage = resume_state.get('stage'), (opt.get('train') or {}).get('stage')
     if saved_stage is not None and saved_stage != stage:
-        raise ValueError(f'refusing to resume from {resume_state_path}: it was written by the {saved_stage!r} '
-                         f'stage but this options file trains train:stage {stage!r}. Use the options of that run, '
-                         'or give this run another name (stage 2 starts from stage 1 through '
-                         'path:pretrain_network_g, not by resuming). Nothing was written.')
+        raise ResumeError(f'refusing to resume from {resume_state_path}: it was written by the {saved_stage!r} '
+                          f'stage but this options file trains train:stage {stage!r}. Use the options of that run, '
+                          'or give this run another name (stage 2 starts from stage 1 through '
+                          'path:pretrain_network_g, not by resuming). Nothing was written.')
     check_resume(opt, resume_state['iter'])  # sets path:pretrain_network_g to models/net_g_<iter>.pth
     net_path = opt['path'].get('pretrain_network_g')
     if net_path == state_network_path(models_dir, resume_state['iter']):
         if not osp.isfile(net_path):
-            raise FileNotFoundError(f'path:resume_state {resume_state_path} needs its network {net_path}, which '
-                                    'does not exist; resume from another state (or use --auto_resume, which '
-                                    'picks the newest complete one).')
+            raise ResumeError(f'path:resume_state {resume_state_path} needs its network {net_path}, which does '
+                              'not exist; resume from another state (or use --auto_resume, which picks the newest '
+                              'complete one).')
         check_network_matches(opt['network_g'], net_path, resume_state_path,
                               strict=opt['path'].get('strict_load_g', True),
                               saved_network_opt=resume_state.get('network_g'))
@@ -271,21 +279,75 @@ def _check_batches_per_epoch(opt, train_loader, train_sampler):
 
 
 def create_train_val_dataloader(opt, logger):
-    """BasicSR's ``create_train_val_dataloader``, then the resume of the data position (see the module doc)."""
-    result = _basicsr_create_train_val_dataloader(opt, logger)
+    """BasicSR's ``create_train_val_dataloader`` with d2csr's checks and fixes (see the module doc): LMDB roots
+    checked before BasicSR builds on them, every data set checked before the first batch, file order
+    independent of the file system, exactly ``total_iter`` iterations, then the resume of the data position."""
+    for dataset_opt in opt['datasets'].values():
+        check_lmdb_roots(dataset_opt)
+    result = list(_basicsr_create_train_val_dataloader(opt, logger))
     logger.info(f'd2csr: BasicSR training patches active ({", ".join(TRAINING_PATCHES)}).')
     train_loader, train_sampler = result[0], result[1]
     if train_loader is None:
-        return result
-    # empty, sizes and gt_size, before the first batch
+        return tuple(result)
+    for loader in [train_loader] + list(result[2] or []):
+        sort_scanned_paths(loader.dataset)
+    # empty, sizes and gt_size (LMDBs: keys and data.mdb), before the first batch
     check_eval_dataset(train_loader.dataset, opt['scale'], opt['datasets']['train'].get('gt_size'))
     for val_loader in result[2] or []:  # not only at the first validation, hours later
         check_eval_dataset(val_loader.dataset, opt['scale'])
     _check_batches_per_epoch(opt, train_loader, train_sampler)
+    result[3] = exact_last_epoch(opt, logger, train_loader, train_sampler, result[3], result[4])
     resume_path = opt['path'].get('resume_state')
     if resume_path and isinstance(train_sampler, ResumableEnlargedSampler):
         _resume_data_position(opt, logger, resume_path, train_loader, train_sampler)
-    return result
+    return tuple(result)
+
+
+def sort_scanned_paths(dataset):
+    """Put the file list of a BasicSR data set that scanned its folders (``PairedImageDataset`` /
+    ``SingleImageDataset`` on disk without ``meta_info_file``) in sorted order.
+
+    BasicSR lists folders with ``os.scandir``, whose order depends on the file system: nodes holding their own
+    copy of the data can list the same files in different orders, so the sampler's shards (indices into the
+    list) disagree across nodes and a resumed run on another machine sees other images. A meta_info file or an
+    LMDB gives the order itself; d2csr's own data sets sort.
+    """
+    opt = getattr(dataset, 'opt', None) or {}
+    paths = getattr(dataset, 'paths', None)
+    if (opt.get('io_backend') or {}).get('type', 'disk') != 'disk' or opt.get('meta_info_file') \
+            or not isinstance(paths, list) or getattr(dataset, 'checks_own_sizes', False):
+        return
+    if all(isinstance(p, dict) for p in paths):
+        paths.sort(key=lambda p: tuple(str(p.get(k, '')) for k in ('gt_path', 'lq_path')))
+    elif all(isinstance(p, str) for p in paths):
+        paths.sort()
+
+
+def exact_last_epoch(opt, logger, train_loader, train_sampler, total_epochs, total_iters):
+    """The last epoch index for ``basicsr.train``'s loop (``for epoch in range(start, total_epochs + 1)``) so
+    that it runs exactly ``total_iters`` iterations.
+
+    BasicSR counts ``ceil(pairs x enlarge ratio / (batch x world size))`` iterations per epoch, but its loader
+    drops the last partial batch of each process's share, so an epoch can have fewer: at the paper's setting
+    (459 pairs, batch 4) 114 instead of 115 on one GPU, and the run would end up to a few percent short of
+    ``total_iter`` in its last learning-rate stage. This counts the loader's real epoch length.
+    """
+    per_epoch = len(train_loader)
+    last_epoch = math.ceil(total_iters / per_epoch) - 1
+    dataset_opt = opt['datasets']['train']
+    basicsr_per_epoch = math.ceil(len(train_loader.dataset) * dataset_opt.get('dataset_enlarge_ratio', 1) /
+                                  (dataset_opt['batch_size_per_gpu'] * opt['world_size']))
+    basicsr_iters = min((total_epochs + 1) * per_epoch, total_iters)
+    note = ''
+    if basicsr_iters < total_iters:
+        short = total_iters - basicsr_iters
+        note = (f' (BasicSR\'s statistics above count {basicsr_per_epoch}, rounded up: its {total_epochs + 1} '
+                f'epochs would stop after {basicsr_iters} iterations, {short} or {100 * short / total_iters:.1f}% '
+                'short)')
+    logger.info(f'd2csr: an epoch is {per_epoch} iterations per process ({train_sampler.num_samples} samples / '
+                f'batch {train_loader.batch_size}, the last partial batch dropped){note}. Training runs epochs '
+                f'0-{last_epoch}: exactly total_iter = {total_iters} iterations.')
+    return last_epoch
 
 
 def _resume_data_position(opt, logger, resume_path, train_loader, train_sampler):

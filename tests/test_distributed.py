@@ -1,6 +1,8 @@
-"""Distributed training on CPU (gloo) with BasicSR's launcher: both stages, 2 processes vs 1 process."""
+"""Distributed training on CPU (gloo) with BasicSR's launcher: both stages, 2 processes vs 1 process; the joint
+stage, a NaN on one rank, a two-process resume and the exit status (two launches in all, a few iterations)."""
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -45,32 +47,74 @@ def stage_options(data, name, stage, batch, pretrain=None):
     return opt
 
 
-def run_both_stages(data, tmp, tag, processes):
-    """Stage 1 then stage 2; ``processes`` ranks with 2 // processes pairs each, so the global batch is 2."""
+def launch(args, processes, **env):
+    """``tests/dist_train_and_dump.py args`` with ``processes`` gloo ranks under torchrun (in this process for 1)."""
+    if processes > 1:
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}',
+               str(HELPER), *map(str, args), '--launcher', 'pytorch']
+        return subprocess.run(cmd, cwd=WORK, env=subprocess_env(**env), capture_output=True, text=True, timeout=600)
+    return run_script(HELPER, *args, env=env)
+
+
+def load_dumps(tmp, name, processes, tags=('init', 'final')):
+    return {(t, r): torch.load(tmp / f'{name}.{t}.rank{r}.pth', weights_only=True) for t in tags
+            for r in range(processes)}
+
+
+def run_both_stages(data, tmp, tag, processes, more=(), **env):
+    """Stage 1 then stage 2; ``processes`` ranks with 2 // processes pairs each, so the global batch is 2.
+    ``more``: further options files run in the same launch, after them."""
     div, conv = unique_name(f'dist_div_{tag}'), unique_name(f'dist_conv_{tag}')
     batch = 2 // processes
     div_yml = write_options(stage_options(data, div, 'divergence', batch), tmp / f'{div}.yml')
     pretrain = experiment_dir(div) / 'models' / 'net_g_latest.pth'
     conv_yml = write_options(stage_options(data, conv, 'convergence', batch, str(pretrain)), tmp / f'{conv}.yml')
-    args = [tmp, '-opt', div_yml, '-opt', conv_yml]
-    if processes > 1:
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}',
-               str(HELPER), *map(str, args), '--launcher', 'pytorch']
-        proc = subprocess.run(cmd, cwd=WORK, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    else:  # one process: the same helper, run inside this one
-        proc = run_script(HELPER, *args)
+    args = [tmp, '-opt', div_yml, '-opt', conv_yml] + [a for yml in more for a in ('-opt', yml)]
+    proc = launch(args, processes, **env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    load = lambda n, t, r: torch.load(tmp / f'{n}.{t}.rank{r}.pth', weights_only=True)  # noqa: E731
-    return {stage: {(t, r): load(n, t, r) for t in ('init', 'final') for r in range(processes)}
-            for stage, n in (('div', div), ('conv', conv))}, proc
+    return {stage: load_dumps(tmp, n, processes) for stage, n in (('div', div), ('conv', conv))}, proc
+
+
+# the joint stage, a NaN on one rank, a resume and the exit status, in the same two launches (issue 21)
+SLOW_FINAL_VALIDATION = 0.5  # seconds rank 0's final validation is made longer: the other rank must wait for it
+
+
+def with_validation(opt, data):
+    """``opt`` with a final validation on ``data`` (BasicSR's validation: rank 0 only)."""
+    train = opt['datasets']['train']
+    opt['datasets']['val'] = dict(name='uniform_val', type=train['type'], dataroot_gt=train['dataroot_gt'],
+                                  dataroot_lq=train['dataroot_lq'], filename_tmpl='{}', io_backend={'type': 'disk'})
+    opt['val'] = dict(val_freq=1000, save_img=False)
+    return opt
+
+
+def joint_options(data, name, total_iter):
+    """The joint stage (both nets; the triplet term on: alpha 1), 1 pair per rank, a checkpoint every 2
+    iterations, a final validation."""
+    opt = stage_options(data, name, 'joint', 1)
+    opt['train']['total_iter'] = total_iter
+    opt['logger']['save_checkpoint_freq'] = 2
+    return with_validation(opt, data)
 
 
 @pytest.fixture(scope='module')
 def runs(uniform_pairs, tmp_path_factory):
+    """One launch of two processes: both stages, the joint stage to 4 and to 2 iterations, a NaN on rank 1;
+    the same in one process (both stages); a second launch resuming the joint run from 2 to 4."""
     tmp = tmp_path_factory.mktemp('dist')
-    two, proc = run_both_stages(uniform_pairs, tmp, 'two', 2)
+    names = {n: unique_name(f'dist_{n}') for n in ('joint_full', 'joint_part', 'nan')}
+    nan_opt = with_validation(stage_options(uniform_pairs, names['nan'], 'divergence', 1), uniform_pairs)
+    nan_opt['train'].update(total_iter=3, nan_policy='skip')
+    more = [write_options(joint_options(uniform_pairs, names['joint_full'], 4), tmp / 'full.yml'),
+            write_options(joint_options(uniform_pairs, names['joint_part'], 2), tmp / 'part.yml'),  # stops at 2
+            write_options(nan_opt, tmp / 'nan.yml')]
+    env = {'D2CSR_TEST_NAN_AT': f'{names["nan"]}:1:2', 'D2CSR_TEST_SLOW_FINAL_VALIDATION': str(SLOW_FINAL_VALIDATION)}
+    two, proc = run_both_stages(uniform_pairs, tmp, 'two', 2, more, **env)
     one, _ = run_both_stages(uniform_pairs, tmp, 'one', 1)
-    return dict(two=two, one=one, log=proc.stdout + proc.stderr)
+    # the joint run that stopped at 2, resumed to 4 by a new launch (as after a kill or a job's time limit)
+    resume_yml = write_options(joint_options(uniform_pairs, names['joint_part'], 4), tmp / 'resume.yml')
+    resumed = launch([tmp, '-opt', resume_yml, '--auto_resume'], 2, **env)
+    return dict(two=two, one=one, log=proc.stdout + proc.stderr, tmp=tmp, names=names, launches=[proc, resumed])
 
 
 def equal(a, b):
@@ -111,6 +155,50 @@ def test_two_processes_equal_one_process_over_the_same_global_batch(runs):
 def test_the_log_says_gloo_world_size_two(runs):
     assert 'World size (gpu number): 2' in runs['log']
     assert 'Distributed training on CPU: 2 processes, gloo backend (no GPU).' in runs['log']
+
+
+def test_every_launch_exits_0_after_rank_0_logged_its_final_validation(runs):
+    """d2csr/train.py waits for every rank and leaves the process group: a rank that finished its part never exits
+    while rank 0 still runs the final validation (which made 6 of 101 finished runs exit with status 1)."""
+    tmp, names = runs['tmp'], runs['names']
+    for proc in runs['launches']:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        assert 'terminate called' not in proc.stderr
+    for name in (names['nan'], names['joint_full']):  # runs with a final validation (longer on rank 0)
+        validated = float((tmp / f'{name}.final_validation.rank0').read_text())
+        returned = [float((tmp / f'{name}.returned.rank{r}').read_text()) for r in (0, 1)]
+        assert min(returned) >= validated, (name, returned, validated)
+    for proc, runs_with_validation in zip(runs['launches'], (3, 1)):  # each final validation was logged
+        assert (proc.stdout + proc.stderr).count('Branches uniform_val') == runs_with_validation
+
+
+def test_joint_stage_with_two_processes_trains_both_nets_identically(runs):
+    tmp, name = runs['tmp'], runs['names']['joint_full']
+    w = load_dumps(tmp, name, 2)
+    assert not equal(w['final', 0], w['final', 1]), 'ranks diverged'
+    changed = set(equal(w['init', 0], w['final', 0]))
+    assert any(k.startswith('fusion.') for k in changed) and any(k.startswith('nodes.') for k in changed)
+
+
+def test_two_process_resume_is_bit_identical_to_an_uninterrupted_run(runs):
+    tmp, names = runs['tmp'], runs['names']
+    full, resumed = load_dumps(tmp, names['joint_full'], 2, ('final', )), load_dumps(tmp, names['joint_part'], 2,
+                                                                                      ('final', ))
+    log = runs['launches'][1].stdout + runs['launches'][1].stderr
+    assert re.search(r'Resuming training from epoch: \d+, iter: 2\.', log)
+    for rank in (0, 1):
+        assert not equal(full['final', rank], resumed['final', rank]), f'rank {rank} differs after the resume'
+
+
+def test_a_nan_on_rank_1_is_reported_with_rank_1_values(runs):
+    log = runs['log']
+    line = next(line for line in log.splitlines() if 'non-finite' in line)
+    assert 'non-finite loss and gradient on rank 1 of 2 at iteration 2 (stage divergence): rank 1: ' in line, line
+    assert '=nan' in line.split('rank 1: ')[1] and '(finite on rank 0)' in line
+    assert 'Step skipped (train:nan_policy: skip)' in line
+    w = load_dumps(runs['tmp'], runs['names']['nan'], 2, ('final', ))
+    assert not equal(w['final', 0], w['final', 1])  # both ranks skipped the same step
+    assert all(torch.isfinite(v).all() for v in w['final', 0].values() if v.is_floating_point())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -434,7 +434,7 @@ def test_training_options_that_would_fail_later(tmp_path, photo_data):
     def refused(match, **kwargs):
         with pytest.raises(ValueError, match=match):
             build(model_options(tmp_path, photo_data, **kwargs))
-    refused(r'network_g \(D2CSR\) has no option\(s\) num_feats; valid: num_in_ch, num_out_ch, num_feat',
+    refused(r'network_g:num_feats is not an option of D2CSR \(did you mean num_feat\?\): nothing reads it',
             network=dict(TINY_NET, num_feats=8))
     refused(r'gt_size must be a positive multiple of scale 4.*got 66', **{'datasets:train:gt_size': 66})
     refused(r'scale is 2 but network_g:upscale is 4', scale=2)
@@ -527,3 +527,260 @@ def test_train_entry_point_gt_size_larger_than_the_images(photo_data, tmp_path):
     proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'train.yml'), check=False)
     assert proc.returncode != 0 and 'photos_val: the data set is empty' in proc.stderr
     assert not re.search(r'iter:\s+\d+,', proc.stdout + proc.stderr)  # stopped before the first iteration
+
+
+# ==================================================================================================
+# Issue 21, round 3 (options, resume, LMDB, file order, iteration count): every case named, with the fix, no
+# traceback, nothing written. The multi-process cases are in tests/test_distributed.py.
+def entry_yml(opt, path, raw=None):
+    """Write ``opt`` to ``path`` as YAML; ``raw`` ``{'key: value': 'key: text'}`` replaces lines as a user writes
+    them (``lr: 1e-4`` unquoted, which YAML reads as text)."""
+    from conftest import write_options
+
+    path = write_options(opt, path)
+    text = path.read_text()
+    for old, new in (raw or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+def test_21_every_option_problem_is_listed_at_once_before_anything_is_written(photo_data, tmp_path):
+    from conftest import experiment_dir, run_entry, unique_name
+
+    name = unique_name('typos')
+    opt = tiny_options(photo_data, name)
+    train, data = opt['train'], opt['datasets']
+    train.update(ema_decy=0.999, use_grad_clip=True, pixel_opt={'type': 'MSELoss'},
+                 optim_c={'type': 'Adam', 'lr': 2e-4}, total_iters=train.pop('total_iter'))
+    train['divergence_opt']['alpah'] = train['divergence_opt'].pop('alpha')
+    data['train']['gt_sze'] = data['train'].pop('gt_size')
+    data['train']['batch_size_per_gpu'] = '4'
+    del data['val']['dataroot_gt']
+    yml = entry_yml(opt, tmp_path / 'typos.yml', raw={'lr: 0.0001': 'lr: 1e-4'})
+    proc = run_entry('train', '-opt', yml, check=False)
+    err = proc.stderr
+    assert proc.returncode == 1 and 'Traceback' not in err, err[-3000:]
+    expected = [
+        'train:ema_decy is not an option of D2CModel training (did you mean ema_decay?): nothing reads it',
+        'train:use_grad_clip is not an option of D2CModel training: nothing reads it, so it would be ignored',
+        'train:pixel_opt: D2CModel does not read pixel_opt',
+        'train:optim_c is read by stage joint only; stage divergence would ignore it',
+        'train:total_iters is not an option of D2CModel training (did you mean total_iter?)',
+        'train:divergence_opt:alpah is not an option of DivergenceLoss (did you mean alpha?)',
+        'datasets:train:gt_sze is not an option (did you mean gt_size?)',
+        "datasets:train:batch_size_per_gpu is the text '4' (in quotes), not a number; write 4 without quotes",
+        'datasets:val:dataroot_gt is missing (the HR folder or HR LMDB)',
+        "train:optim_g:lr is the text '1e-4', not a number: YAML reads a number in exponent form without a dot",
+    ]
+    for line in expected:
+        assert line in err, line
+    assert f'{len(expected)} problem(s) in the options, all listed' in err, err
+    assert 'total_iter is missing' not in err and 'gt_size is missing' not in err  # said with the typo
+    assert not experiment_dir(name).exists()
+
+
+def test_21_the_original_backbone_baselines_get_the_same_check(photo_data, tmp_path):
+    """SRModel runs (options/train_EDSR_x4.yml and the other baselines) through d2csr/train.py."""
+    from d2csr.options_check import check_entry_options
+
+    opt = yaml.safe_load((Path(__file__).parents[1] / 'options' / 'train_EDSR_x4.yml').read_text())
+    opt['network_g'].update(num_feat=8, num_block=1)
+    for phase, root in (('train', photo_data / 'train'), ('val', photo_data / 'val')):
+        opt['datasets'][phase].update(dataroot_gt=str(root / 'HR'), dataroot_lq=str(root / 'LR'))
+    opt['num_gpu'] = 0
+    good = entry_yml(opt, tmp_path / 'edsr.yml')
+    assert check_entry_options(True, ['-opt', str(good)])['model_type'] == 'SRModel'
+    opt['train']['ema_decy'] = opt['train'].pop('ema_decay')
+    del opt['train']['pixel_opt']
+    opt['val']['metrics']['psnr']['crop_boder'] = opt['val']['metrics']['psnr'].pop('crop_border')
+    bad = entry_yml(opt, tmp_path / 'edsr_bad.yml', raw={'lr: 0.0001': 'lr: 1e-4'})
+    with pytest.raises(SystemExit) as info:
+        check_entry_options(True, ['-opt', str(bad)])
+    message = str(info.value.code)
+    for line in ('train:ema_decy is not an option of SRModel training (did you mean ema_decay?)',
+                 'train: SRModel needs a loss: pixel_opt', "train:optim_g:lr is the text '1e-4'",
+                 'val:metrics:psnr:crop_boder is not an option of calculate_psnr (did you mean crop_border?)'):
+        assert line in message, line
+    assert 'crop_border is missing' not in message  # said with the misspelt key
+    # --force_yml is applied as BasicSR applies it, and checked too (its 1e-4 is text as well)
+    with pytest.raises(SystemExit, match=r"train:optim_g:lr is the text '1e-4'.*\(in --force_yml: 0.0001\)"):
+        check_entry_options(True, ['-opt', str(good), '--force_yml', 'train:optim_g:lr=1e-4'])
+    with pytest.raises(SystemExit, match=r'--force_yml trian:lr=1: the options file has no section trian'):
+        check_entry_options(True, ['-opt', str(good), '--force_yml', 'trian:lr=1'])
+
+
+def test_21_test_py_refuses_no_weights_and_names_a_path_typo(photo_data, tmp_path):
+    from conftest import results_dir, run_entry, unique_name
+    from d2csr.options import test_options
+
+    weights = tmp_path / 'net.pth'
+    save_basicsr_checkpoint(D2CSR(**{k: v for k, v in TINY_NET.items() if k != 'type'}), weights)
+    name = unique_name('test_no_weights')
+    opt = test_options(name, photo_data, TINY_NET, None, save_img=False)
+    proc = run_entry('test', '-opt', entry_yml(opt, tmp_path / 'none.yml'), check=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert 'path:pretrain_network_g is not set: d2csr/test.py would score a randomly initialised network' \
+        in proc.stderr
+    opt['path'] = dict(pretrain_netwrok_g=str(weights), strict_load_g=True)  # a typo: BasicSR made it a folder
+    proc = run_entry('test', '-opt', entry_yml(opt, tmp_path / 'typo.yml'), check=False)
+    assert proc.returncode == 1 and 'FileExistsError' not in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'path:pretrain_netwrok_g is not an option (did you mean pretrain_network_g?)' in proc.stderr
+    assert not results_dir(name).exists()
+
+
+@pytest.fixture(scope='module')
+def short_epochs_run(photo_data, tmp_path_factory):
+    """3 training pairs, batch 2: BasicSR counts 2 iterations an epoch, its loader gives 1 (the last partial
+    batch is dropped). total_iter 4, a checkpoint every 2."""
+    from conftest import experiment_dir, run_entry, unique_name
+
+    tmp = tmp_path_factory.mktemp('short_epochs')
+    name = unique_name('short_epochs')
+    opt = tiny_options(photo_data, name, **{'datasets:train:dataset_enlarge_ratio': 1})
+    del opt['datasets']['val'], opt['val']
+    proc = run_entry('train', '-opt', entry_yml(opt, tmp / 'train.yml'))
+    return dict(proc=proc, opt=opt, exp=experiment_dir(name), tmp=tmp)
+
+
+def test_21_a_run_does_exactly_total_iter_iterations(short_epochs_run):
+    proc, exp = short_epochs_run['proc'], short_epochs_run['exp']
+    log = proc.stdout + proc.stderr
+    assert "(BasicSR's statistics above count 2, rounded up: its 3 epochs would stop after 3 iterations, 1 or " \
+           "25.0% short)" in log
+    assert 'exactly total_iter = 4 iterations' in log
+    assert [int(i) for i in re.findall(r'iter:\s+(\d+),', log)] == [1, 2, 3, 4]
+    assert (exp / 'models' / 'net_g_4.pth').is_file() and (exp / 'training_states' / '4.state').is_file()
+
+
+def test_21_an_empty_resume_state_and_a_truncated_network_are_named(short_epochs_run, tmp_path):
+    from conftest import run_entry
+    from d2csr.pipeline import load_resume_state
+    from d2csr.utils.errors import ResumeError
+
+    exp, opt = short_epochs_run['exp'], dict(short_epochs_run['opt'])
+    empty = tmp_path / '2.state'
+    empty.write_bytes(b'')
+    opt['path'] = dict(opt['path'], resume_state=str(empty))
+    before = sorted(p.name for p in exp.rglob('*'))
+    proc = run_entry('train', '-opt', entry_yml(opt, tmp_path / 'resume.yml'), check=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr and 'IndexError' not in proc.stderr
+    assert f'path:resume_state {empty} cannot be read (empty: 0 bytes)' in proc.stderr
+    assert '--auto_resume' in proc.stderr
+    assert sorted(p.name for p in exp.rglob('*')) == before  # nothing written
+    # a state whose network file was cut short
+    models = tmp_path / 'models'
+    models.mkdir()
+    (models / 'net_g_2.pth').write_bytes((exp / 'models' / 'net_g_2.pth').read_bytes()[:3000])
+    parsed = dict(opt, auto_resume=False, path=dict(resume_state=str(exp / 'training_states' / '2.state'),
+                                                    training_states=str(tmp_path), models=str(models)))
+    with pytest.raises(ResumeError, match=r'its network .*net_g_2.pth is unreadable \(.*\) \(a save that was '
+                                          r'interrupted.*--auto_resume, which skips incomplete pairs'):
+        load_resume_state(parsed)
+
+
+def test_21_a_file_size_limit_is_named_not_called_a_full_disk(tmp_path, monkeypatch, caplog):
+    resource = pytest.importorskip('resource')
+    monkeypatch.setattr(checkpoint_module.time, 'sleep', lambda s: None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    logger = logging.getLogger('pytest_hostile_fsize')
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # ulimit -f: Python ignores SIGXFSZ, writes get EFBIG
+    try:
+        with caplog.at_level(logging.WARNING, logger='pytest_hostile_fsize'):
+            saved = checkpoint_module.save_with_retry({'w': torch.zeros(100_000)}, tmp_path / 'net_g_2.pth', logger)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert saved is False and os.listdir(tmp_path) == []
+    assert 'failed (file-size limit)' in caplog.text and 'disk full' not in caplog.text
+    assert 'file-size limit of 100,000 bytes (ulimit -f)' in caplog.text and 'ulimit -f unlimited' in caplog.text
+
+
+@pytest.fixture
+def photo_lmdbs(photo_data, tmp_path):
+    """BasicSR LMDBs (HR.lmdb, LR.lmdb, keys = names without .png) of the x4 training photos."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    names = sorted(p.name for p in (photo_data / 'train' / 'HR').iterdir())
+    for side in ('HR', 'LR'):
+        make_lmdb_from_imgs(str(photo_data / 'train' / side), str(tmp_path / f'{side}.lmdb'), names,
+                            [n[:-4] for n in names])
+    return tmp_path / 'HR.lmdb', tmp_path / 'LR.lmdb'
+
+
+def lmdb_dataset(gt, lq, scale=4, phase='train'):
+    return build_dataset(dict(name='lmdb_train', type='PairedImageDataset', dataroot_gt=str(gt), dataroot_lq=str(lq),
+                              io_backend={'type': 'lmdb'}, phase=phase, scale=scale, gt_size=64, use_hflip=True,
+                              use_rot=True))
+
+
+def test_21_lmdbs_are_checked_before_training(photo_lmdbs, tmp_path, capsys):
+    import shutil
+
+    from d2csr.data.eval_check import check_lmdb_roots
+
+    gt, lq = photo_lmdbs
+    check_eval_dataset(lmdb_dataset(gt, lq), 4, gt_size=64)  # as made: fine
+    with pytest.raises(DataError, match=r'HR is not 2 x LR by meta_info.txt \(these LMDBs were made for scale 4\)'):
+        check_eval_dataset(lmdb_dataset(gt, lq, scale=2), 2)
+    # meta_info.txt naming keys data.mdb does not hold (BasicSR: a TypeError from imfrombytes at that batch)
+    for lmdb_dir in (gt, lq):
+        with open(lmdb_dir / 'meta_info.txt', 'a') as f:
+            f.write('ghost.png (400,400,3) 1\n')
+    with pytest.raises(DataError, match=r'HR LMDB .*HR.lmdb: 1 of the 4 key\(s\) the data set reads are not in its '
+                                        r'data.mdb \(ghost\).*rebuild it with python scripts/prepare_dataset.py'):
+        check_eval_dataset(lmdb_dataset(gt, lq), 4)
+    # a truncated data.mdb (the loader would die of a bus error) and one that is not an LMDB
+    for lmdb_dir in (gt, lq):
+        lines = (lmdb_dir / 'meta_info.txt').read_text().splitlines()[:-1]
+        (lmdb_dir / 'meta_info.txt').write_text('\n'.join(lines) + '\n')
+    cut = tmp_path / 'cut.lmdb'
+    shutil.copytree(gt, cut)
+    with open(cut / 'data.mdb', 'r+b') as f:
+        f.truncate(8192)
+    with pytest.raises(DataError, match=r'HR LMDB .*cut.lmdb/data.mdb is truncated \(8,192 of its [\d,]+ bytes'):
+        check_eval_dataset(lmdb_dataset(cut, lq), 4)
+    (cut / 'data.mdb').write_bytes(b'\x00' * 8192 + os.urandom(8192))
+    with pytest.raises(DataError, match=r'cut.lmdb/data.mdb is not a readable LMDB \(.*\); it is corrupt'):
+        check_eval_dataset(lmdb_dataset(cut, lq), 4)
+    # HR and LR LMDBs of different pairs: named before BasicSR builds the data set (its AssertionError)
+    (lq / 'meta_info.txt').write_text((lq / 'meta_info.txt').read_text().replace('coins.png', 'coin.png'))
+    with pytest.raises(DataError, match=r'do not hold the same keys: 1 only in the HR LMDB \(coins\); 1 only in the '
+                                        r'LR LMDB \(coin\)'):
+        check_lmdb_roots(dict(name='x', type='PairedImageDataset', dataroot_gt=str(gt), dataroot_lq=str(lq),
+                              io_backend={'type': 'lmdb'}))
+
+
+def test_21_an_lmdb_problem_stops_the_train_entry_point_before_the_first_batch(photo_data, photo_lmdbs, tmp_path):
+    from conftest import run_entry, unique_name
+
+    gt, lq = photo_lmdbs
+    for lmdb_dir in (gt, lq):
+        with open(lmdb_dir / 'meta_info.txt', 'a') as f:
+            f.write('ghost.png (400,400,3) 1\n')
+    opt = tiny_options(photo_data, unique_name('lmdb_keys'), **{'datasets:train:io_backend': {'type': 'lmdb'},
+                                                                 'datasets:train:dataroot_gt': str(gt),
+                                                                 'datasets:train:dataroot_lq': str(lq)})
+    proc = run_entry('train', '-opt', entry_yml(opt, tmp_path / 'lmdb.yml'), check=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert 'error: photos_train (PairedImageDataset, LMDB, scale 4): 2 problem(s), checked before training' \
+        in proc.stderr and '(ghost)' in proc.stderr
+    assert not re.search(r'iter:\s+\d+,', proc.stdout + proc.stderr)
+
+
+def test_21_folder_order_does_not_depend_on_the_file_system(photo_data, monkeypatch):
+    """BasicSR's PairedImageDataset lists folders with os.scandir: another order on another node's copy."""
+    import basicsr.data.data_util as data_util
+
+    from d2csr.pipeline import create_train_val_dataloader
+
+    scandir = data_util.scandir
+    monkeypatch.setattr(data_util, 'scandir', lambda *a, **k: reversed(list(scandir(*a, **k))))
+    opt = tiny_options(photo_data, 'order')
+    opt.update(dist=False, rank=0, world_size=1, num_gpu=0)
+    for phase, dataset in opt['datasets'].items():
+        dataset.update(phase=phase, scale=4)
+    reversed_paths = build_dataset(opt['datasets']['train']).paths
+    assert reversed_paths != sorted(reversed_paths, key=lambda p: p['gt_path'])  # the scan order differs
+    loader = create_train_val_dataloader(opt, logging.getLogger('pytest_order'))[0]
+    assert loader.dataset.paths == sorted(reversed_paths, key=lambda p: p['gt_path'])

@@ -95,7 +95,7 @@ FLOORS = [
     ('d2csr.utils', 1),                                                # knows nothing of D2C
     ('d2csr.archs', 2), ('d2csr.losses', 2), ('d2csr.data', 2), ('d2csr.metrics', 2),   # the method's parts
     ('d2csr.convert', 3), ('d2csr.loading', 3), ('d2csr.tiling', 3), ('d2csr.evaluation', 3), ('d2csr.visualize', 3),
-    ('d2csr.options_check', 3), ('d2csr.options', 3),                  # on a built network / options
+    ('d2csr.options_check', 3), ('d2csr.options_schema', 3), ('d2csr.options', 3),  # on a built network / options
     ('d2csr.pipeline', 3),                                             # BasicSR pipeline changes for d2csr's runs
     ('d2csr.models', 4),                                               # training and validation logic
 ]

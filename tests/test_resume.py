@@ -14,6 +14,7 @@ from conftest import (ROOT, TINY_NET, WORK, experiment_dir, run_entry, subproces
                       write_options)
 from d2csr.utils.checkpoint import SLOW_SAVE_ENV, atomic_save, find_resume_state
 from d2csr.pipeline import ResumableEnlargedSampler, load_resume_state
+from d2csr.utils.errors import ResumeError
 
 MICRO_NET = dict(TINY_NET, num_feat=8, fusion_feat=8)
 TOTAL_ITER = 12  # 3 photos x enlarge 4 / batch 2 = 6 iterations per epoch: two epochs
@@ -91,7 +92,7 @@ def test_find_resume_state_picks_the_newest_complete_pair(tmp_path):
     assert 'net_g_6.pth is missing' in reasons[str(states / '6.state')]
     for it in (2, 4):
         (states / f'{it}.state').unlink()
-    with pytest.raises(RuntimeError, match='no complete training state'):
+    with pytest.raises(ResumeError, match='no complete training state'):
         find_resume_state(str(states), str(models))
 
 

@@ -232,9 +232,10 @@ def host_traffic_of_steps(model, iters, monkeypatch):
 def test_step_does_no_host_sync_or_host_to_device_copy(photo_data, tmp_path, monkeypatch, stage):
     """The step (forward, losses with alpha switching on and off, guard, fused Adam) under a dispatch-mode
     check; the same check finds the per-step sync of the guard with a non-fused optimizer."""
-    schedule = {'train:divergence_opt:alpha_schedule': {'start_iter': 1, 'period': 4, 'on_iters': 2}}
-    model = make_model(photo_data, tmp_path, stage=stage, **schedule,
-                       **{'train:optim_g:fused': True, 'train:optim_c': {'type': 'Adam', 'lr': 1e-4, 'fused': True}})
+    schedule = {'train:divergence_opt:alpha_schedule': {'start_iter': 1, 'period': 4, 'on_iters': 2}} \
+        if stage != 'convergence' else {}  # a stage's options only: others are refused at start
+    fused_c = {'train:optim_c': {'type': 'Adam', 'lr': 1e-4, 'fused': True}} if stage == 'joint' else {}
+    model = make_model(photo_data, tmp_path, stage=stage, **schedule, **fused_c, **{'train:optim_g:fused': True})
     model.feed_data(batch())
     model.optimize_parameters(1)  # first step: optimizer state, device iteration
     assert host_traffic_of_steps(model, (2, 3, 4, 5), monkeypatch) == []

@@ -21,6 +21,7 @@ import os.path as osp
 import re
 
 from d2csr.utils.image_io import IMG_EXTENSIONS, image_names
+from d2csr.utils.errors import UserError
 
 REALSR_SCALES = (2, 3, 4)
 REALSR_CAMERAS = ('Canon', 'Nikon')
@@ -28,7 +29,7 @@ DREALSR_SCALES = (2, 3, 4)
 D2CREALSR_SCALES = (8, )
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data set on disk does not match what the options describe; the message says what to fix."""
 
 

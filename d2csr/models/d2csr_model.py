@@ -361,17 +361,29 @@ class D2CModel(SRModel):
         if self.is_train and getattr(self, 'guard', None) is not None:
             self.guard.report()
 
-    def _on_bad_steps(self, count, first_iter, flags, values):
+    def _on_bad_steps(self, count, first_iter, flags, values, ranks=None):
         """Called by the guard when it finds bad steps: ``nan_policy: stop`` raises, ``skip`` warns.
 
         ``train: nan_policy: stop`` (default) raises ``FloatingPointError`` naming the iteration and the loss
         terms; the optimizer did not step there (nor after it), so the weights and the last saved checkpoint
-        stay as they were; ``skip`` counts the step (``nan_skips`` in the log) and goes on.
+        stay as they were; ``skip`` counts the step (``nan_skips`` in the log) and goes on. Distributed,
+        ``ranks`` (``{rank: (flags, values)}``) gives every process's flags and loss values: the message names
+        the processes where the loss or gradient was not finite and shows their values, not rank 0's.
         """
-        bad_loss, bad_grad = flags
-        text = ', '.join(f'{k}={v:.6g}' for k, v in values.items())
-        what = ' and '.join(w for w, bad in (('loss', bad_loss), ('gradient', bad_grad)) if bad)
-        where = '' if not self.opt['dist'] else ' (on at least one process)'
+        what = ' and '.join(w for w, bad in (('loss', flags[0]), ('gradient', flags[1])) if bad)
+        if ranks:
+            def text_of(rank):
+                return ', '.join(f'{k}={v:.6g}' for k, v in ranks[rank][1].items())
+            # a NaN loss on one process makes every process's gradient NaN (DDP averages them): name the origin
+            bad = [r for r, (f, _) in sorted(ranks.items()) if f[0]] or \
+                [r for r, (f, _) in sorted(ranks.items()) if f[1]]
+            where = f' on rank{"s" if len(bad) > 1 else ""} {", ".join(map(str, bad))} of {len(ranks)}'
+            text = '; '.join(f'rank {r}: ' + text_of(r) for r in bad) or text_of(0)
+            good = [r for r in sorted(ranks) if r not in bad]
+            if good:
+                text += f' (finite on rank{"s" if len(good) > 1 else ""} {", ".join(map(str, good))})'
+        else:
+            where, text = '', ', '.join(f'{k}={v:.6g}' for k, v in values.items())
         message = f'non-finite {what}{where} at iteration {first_iter} (stage {self.stage}): {text}.'
         logger = get_root_logger()
         if self.nan_policy == 'skip':

@@ -48,7 +48,8 @@ class StepGuard:
         self.halted = torch.zeros((), dtype=torch.bool, **zeros)  # stop: a bad step happened, mask the rest
         self.skips = torch.zeros((), dtype=torch.long, **zeros)  # bad steps since the last report
         self.first_iter = torch.full((), -1, dtype=torch.long, **zeros)  # first bad one since the last report
-        self.first_flags = torch.zeros(2, **zeros)  # its (bad loss, bad gradient)
+        self.first_flags = torch.zeros(2, **zeros)  # its (bad loss, bad gradient), on any process
+        self.first_local = torch.zeros(2, **zeros)  # the same, on this process
         self.first_values = {}  # loss names -> its loss values
         self.first_site = {}  # loss names -> whether that step was the first bad one
         self._one = torch.ones((), **zeros)
@@ -93,13 +94,15 @@ class StepGuard:
                 found_all.append(found.to(self.device, non_blocking=True))
             bad_grad = torch.stack(found_all).amax() > 0 if found_all else \
                 torch.zeros((), dtype=torch.bool, device=self.device)
-        flags = torch.stack([bad_loss, bad_grad]).float()
+        local = torch.stack([bad_loss, bad_grad]).float()
+        flags = local.clone()
         if self.distributed:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         bad = flags.amax() > 0
         first = bad & (self.first_iter < 0)
         self.first_iter.copy_(torch.where(first, self.iteration, self.first_iter))
         self.first_flags.copy_(torch.where(first, flags, self.first_flags))
+        self.first_local.copy_(torch.where(first, local, self.first_local))
         key = tuple(names)
         if key not in self.first_values:
             self.first_values[key] = torch.zeros_like(values)
@@ -132,32 +135,50 @@ class StepGuard:
 
     def pending(self):
         """``(new bad steps, first bad iteration, (bad loss, bad grad), {names: values})`` since the last
-        report: one device-to-host copy."""
-        values = list(self.first_values.items())
-        packed = torch.cat([self.skips.view(1).float(), self.first_iter.view(1).float(), self.first_flags] +
-                           [torch.cat([self.first_site[k].view(1).float(), v.float().view(-1)])
-                            for k, v in values]).tolist()
-        count, first_iter, flags = int(packed[0]), int(packed[1]), packed[2:4]
-        out, offset = {}, 4
-        for names, _ in values:
+        report, the flags of any process and the values of this one: one device-to-host copy."""
+        count, first_iter, flags, _, values = self._unpack(self._packed().tolist())
+        return count, first_iter, flags, values
+
+    def _packed(self):
+        """This process's record as one float vector: count, first iteration, flags (any process), flags (this
+        process), then per loss-name group its "first bad here" flag and values."""
+        return torch.cat([self.skips.view(1).float(), self.first_iter.view(1).float(), self.first_flags,
+                          self.first_local] + [torch.cat([self.first_site[k].view(1).float(), v.float().view(-1)])
+                                               for k, v in self.first_values.items()])
+
+    def _unpack(self, packed):
+        count, first_iter, flags, local = int(packed[0]), int(packed[1]), packed[2:4], packed[4:6]
+        out, offset = {}, 6
+        for names in self.first_values:
             if packed[offset] > 0:
                 out.update(zip(names, packed[offset + 1:offset + 1 + len(names)]))
             offset += 1 + len(names)
-        return count, first_iter, (flags[0] > 0, flags[1] > 0), out
+        return count, first_iter, (flags[0] > 0, flags[1] > 0), (local[0] > 0, local[1] > 0), out
+
+    def per_process(self):
+        """Distributed: ``{rank: ((bad loss, bad grad), {names: values})}`` of the first bad step since the last
+        report, gathered from every process (a collective: every process calls it, at the same report)."""
+        packed = self._packed()
+        gathered = [torch.zeros_like(packed) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, packed)
+        return {rank: self._unpack(row.tolist())[3:] for rank, row in enumerate(gathered)}
 
     def report(self):
         """Read the device state (a sync point); returns ``(new_skips, first_iter, flags, values)``.
 
         When there are new bad steps: resets the since-last-report state (not ``halted``), adds them to
-        ``reported_skips``, then calls ``handler`` (which raises for ``stop``).
+        ``reported_skips``, then calls ``handler`` (which raises for ``stop``). Distributed, every process finds
+        the same count (the flags are all-reduced) and the handler gets ``ranks``: each process's flags and
+        loss values at that step (:meth:`per_process`), so the message names the process that went bad.
         """
         result = self.pending()
         if result[0]:
+            ranks = self.per_process() if self.distributed else None
             self.skips.zero_()
             self.first_iter.fill_(-1)
             for flag in self.first_site.values():
                 flag.zero_()
             self.reported_skips += result[0]
             if self.handler is not None:
-                self.handler(*result)
+                self.handler(*result, ranks=ranks)
         return result

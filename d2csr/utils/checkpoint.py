@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
+from .errors import ResumeError, UserError
 
 SLOW_SAVE_ENV = 'D2CSR_TEST_SLOW_SAVE'
 _TMP_PATTERN = re.compile(r'\.tmp\d+$')
@@ -35,7 +36,7 @@ _TMP_PATTERN = re.compile(r'\.tmp\d+$')
 
 # --------------------------------------------------------------------------------------------------
 # atomic writes
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """A file is not an official D2C-SR checkpoint (or not one this converter understands)."""
 
 
@@ -86,40 +87,82 @@ def atomic_save(obj, path):
             torch.save(obj, f)
 
 
-def _is_disk_full(error):
-    """ENOSPC as ``OSError`` (plain writes), or as torch's ``RuntimeError`` from its zip writer
-    (``[enforce fail at inline_container.cc] . unexpected pos ...`` / ``file write failed``)."""
+def _os_error(error):
+    """The ``OSError`` behind ``error``: itself, or what torch's zip writer was handling when it gave up (its
+    ``RuntimeError: ... unexpected pos`` keeps the failed ``write``'s ``OSError`` as context)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _file_size_limit():
+    """This process's file-size limit in bytes (``ulimit -f``), or ``None`` when unlimited."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def write_failure(error):
+    """Why a write failed when it is the storage's fault, not a bug: ``'disk full'`` (ENOSPC), ``'disk quota
+    exceeded'`` (EDQUOT), ``'file-size limit'`` (EFBIG: ``ulimit -f``; Python ignores the SIGXFSZ that would
+    otherwise kill the process), or ``None``. A ``RuntimeError`` from torch's zip writer without a recorded
+    ``OSError`` (``unexpected pos`` / ``file write failed``) counts as a full disk unless a file-size limit is set."""
     import errno
 
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    os_error = _os_error(error)
+    if os_error is not None:
+        return {errno.ENOSPC: 'disk full', errno.EDQUOT: 'disk quota exceeded',
+                errno.EFBIG: 'file-size limit'}.get(os_error.errno)
     text = str(error)
-    return isinstance(error, RuntimeError) and ('unexpected pos' in text or 'file write failed' in text)
+    if isinstance(error, RuntimeError) and ('unexpected pos' in text or 'file write failed' in text):
+        return 'file-size limit' if _file_size_limit() is not None else 'disk full'
+    return None
+
+
+def _write_failure_hint(kind, path):
+    folder = osp.dirname(osp.abspath(path))
+    if kind == 'file-size limit':
+        limit = _file_size_limit()
+        size = f' of {limit:,d} bytes' if limit is not None else ''
+        return (f' This process has a file-size limit{size} (ulimit -f), smaller than the checkpoint: raise it '
+                '(ulimit -f unlimited in the shell or job script that starts training, or ask your cluster\'s '
+                'administrator); the disk itself is not full. The next save tries again.')
+    if kind == 'disk quota exceeded':
+        return (f' Your disk quota on {folder} is used up: delete old net_g_<iter>.pth / <iter>.state files or ask '
+                'for a larger quota; the next save tries again.')
+    return (f' The disk holding {folder} is full: free some space (e.g. delete old net_g_<iter>.pth / <iter>.state '
+            'files); the next save tries again.')
 
 
 def save_with_retry(obj, path, logger, retries=3):
     """:func:`atomic_save` with BasicSR's retry-on-error policy.
 
     BasicSR retries a failed save three times and then carries on training; so does this (the previous
-    complete checkpoint stays in place and the next save tries again). A full disk (``OSError`` ENOSPC, or
-    torch's ``RuntimeError: ... unexpected pos`` form of it) is handled the same way and logged as
-    "disk full". Returns whether it was saved.
+    complete checkpoint stays in place and the next save tries again). A full disk, a used-up quota or the
+    process's file-size limit (:func:`write_failure`) is handled the same way and logged by its name, with what
+    to do; any other error is raised. Returns whether it was saved.
     """
-    full = False
+    kind = None
     for attempt in range(retries):
         try:
             atomic_save(obj, path)
             return True
         except (OSError, RuntimeError) as error:
-            if isinstance(error, RuntimeError) and not _is_disk_full(error):
+            kind = write_failure(error)
+            if isinstance(error, RuntimeError) and kind is None:
                 raise
-            full = _is_disk_full(error)
-            what = 'disk full' if full else str(error).splitlines()[0]
+            what = kind or error_summary(error)
             logger.warning(f'Saving {path} failed ({what}); {retries - attempt - 1} retries left.')
             time.sleep(1)
-    hint = (f' The disk holding {osp.dirname(osp.abspath(path))} is full: free some space (e.g. delete old '
-            'net_g_<iter>.pth / <iter>.state files); the next save tries again.') if full else ''
-    logger.error(f'Could not save {path}{" (disk full)" if full else ""}; training continues, the previous '
+    hint = _write_failure_hint(kind, path) if kind else ''
+    logger.error(f'Could not save {path}{f" ({kind})" if kind else ""}; training continues, the previous '
                  f'checkpoint is kept.{hint}')
     return False
 
@@ -185,15 +228,26 @@ def load_lazily(path):
         return torch.load(path, map_location='cpu', weights_only=True)
 
 
-def _unreadable(path):
-    """``None`` when ``path`` is a complete torch file, else why not (missing, truncated, ...)."""
+def error_summary(error, limit=160):
+    """``'Type: first line of the message'`` of an exception, also when the message is empty (``torch.load`` of
+    an empty file raises a bare ``EOFError``)."""
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0][:limit]}' if lines else type(error).__name__
+
+
+def unreadable_reason(path):
+    """``None`` when ``path`` is a complete torch file, else why not: ``'missing'``, ``'empty: 0 bytes'``,
+    ``'unreadable (...)'`` (truncated, not a torch file)."""
     if not osp.isfile(path):
         return 'missing'
+    if osp.getsize(path) == 0:
+        return 'empty: 0 bytes'
     try:  # reads the archive's index and pickle, not the tensor data
         load_lazily(path)
     except Exception as error:  # a truncated zip, a bad pickle, ...
-        return f'unreadable ({type(error).__name__}: {str(error).splitlines()[0][:120]})'
+        return f'unreadable ({error_summary(error, 120)})'
     return None
+
 
 
 def find_resume_state(states_dir, models_dir, label='net_g'):
@@ -210,10 +264,10 @@ def find_resume_state(states_dir, models_dir, label='net_g'):
     skipped = []
     for it in iters:
         state_path = osp.join(states_dir, f'{it}.state')
-        reason = _unreadable(state_path)
+        reason = unreadable_reason(state_path)
         if reason is None:
             net_path = state_network_path(models_dir, it, label)
-            net_reason = _unreadable(net_path)
+            net_reason = unreadable_reason(net_path)
             if net_reason is None:
                 return state_path, skipped
             reason = f'its network {net_path} is {net_reason}'
@@ -222,7 +276,7 @@ def find_resume_state(states_dir, models_dir, label='net_g'):
         skipped.append((state_path, reason))
     if skipped:
         details = '; '.join(f'{p}: {r}' for p, r in skipped)
-        raise RuntimeError(f'--auto_resume: no complete training state in {states_dir} ({details}). Point '
+        raise ResumeError(f'--auto_resume: no complete training state in {states_dir} ({details}). Point '
                            'path:resume_state at a good one, or move the folder away to start from scratch.')
     return None, []
 
@@ -327,6 +381,12 @@ def check_network_matches(network_opt, net_path, state_path, strict=True, saved_
     unexpected keys only with ``strict`` (``path: strict_load_g``).
     """
     expected = _network_shapes(network_opt)
+    reason = unreadable_reason(net_path)
+    if reason is not None:
+        raise ResumeError(f'cannot resume from {state_path}: its network {net_path} is {reason} (a save that was '
+                          'interrupted, or a copy that was cut short). Resume from an earlier state with '
+                          '--auto_resume, which skips incomplete pairs, or point path:resume_state at one whose '
+                          'net_g_<iter>.pth is complete. Nothing was written.')
     saved = load_lazily(net_path)
     if isinstance(saved, dict) and isinstance(saved.get('params'), dict):
         saved = saved['params']
@@ -340,7 +400,7 @@ def check_network_matches(network_opt, net_path, state_path, strict=True, saved_
                 for k in sorted(set(saved_network_opt) | set(now)) if saved_network_opt.get(k) != now.get(k)]
         if diff:
             problems.append('network_g options differ: ' + '; '.join(diff))
-    raise ValueError(f'refusing to resume from {state_path}: it was trained with a different network than '
+    raise ResumeError(f'refusing to resume from {state_path}: it was trained with a different network than '
                      f'network_g in this options file ({", ".join(problems)}; weights {net_path}). Resume with '
                      'the options of that run (a copy is in its experiments/<name>/ folder), or give this run '
                      'another name to start a new experiment. Nothing was written.')

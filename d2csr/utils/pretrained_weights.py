@@ -19,8 +19,10 @@ import os.path as osp
 import torch
 import torchvision
 
+from .errors import UserError
 
-class MissingWeightsError(RuntimeError):
+
+class MissingWeightsError(UserError, RuntimeError):
     """A backbone's weight file is neither where the options say nor downloadable."""
 
 
