@@ -98,6 +98,7 @@ FLOORS = [
     ('d2csr.options_check', 3), ('d2csr.options', 3),                  # on a built network / options
     ('d2csr.pipeline', 3),                                             # BasicSR pipeline changes for d2csr's runs
     ('d2csr.models', 4),                                               # training and validation logic
+    ('d2csr.integrations', 4),                                         # ONNX export, spandrel (optional extras)
 ]
 
 
