@@ -77,7 +77,12 @@ def load_descriptor(state_dict, architecture):
     weights cannot be rebuilt (a ``bicubic_input`` network, shapes that fit no D2CSR, NaN / Inf weights).
     """
     spandrel = _import_spandrel()
-    opts = infer_network_options(state_dict)
+    try:
+        opts = infer_network_options(state_dict)
+    except CheckpointFormatError as err:
+        raise CheckpointFormatError(f'{err} In spandrel (ComfyUI, chaiNNer) only the weights are seen: run such a '
+                                    'model with d2csr (inference/inference_d2csr.py -opt OPTIONS), or export it '
+                                    'with scripts/export_onnx.py MODEL OUT.onnx -opt OPTIONS.') from None
     check_finite(state_dict, 'the D2C-SR checkpoint')
     net = D2CSR(**{k: v for k, v in opts.items() if k != 'type'}).eval()
     try:
