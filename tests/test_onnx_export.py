@@ -173,3 +173,13 @@ def test_bad_arguments_name_the_problem(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r'pip install "d2csr\[onnx\]"'):
         script.main([str(model), str(tmp_path / 'b.onnx')])
     assert not (tmp_path / 'a.onnx').exists() and not (tmp_path / 'b.onnx').exists()
+
+
+def test_timing_benchmark_runs(capsys):
+    """benchmarks/bench_onnx.py (the ONNX Runtime vs PyTorch timing) on a tiny network."""
+    assert load_script('benchmarks/bench_onnx.py').main(['--smoke']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith('24x20'))
+    ratio_best, ratio_median, diff = row.split()[-3:]
+    assert ratio_best.endswith('x') and ratio_median.endswith('x') and float(diff) <= 1e-4
+    assert any('ONNX Runtime vs PyTorch max |diff|' in line for line in lines)

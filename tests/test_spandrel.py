@@ -213,6 +213,8 @@ BUILTINS = {
     'SAFMNBCIE': lambda: _arch('SAFMNBCIE')(dim=16, n_blocks=2, num_layers=2),
     'FFTformer': lambda: _arch('FFTformer')(dim=16, num_blocks=[1, 1, 1], num_refinement_blocks=1),
     'Uformer': lambda: _arch('Uformer')(embed_dim=8, depths=[1] * 9),
+    'MixDehazeNet': lambda: _arch('MixDehazeNet')(),
+    'HVICIDNet': lambda: _arch('HVICIDNet')(),
 }
 
 
@@ -231,3 +233,13 @@ def test_every_builtin_sr_architecture_still_loads_as_itself(installed, tmp_path
         torch.save(state, path)
         assert spandrel.ModelLoader().load_from_file(path).architecture.id == arch_id
         path.unlink()
+
+
+def test_precision_benchmark_runs(tmp_path, capsys):
+    """benchmarks/spandrel_dtypes.py (the measurement behind supports_half / supports_bfloat16) on a tiny model."""
+    net, _ = tiny('imdn', upscale=2)
+    torch.save({'params': net.state_dict()}, tmp_path / 'tiny.pth')
+    assert load_script('benchmarks/spandrel_dtypes.py').main(['--model', str(tmp_path / 'tiny.pth'), '--size', '16']) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith('tiny.pth')]
+    assert [r[1] for r in rows] == ['float32', 'float16', 'bfloat16']
+    assert all(r[2] == 'True' and float(r[3]) <= 3e-2 for r in rows)
