@@ -3,41 +3,24 @@ every backbone x upsampler, and what leaves no trace is refused or defaulted, ne
 import pytest
 import torch
 
-from d2csr.archs import D2CSR
 from d2csr.archs.branch_modules import branch_module_names
 from d2csr.archs.d2csr_arch import UPSAMPLERS
 from d2csr.archs.infer_options import NO_TRACE_OPTIONS, infer_network_options, is_d2csr_state
 from d2csr.loading import load_model
 from d2csr.utils.checkpoint import CheckpointFormatError
-
-BACKBONE_OPT = {  # not the defaults, so that a reader falling back on them would fail
-    'rcan': dict(num_group=3, num_block=2, squeeze_factor=2),
-    'edsr': dict(num_block=3),
-    'srresnet': dict(num_block=3),
-    'rrdbnet': dict(num_block=2, num_grow_ch=4),
-    'rdn': dict(num_block=3, num_layer=2, num_grow_ch=4),
-    'imdn': dict(num_block=3, distill_rate=0.5),
-    'vdsr': dict(num_conv=2),
-}
-
+from tiny_d2c import TINY_BACKBONE_OPT, tiny_d2c
 
 def build(backbone, **kwargs):
-    opts = dict(num_feat=8, fusion_feat=8, backbone=backbone)
-    if backbone == 'rcan':
-        opts.update(BACKBONE_OPT['rcan'])
-    else:
-        opts['backbone_opt'] = BACKBONE_OPT[backbone]
-    opts.update(kwargs)
-    torch.manual_seed(0)
-    return D2CSR(**opts).eval(), opts
+    net, opts = tiny_d2c(backbone, noise=0.0, **kwargs)
+    return net, {k: v for k, v in opts.items() if k != 'type'}
 
 
 def test_every_backbone_has_a_reader():
-    assert sorted(BACKBONE_OPT) == branch_module_names()
+    assert sorted(TINY_BACKBONE_OPT) == branch_module_names()
 
 
 @pytest.mark.parametrize('upsampler', [u for u in UPSAMPLERS if u != 'bicubic_input'])
-@pytest.mark.parametrize('backbone', sorted(BACKBONE_OPT))
+@pytest.mark.parametrize('backbone', sorted(TINY_BACKBONE_OPT))
 def test_the_loader_rebuilds_every_backbone_and_upsampler_from_the_weights(backbone, upsampler, tmp_path):
     net, opts = build(backbone, upsampler=upsampler, upscale=3 if upsampler == 'pixelshuffle' else 4,
                       mean_shift='learnable', deep_residual=backbone != 'vdsr')

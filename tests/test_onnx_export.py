@@ -7,39 +7,17 @@ import torch
 import yaml
 
 from conftest import OFFICIAL_FIXTURE, load_script
-from d2csr.archs import D2CSR
 from d2csr.archs.d2csr_arch import UPSAMPLERS
 from d2csr.convert import save_basicsr_checkpoint
 from d2csr.loading import load_network
+from tiny_d2c import TINY_BACKBONE_OPT, tiny_d2c
 
 onnx = pytest.importorskip('onnx', reason='onnx is an optional extra: pip install "d2csr[onnx]"')
 ort = pytest.importorskip('onnxruntime', reason='onnxruntime is an optional extra: pip install "d2csr[onnx]"')
 from d2csr.integrations import onnx_export  # noqa: E402
 
-TINY_BACKBONE_OPT = {
-    'rcan': dict(num_group=1, num_block=2, squeeze_factor=4),
-    'edsr': dict(num_block=1),
-    'srresnet': dict(num_block=1),
-    'rrdbnet': dict(num_block=1, num_grow_ch=4),
-    'rdn': dict(num_block=1, num_layer=2, num_grow_ch=4),
-    'imdn': dict(num_block=1, distill_rate=0.5),
-    'vdsr': dict(num_conv=2),
-}
-
-
 def tiny(backbone='rcan', **kwargs):
-    opts = dict(type='D2CSR', num_feat=8, fusion_feat=8, depth=1, width=2, backbone=backbone, upscale=4)
-    if backbone == 'rcan':
-        opts.update(TINY_BACKBONE_OPT['rcan'])
-    else:
-        opts['backbone_opt'] = TINY_BACKBONE_OPT[backbone]
-    opts.update(kwargs)
-    torch.manual_seed(0)
-    net = D2CSR(**{k: v for k, v in opts.items() if k != 'type'}).eval()
-    with torch.no_grad():  # away from the initialisation (zero biases)
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return net, opts
+    return tiny_d2c(backbone, **dict(dict(depth=1, width=2, upscale=4), **kwargs))
 
 
 def run_onnx(path, x):
@@ -73,7 +51,7 @@ def test_every_backbone_and_upsampler_exports_and_reproduces_pytorch(backbone, u
 
 
 def write_checkpoint(tmp_path, **kwargs):
-    net, opts = tiny(depth=2, **kwargs)
+    net, opts = tiny(**kwargs)
     path = tmp_path / 'net_g_latest.pth'
     save_basicsr_checkpoint(net, path)
     return net, path
@@ -90,7 +68,7 @@ def test_script_writes_the_contract_and_a_verified_model(tmp_path, capsys):
     assert meta['d2csr.scale'] == '4' and meta['d2csr.color_order'] == 'RGB' and meta['d2csr.layout'] == 'NCHW'
     assert meta['d2csr.input_range'] == '[0, 1]' and meta['d2csr.precision'] == 'fp32'
     assert 'dynamic' in meta['d2csr.input'] and '(N, 3, 4*H, 4*W)' in meta['d2csr.output']
-    assert yaml.safe_load(meta['d2csr.network_g'])['num_group'] == 1
+    assert yaml.safe_load(meta['d2csr.network_g'])['num_group'] == 2
     model_proto = onnx.load(str(out))
     dims = [d.dim_param or d.dim_value for d in model_proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ['batch', 3, 'height', 'width']
@@ -154,7 +132,7 @@ def test_a_model_that_fails_verification_is_not_written(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.onnx, 'export', refuse)
     with pytest.raises(SystemExit, match=r'cannot export this network \(x4, backbone rcan, upsampler pixelshuffle, '
-                       r'4 branches\): RuntimeError: Exporting the operator foo.*nothing was written'):
+                       r'2 branches\): RuntimeError: Exporting the operator foo.*nothing was written'):
         load_script('scripts/export_onnx.py').main([str(model), str(tmp_path / 'new.onnx')])
     assert not (tmp_path / 'new.onnx').exists()
 

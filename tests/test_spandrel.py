@@ -6,23 +6,12 @@ import pytest
 import torch
 
 from conftest import OFFICIAL_FIXTURE, load_script
-from d2csr.archs import D2CSR
+from tiny_d2c import TINY_BACKBONE_OPT, tiny_d2c
 from d2csr.archs.infer_options import infer_network_options
 from d2csr.loading import load_model
 
 spandrel = pytest.importorskip('spandrel', reason='spandrel is an optional extra: pip install "d2csr[spandrel]"')
 from d2csr.integrations import spandrel as d2c_spandrel  # noqa: E402
-
-TINY_BACKBONE_OPT = {  # small nodes: the checks are about layout and parity, not capacity
-    'rcan': dict(num_group=2, num_block=2, squeeze_factor=4),
-    'edsr': dict(num_block=2),
-    'srresnet': dict(num_block=2),
-    'rrdbnet': dict(num_block=1, num_grow_ch=4),
-    'rdn': dict(num_block=2, num_layer=2, num_grow_ch=4),
-    'imdn': dict(num_block=2, distill_rate=0.5),
-    'vdsr': dict(num_conv=3),
-}
-
 
 @pytest.fixture(scope='module', autouse=True)
 def installed():
@@ -32,18 +21,7 @@ def installed():
 
 
 def tiny(backbone='rcan', **kwargs):
-    opts = dict(num_feat=8, fusion_feat=8, backbone=backbone)
-    if backbone == 'rcan':
-        opts.update(TINY_BACKBONE_OPT['rcan'])
-    else:
-        opts['backbone_opt'] = TINY_BACKBONE_OPT[backbone]
-    opts.update(kwargs)
-    torch.manual_seed(0)
-    net = D2CSR(**opts).eval()
-    with torch.no_grad():  # away from the initialisation (zero biases, identity mean shift)
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return net, opts
+    return tiny_d2c(backbone, **kwargs)
 
 
 def check_same_output(descriptor, net, size=(11, 9)):
