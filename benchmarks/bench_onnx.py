@@ -49,8 +49,8 @@ def build_model(args):
         net, opts, _ = load_network(args.model, args.opt)
         return net, opts, args.model
     torch.manual_seed(0)
-    opts = (dict(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, fusion_feat=8, upscale=args.scale) if args.smoke
-            else dict(upscale=args.scale))
+    tiny = dict(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, fusion_feat=8)
+    opts = dict(tiny if args.smoke else {}, upscale=args.scale)
     return D2CSR(**opts).eval(), dict(type='D2CSR', **opts), 'random weights'
 
 

@@ -154,8 +154,8 @@ BUILTINS = {
     'RCAN': lambda: _arch('RCAN')(n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4, scale=4),
     'SwinIR': lambda: _arch('SwinIR')(img_size=16, window_size=8, embed_dim=12, depths=[2], num_heads=[2], upscale=2,
                                       upsampler='pixelshuffle'),
-    'HAT': lambda: _arch('HAT')(img_size=16, window_size=8, embed_dim=12, depths=(2, ), num_heads=(2, ), squeeze_factor=3,
-                                upscale=2, upsampler='pixelshuffle'),
+    'HAT': lambda: _arch('HAT')(img_size=16, window_size=8, embed_dim=12, depths=(2, ), num_heads=(2, ),
+                                squeeze_factor=3, upscale=2, upsampler='pixelshuffle'),
     'SPAN': lambda: _arch('SPAN')(num_in_ch=3, num_out_ch=3, feature_channels=16, upscale=4),
     'OmniSR': lambda: _arch('OmniSR')(num_feat=16, up_scale=4),
     'Compact': lambda: _arch('Compact')(num_feat=16, num_conv=4),
@@ -178,8 +178,8 @@ BUILTINS = {
                                         upsampler='pixelshuffle'),
     'SAFMN': lambda: _arch('SAFMN')(dim=16, n_blocks=2),
     'MoESR': lambda: _arch('MoESR')(dim=16, n_blocks=2, n_block=1),
-    'MMRealSR': lambda: _arch('MMRealSR')(num_in_ch=3, num_out_ch=3, num_feat=16, num_block=2, num_feats=[16, 32, 64, 128],
-                                          num_blocks=[1, 1, 1, 1]),
+    'MMRealSR': lambda: _arch('MMRealSR')(num_in_ch=3, num_out_ch=3, num_feat=16, num_block=2,
+                                          num_feats=[16, 32, 64, 128], num_blocks=[1, 1, 1, 1]),
     'IPT': lambda: _arch('IPT')(n_feats=16, num_heads=2, num_layers=1, scale=[2], patch_size=48),
     'AuraSR': lambda: _arch('AuraSR')(dim=8, image_size=64, input_image_size=16,
                                       style_network=dict(dim_in=8, dim_out=8, depth=1)),
@@ -217,7 +217,8 @@ def test_precision_benchmark_runs(tmp_path, capsys):
     """benchmarks/spandrel_dtypes.py (the measurement behind supports_half / supports_bfloat16) on a tiny model."""
     net, _ = tiny('imdn', upscale=2)
     torch.save({'params': net.state_dict()}, tmp_path / 'tiny.pth')
-    assert load_script('benchmarks/spandrel_dtypes.py').main(['--model', str(tmp_path / 'tiny.pth'), '--size', '16']) == 0
+    script = load_script('benchmarks/spandrel_dtypes.py')
+    assert script.main(['--model', str(tmp_path / 'tiny.pth'), '--size', '16']) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith('tiny.pth')]
     assert [r[1] for r in rows] == ['float32', 'float16', 'bfloat16']
     assert all(r[2] == 'True' and float(r[3]) <= 3e-2 for r in rows)

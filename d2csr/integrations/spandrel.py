@@ -21,9 +21,9 @@ scale is not in its weights, is refused with that reason.
 
 The descriptor: purpose ``'SR'``, the inferred scale and channels, fp16 and bf16 supported (measured with
 ``benchmarks/spandrel_dtypes.py`` on a photograph: every backbone's output stays finite, max |diff| to fp32
-<= 7.1e-4 in fp16 and <= 5.2e-3 in bf16), no size requirement (any ``h, w >= 1``), tiling supported (the convs see a finite neighbourhood; with the
-``rcan`` and ``imdn`` backbones the channel attention sees the tile, not the whole image, so tiles differ slightly
-from one whole-image pass; d2csr's own tiled inference is exact).
+<= 7.1e-4 in fp16 and <= 5.2e-3 in bf16), no size requirement (any ``h, w >= 1``), tiling supported (the
+convs see a finite neighbourhood; with the ``rcan`` and ``imdn`` backbones the channel attention sees the tile,
+not the whole image, so tiles differ slightly from one whole-image pass; d2csr's own tiled inference is exact).
 
 spandrel is imported only when :func:`install` / :func:`architecture` is called: this module imports without it.
 """
@@ -126,7 +126,7 @@ def install(registry=None, *, ignore_duplicates=False):
     """
     spandrel = _import_spandrel()
     registry = spandrel.MAIN_REGISTRY if registry is None else registry
-    others = tuple(support.architecture.id for support in registry.architectures() if support.architecture.id != ARCH_ID)
+    others = tuple(s.architecture.id for s in registry.architectures() if s.architecture.id != ARCH_ID)
     support = spandrel.ArchSupport.from_architecture(architecture(), before=others)
     return registry.add(support, ignore_duplicates=ignore_duplicates)
 
