@@ -60,10 +60,12 @@ def main(argv=None):
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args(argv)
 
-    import spandrel
+    from d2csr.integrations.spandrel import _import_spandrel, install
 
-    from d2csr.integrations.spandrel import install
-
+    try:
+        spandrel = _import_spandrel()
+    except ImportError as err:
+        raise SystemExit(f'error: {err}') from None
     install(ignore_duplicates=True)
     x = photo(args.size).to(args.device)
     print(f'spandrel {spandrel.__version__}, torch {torch.__version__}, {args.device}, {torch.get_num_threads()} '
