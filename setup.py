@@ -64,6 +64,11 @@ setup(
         'tqdm',
         'lpips>=0.1.4',
     ],
-    extras_require={'test': ['pytest', 'pytest-xdist', 'matplotlib'], 'plot': ['matplotlib']},
+    extras_require={
+        'test': ['pytest', 'pytest-xdist', 'matplotlib'],
+        'plot': ['matplotlib'],
+        'onnx': ['onnx>=1.14', 'onnxruntime>=1.16'],  # scripts/export_onnx.py, d2csr.integrations.onnx_export
+        'spandrel': ['spandrel>=0.4,<0.5'],  # d2csr.integrations.spandrel (ComfyUI, chaiNNer)
+    },
     license='Apache-2.0',
 )

@@ -15,6 +15,10 @@ PROBE = r'''
 import importlib, json, sys
 patched = json.loads(sys.argv[1])
 import d2csr  # the plain import under test
+OPTIONAL = ('onnx', 'onnxruntime', 'spandrel')  # extras: loaded only when an integration is used
+optional_after_import = sorted(m for m in OPTIONAL if m in sys.modules)
+import d2csr.integrations.onnx_export, d2csr.integrations.spandrel
+optional_after_integrations = sorted(m for m in OPTIONAL if m in sys.modules)
 import basicsr.data.degradations  # needs the torchvision shim (functional_tensor) on current torchvision
 from basicsr.utils.registry import ARCH_REGISTRY
 arch = ARCH_REGISTRY.get('D2CSR').__name__
@@ -26,7 +30,7 @@ from d2csr.pipeline import apply_training_patches, training_patches_applied
 was = training_patches_applied()
 apply_training_patches()
 print(json.dumps({'arch': arch, 'before': before, 'pipeline_imported': pipeline_imported, 'was_applied': was,
-                  'after': owners()}))
+                  'after': owners(), 'optional': optional_after_import + optional_after_integrations}))
 '''
 
 
@@ -41,6 +45,7 @@ def test_plain_import_leaves_basicsr_untouched_and_the_explicit_call_patches():
     for (module, attribute), owner in zip(PATCHED, result['before']):
         assert owner.startswith('basicsr.'), f'{module}.{attribute} is {owner}\'s after a plain import d2csr'
     assert result['pipeline_imported'] is False  # the pipeline changes are not even loaded by import d2csr
+    assert result['optional'] == []  # nor onnx / onnxruntime / spandrel, even by the integration modules
     assert result['was_applied'] is False
     # the explicit call replaces each of them and says so
     assert result['after'] == ['d2csr.pipeline'] * len(PATCHED)
@@ -98,6 +103,7 @@ FLOORS = [
     ('d2csr.options_check', 3), ('d2csr.options_schema', 3), ('d2csr.options', 3),  # on a built network / options
     ('d2csr.pipeline', 3),                                             # BasicSR pipeline changes for d2csr's runs
     ('d2csr.models', 4),                                               # training and validation logic
+    ('d2csr.integrations', 4),                                         # ONNX export, spandrel (optional extras)
 ]
 
 

@@ -87,7 +87,8 @@ class RCABlock(RCAB):
 
     ``x + res_scale * CA(y) * y`` with ``y = conv(relu(conv(x)))`` is one ``addcmul`` instead of three passes
     over the feature map (``x * s``, ``* res_scale``, ``+ x``), written into ``y`` when no gradient is
-    recorded; channel attention's 1x1 convs on the pooled ``(N, F)`` vector run as two small matmuls.
+    recorded; channel attention's 1x1 convs on the pooled ``(N, F)`` vector run as two small matmuls. Traced
+    (``torch.jit.trace``, ONNX export) it is the plain ``x + y * s * res_scale``, which exports in any precision.
     Shapes: ``(N, F, h, w) -> (N, F, h, w)``, in the input's memory format.
     """
 
@@ -97,6 +98,8 @@ class RCABlock(RCAB):
         _, down, _, up, _ = attention.attention  # pool, 1x1 conv, ReLU, 1x1 conv, sigmoid on (N, F)
         s = F.linear(y.mean((2, 3)), down.weight.flatten(1), down.bias).relu_()
         scale = torch.sigmoid(F.linear(s, up.weight.flatten(1), up.bias))[:, :, None, None]
+        if torch.jit.is_tracing():  # ONNX export: its addcmul computes fp16 inputs in fp32; out= does not export
+            return x + y * scale * self.res_scale
         if torch.is_grad_enabled():
             return torch.addcmul(x, y, scale, value=self.res_scale)
         return torch.addcmul(x, y, scale, value=self.res_scale, out=y)

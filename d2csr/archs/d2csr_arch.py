@@ -52,13 +52,15 @@ class FewOutputConv2d(nn.Conv2d):
     Parameters, initialisation and results are ``nn.Conv2d``'s. In CPU fp32 inference on a channels-last
     input, where oneDNN runs a conv with so few outputs at a fraction of its usual speed, it computes the
     same sums as one 1x1 conv to all ``k*k*C_out`` taps and ``k*k`` shifted adds (about 1.8x faster for
-    64 -> 3 at 256x256 on an AVX-512 CPU); with autograd, in bf16 / fp16 or on a GPU it is the plain conv.
+    64 -> 3 at 256x256 on an AVX-512 CPU); with autograd, in bf16 / fp16, on a GPU or when traced
+    (``torch.jit.trace``, ONNX export: the graph must not bake in one image size) it is the plain conv.
     Shapes: ``(N, C_in, H, W) -> (N, C_out, H, W)``.
     """
 
     def _use_taps(self, x):
         k = self.kernel_size[0]
         return (x.device.type == 'cpu' and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and not torch.jit.is_tracing()
                 and not torch.is_autocast_enabled('cpu') and x.is_contiguous(memory_format=torch.channels_last)
                 and self.out_channels <= 8 and self.groups == 1 and self.kernel_size == (k, k) and k % 2 == 1
                 and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding == (k // 2, k // 2)
@@ -95,12 +97,12 @@ class ShuffleUpsample(Upsample):
     PyTorch's channels-last ``pixel_unshuffle`` (the backward of ``pixel_shuffle``) moves single values. With
     autograd on a channels-last CPU input, each conv's output channels are re-ordered (an exact re-indexing
     of its weight and bias) so that the shuffle is a reshape / permute that moves contiguous runs of
-    ``r * C`` values, forward and backward. Otherwise (inference, GPU, NCHW) it is BasicSR's forward.
+    ``r * C`` values, forward and backward. Otherwise (inference, GPU, NCHW, tracing) it is BasicSR's forward.
     Shapes: ``(N, F, h, w) -> (N, F, s*h, s*w)``.
     """
 
     def forward(self, x):
-        if not (torch.is_grad_enabled() and x.device.type == 'cpu'
+        if not (torch.is_grad_enabled() and x.device.type == 'cpu' and not torch.jit.is_tracing()
                 and x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x)
         layers = list(self)
