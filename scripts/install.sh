@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs d2csr and everything it needs (idempotent: a second run only checks).
+# Installs d2csr and everything it needs, with the test tools and the optional extras (onnx, onnxruntime,
+# spandrel), so that no test is skipped for a missing package (idempotent: a second run only checks).
 #
 # PyTorch: an installed torch 2.1-2.14 with its torchvision is kept as it is (e.g. a CPU-only build you installed
 # first). Otherwise torch 2.14.1 / torchvision 0.29.1, the versions this project is tested with, are installed:
@@ -20,4 +21,4 @@ CHECK
 else
     "${PIP[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} 'torch==2.14.1' 'torchvision==0.29.1'
 fi
-"${PIP[@]}" -e '.[test]'
+"${PIP[@]}" -e '.[test,onnx,spandrel]'
