@@ -53,6 +53,7 @@ from d2csr.models.train_step import StepGuard, takes_found_inf
 from d2csr.options_check import validate_options
 from d2csr.utils.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
+from d2csr.convert import check_channel_order
 from d2csr.evaluation import fusion_metrics, oracle_fusion, weight_mad  # noqa: F401  (oracle_fusion: old import path)
 
 STAGES = ('divergence', 'convergence', 'joint')
@@ -95,7 +96,9 @@ class D2CModel(SRModel):
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """BasicSR's ``load_network`` (pretrain, test and resume loads) with the checks of
-        :func:`d2csr.utils.checkpoint.load_network_checked`: weights-only, finite, shapes before loading."""
+        :func:`d2csr.utils.checkpoint.load_network_checked`: weights-only, finite, shapes before loading; the
+        authors' BGR weights from an older converter are refused with the command that converts them again."""
+        check_channel_order(load_path)
         load_network_checked(self.get_bare_model(net), load_path, strict, param_key, get_root_logger())
 
     # ----------------------------------------------------------------------------------------------
