@@ -350,3 +350,31 @@ def test_a_set_of_another_size_than_published_is_warned_about(tmp_path):
     with basicsr_log() as records:
         assert len(build('D2CRealSRDataset', scale=8, dataroot=str(full))) == 15
     assert not [r for r in records if 'its authors publish' in r.getMessage()]
+
+
+def test_a_missing_data_folder_names_the_option_and_the_step_that_makes_it(tmp_path):
+    """Before: a bare FileNotFoundError from deep in the data set, after the results folder was made."""
+    from conftest import results_dir, run_entry, unique_name, write_options
+    from d2csr.data.eval_check import check_data_roots
+
+    opt = yaml.safe_load((ROOT / 'options' / 'test_D2C_official_x4.yml').read_text())
+    opt.update(name=unique_name('missing_data'), num_gpu=0)
+    proc = run_entry('test', '-opt', write_options(opt, tmp_path / 'test.yml'), check=False)
+    assert proc.returncode != 0
+    assert ("datasets:test_1:dataroot 'datasets/RealSR_V3' does not exist; it is the RealSR (V3) download: put it "
+            'there as downloaded') in proc.stderr
+    assert not results_dir(opt['name']).exists()  # stopped before anything was written
+    # a prepared copy (BasicSR's PairedImageDataset): the prepare_dataset command that makes it, all at once
+    opt['datasets']['test_1'] = dict(name='t', type='PairedImageDataset', dataroot_gt='datasets/RealSR_x4/test/HR',
+                                     dataroot_lq=str(tmp_path))
+    opt['datasets']['val_2'] = dict(name='v', type='PairedImageDataset', dataroot_gt='my/DRealSR_x3/train_sub/HR.lmdb',
+                                    dataroot_lq='my/DRealSR_x3/train_sub/LR.lmdb')
+    with pytest.raises(DataError) as info:
+        check_data_roots(opt)
+    message = str(info.value)
+    assert message.startswith('3 data folder(s) of the options are missing')
+    assert ("datasets:test_1:dataroot_gt 'datasets/RealSR_x4/test/HR' does not exist; make it with: python "
+            'scripts/prepare_dataset.py realsr --root datasets/RealSR_V3 --scale 4 --split test --out '
+            'datasets/RealSR_x4/test') in message
+    assert ('--scale 3 --split train --out my/DRealSR_x3/train_sub --lmdb' in message
+            and 'datasets:val_2:dataroot_lq' in message)
