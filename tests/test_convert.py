@@ -301,7 +301,8 @@ def test_converter_and_official_test_options_give_the_same_metric(photo_data, tm
     opt.update(name=name, num_gpu=0, network_g=network_g)
     opt['path']['pretrain_network_g'] = str(pth)
     val = photo_data / 'val'
-    opt['datasets']['test_1'].update(name='photos_val', dataroot_gt=str(val / 'HR'), dataroot_lq=str(val / 'LR'))
+    opt['datasets']['test_1'] = dict(name='photos_val', type='PairedImageDataset', dataroot_gt=str(val / 'HR'),
+                                     dataroot_lq=str(val / 'LR'), io_backend={'type': 'disk'})
     run_entry('test', '-opt', write_options(opt, tmp_path / 'test.yml'))
     log = next(results_dir(name).glob('test_*.log')).read_text()
     reported = float(re.search(r'# psnr: ([0-9.]+)', log).group(1))
@@ -312,6 +313,13 @@ def test_converter_and_official_test_options_give_the_same_metric(photo_data, tm
         sr = ref_net(lq)
     expected = calculate_psnr(tensor2img([sr]), tensor2img([gt]), 4, test_y_channel=True)
     assert reported == pytest.approx(expected, abs=1e-3)
+    # and the paper's own metric, on the float output in the authors' BGR order
+    from d2csr.metrics.paper_metrics import calculate_d2csr_paper_psnr
+
+    paper = float(re.search(r'# psnr_paper: ([0-9.]+)', log).group(1))
+    bgr = [t[0].permute(1, 2, 0).numpy()[..., ::-1].astype(np.float64) for t in (sr, gt)]
+    assert paper == pytest.approx(calculate_d2csr_paper_psnr(*bgr, crop_border=4), abs=1e-3)
+    assert '# ssim_paper: ' in log
     # val: save_panels: one panel per image and the PSNR table
     panels = results_dir(name) / 'visualization' / 'panels' / 'photos_val'
     assert [p.name for p in panels.glob('*.png')] == ['chelsea_panel.png']
