@@ -92,8 +92,8 @@ def test_ssim_is_the_authors_formula_with_zero_padding_and_no_crop():
 
 def test_bad_inputs_are_named():
     sr, hr = pair()
-    with pytest.raises(ValueError, match=r'float images must be in \[0, 1\].*pass uint8'):
-        calculate_d2csr_paper_psnr(sr * 255, hr * 255, crop_border=4)
+    with pytest.raises(ValueError, match=r'uint8 in \[0, 255\] or float in \[0, 1\], got int64'):
+        calculate_d2csr_paper_psnr((hr * 255).astype(np.int64), (hr * 255).astype(np.int64), crop_border=4)
     with pytest.raises(ValueError, match='3-channel BGR'):
         calculate_d2csr_paper_ssim(sr[..., :1], hr[..., :1])
     assert METRIC_REGISTRY.get('calculate_d2csr_paper_psnr') is calculate_d2csr_paper_psnr

@@ -45,7 +45,8 @@ SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
 
 
 def _as_unit_float(img, input_order, name):
-    """``(H, W, 3)`` float64 in [0, 1]-scale (uint8 divided by 255; floats as they are)."""
+    """``(H, W, 3)`` float64 on the [0, 1] scale (uint8 divided by 255; floats taken as [0, 1]-scaled, as they
+    are)."""
     img = reorder_image(np.asarray(img), input_order=input_order)
     if img.shape[2] != 3:
         raise ValueError(f'{name}: the authors\' metrics take 3-channel BGR images, got shape {img.shape}')
@@ -53,11 +54,7 @@ def _as_unit_float(img, input_order, name):
         return img.astype(np.float64) / 255.0
     if not np.issubdtype(img.dtype, np.floating):
         raise ValueError(f'{name}: images must be uint8 in [0, 255] or float in [0, 1], got {img.dtype}')
-    img = img.astype(np.float64)
-    if img.size and float(np.nanmax(img)) > 2.0:
-        raise ValueError(f'{name}: float images must be in [0, 1] (got values up to {float(np.nanmax(img)):.1f}); '
-                         'pass uint8 images for [0, 255]')
-    return img
+    return img.astype(np.float64)  # [0, 1]-scaled; a network's output may leave the range (PSNR clips it)
 
 
 def authors_luma(img):
