@@ -51,7 +51,8 @@ def authors_forward(payload, x):
             for b in range(blocks):
                 p = f'{name}.{g}.body.{b}.body'
                 t = conv(f'{p}.2', F.relu(conv(f'{p}.0', r)))
-                a = torch.sigmoid(conv(f'{p}.3.conv_du.2', F.relu(conv(f'{p}.3.conv_du.0', t.mean((2, 3), keepdim=True)))))
+                pooled = t.mean((2, 3), keepdim=True)
+                a = torch.sigmoid(conv(f'{p}.3.conv_du.2', F.relu(conv(f'{p}.3.conv_du.0', pooled))))
                 r = r + t * a
             y = y + conv(f'{name}.{g}.body.{blocks}', r)
         return conv(f'{name}.{groups}', y)

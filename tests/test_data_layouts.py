@@ -332,7 +332,8 @@ def test_drealsr_is_read_with_its_public_naming_and_either_way_round(tmp_path):
 def test_a_set_of_another_size_than_published_is_warned_about(tmp_path):
     from d2csr.data.pair_index import PUBLISHED_COUNTS, count_warning
 
-    canon_only = realsr_tree(tmp_path / 'RealSR_V3', train=(('Canon', 'rocket'), ), test=(('Canon', 'chelsea'), ('Canon', 'coffee')))
+    canon_only = realsr_tree(tmp_path / 'RealSR_V3', train=(('Canon', 'rocket'), ),
+                             test=(('Canon', 'chelsea'), ('Canon', 'coffee')))
     with basicsr_log() as records:
         build('RealSRDataset', dataroot=str(canon_only))
     warnings = [r.getMessage() for r in records if 'its authors publish' in r.getMessage()]

@@ -4,7 +4,6 @@ that leave --out as it was, and its errors. In-process (the script's main()), ex
 import importlib.util
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 

@@ -52,7 +52,8 @@ def check_data_roots(opt):
             value = dataset_opt.get(key)
             if not isinstance(value, str) or not value or osp.exists(osp.expanduser(value)):
                 continue
-            problems.append(f'datasets:{phase}:{key} {value!r} does not exist; {_how_to_make(dataset_opt, key, value)}.')
+            how = _how_to_make(dataset_opt, key, value)
+            problems.append(f'datasets:{phase}:{key} {value!r} does not exist; {how}.')
     if problems:
         raise DataError(f'{len(problems)} data folder(s) of the options are missing (relative paths are taken from '
                         f'the folder the command runs in, {os.getcwd()}):\n  ' + '\n  '.join(problems))

@@ -4,17 +4,17 @@ For every pair (found by :mod:`d2csr.data.pair_index`, aligned by :mod:`d2csr.da
 sub-images with the same names into ``OUT/HR`` and ``OUT/LR``, cropped consistently (the HR crop is ``scale x``
 the LR crop, at ``scale x`` its position), like BasicSR's ``extract_subimages.py`` (names ``KEY_s001.png``, the
 last row / column flush with the border). ``crop_size=0`` writes whole aligned pairs (``KEY.png``), for test
-sets.
+sets. ``OUT/meta_info.txt`` lists the HR images (``name.png (h,w,c)``, BasicSR's format). With ``lmdb=True``
+it also writes ``OUT/HR.lmdb`` and ``OUT/LR.lmdb`` with ``basicsr.utils.lmdb_util`` (keys: the names without
+``.png``, as BasicSR's ``create_lmdb.py`` makes them), which BasicSR's ``PairedImageDataset`` reads with
+``io_backend: lmdb``.
 
 Patch coverage: the authors crop their ``P = gt_size / scale`` LR training patch anywhere in the whole image;
 BasicSR crops it inside a sub-image. The default sub-images (:func:`default_crop`: ``2P`` LR pixels, step
 ``P + 1``) keep every one of the authors' patch positions reachable (:func:`patch_coverage`; a side shorter
 than the crop is taken whole); BasicSR's DIV2K setting (120 / 60 LR pixels) reaches about a fifth of them for a
 96-pixel patch. The coverage of a run is printed. (Sampling differs still: BasicSR draws sub-images uniformly,
-so large images and the overlaps count more than in the authors' one draw per image and epoch.) ``OUT/meta_info.txt`` lists the HR images (``name.png (h,w,c)``, BasicSR's format). With ``lmdb=True``
-it also writes ``OUT/HR.lmdb`` and ``OUT/LR.lmdb`` with ``basicsr.utils.lmdb_util`` (keys: the names without
-``.png``, as BasicSR's ``create_lmdb.py`` makes them), which BasicSR's ``PairedImageDataset`` reads with
-``io_backend: lmdb``.
+so large images and the overlaps count more than in the authors' one draw per image and epoch.)
 
 Safe to interrupt, to kill and to re-run: everything is written into a staging folder beside ``OUT``
 (``.<OUT>.prepare_tmp_*``) and, when complete, swapped with ``OUT`` in one atomic step (Linux

@@ -97,8 +97,8 @@ class RealPairedDataset(data.Dataset):
                 logger.warning(f'{self.name}: {warning}')
         swapped = [p for p in self.pairs if p.get('swapped')]
         if swapped:
-            logger.warning(f'{self.name}: {len(swapped)} pair(s) whose file in the LR folder is the larger one are taken '
-                        f'with it as HR (e.g. {osp.basename(swapped[0]["gt_path"])}).')
+            logger.warning(f'{self.name}: {len(swapped)} pair(s) whose file in the LR folder is the larger one are '
+                           f'taken with it as HR (e.g. {osp.basename(swapped[0]["gt_path"])}).')
 
     def _check_gt_size(self):
         """``gt_size`` a multiple of the scale and no larger than the smallest HR (after alignment), checked

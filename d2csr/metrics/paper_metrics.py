@@ -151,8 +151,8 @@ def float_outputs(opt, output, gt):
 def float_outputs_for_metrics(model):
     """Within the block, BasicSR's validation loop (``basicsr.models.sr_model``) hands the metrics of
     :data:`FLOAT_INPUT_METRICS` the float output and target (``model.metric_floats``: ``(output, gt)`` tensors,
-    set by the model for the image being scored, see :func:`float_outputs`) instead of the 8-bit images; every other metric gets what
-    BasicSR gives it. BasicSR's function is put back when the block ends."""
+    set by the model for the image being scored, see :func:`float_outputs`) instead of the 8-bit images; every
+    other metric gets what BasicSR gives it. BasicSR's function is put back when the block ends."""
     import basicsr.models.sr_model as sr_model
 
     basicsr_calculate_metric = sr_model.calculate_metric
