@@ -20,11 +20,27 @@ Official name -> D2CSR name (tree of depth ``L``, ``C`` children per node; the a
 - ``tail<digits>.*`` -> ``tails.i.*`` (leaf ``i`` in depth-first order 11, 12, 21, 22);
 - ``fusion_final.i.conv.weight`` (``state_dict_C``) -> ``fusion.fusion.(2i).weight``.
 
+**Colour order.** The authors read images with ``cv2.imread`` and never convert them, so their network (and
+their released weights) map BGR to BGR; d2csr, like BasicSR, feeds RGB. The conversion therefore permutes
+three tensors (:func:`swap_red_blue`, exact, no re-training): ``sub_mean``'s input channels, ``add_mean``'s
+output channels and bias, and the convergence net's first conv's input channels (per branch). The converted
+network maps RGB to RGB exactly as the authors' maps BGR to BGR: ``ours(x[:, ::-1])[:, ::-1] == theirs(x)``
+for a BGR ``x``. :func:`d2csr_to_official` applies the same permutation back. The ``.pth`` written by
+:func:`save_basicsr_checkpoint` records the order in a top-level entry beside ``params`` (BasicSR's loader
+reads only ``params``)::
+
+    {'params': state_dict, 'd2csr': {'channel_order': 'RGB', 'source': ..., 'record_version': 1}}
+
+A ``.pth`` written by an older converter (no record, the authors' BGR weights) is recognised by
+:func:`legacy_conversion_reason` and refused by every loader with the command that converts it again
+(:func:`check_channel_record`); ``scripts/convert_official.py`` accepts it as input.
+
 Scale, feature width, groups and blocks per group, squeeze factor and tree shape are inferred from the
 tensors' names and shapes (:func:`d2csr.archs.infer_options.infer_network_options`). Loading any trained model
 (BasicSR checkpoints, EMA, this format) is :mod:`d2csr.loading`'s job.
 """
 import io
+import os.path as osp
 import pickle
 import re
 from collections import OrderedDict
@@ -33,7 +49,9 @@ import numpy as np
 import torch
 
 from d2csr.archs.infer_options import build_from_state
-from d2csr.utils.checkpoint import CheckpointFormatError, check_finite, check_model_file, is_zip_checkpoint
+from d2csr.utils.atomic import write_bytes_atomic
+from d2csr.utils.checkpoint import (CheckpointFormatError, check_finite, check_model_file, is_zip_checkpoint,
+                                    load_lazily)
 
 # (module, name) pairs the checkpoint unpickler may resolve; everything else is refused.
 _ALLOWED_GLOBALS = {
@@ -53,6 +71,10 @@ for _core in ('numpy.core.multiarray', 'numpy._core.multiarray'):  # pickles wri
     _ALLOWED_GLOBALS[(_core, 'scalar')] = _multiarray.scalar
 
 OFFICIAL_KEYS = ('state_dict_D', 'state_dict_C')
+RECORD_KEY = 'd2csr'  # top-level entry of a converted .pth beside 'params' (BasicSR's loader ignores it)
+CHANNEL_ORDER = 'RGB'
+SOURCE_OFFICIAL = "the authors' MegEngine checkpoint (BGR weights), converted to RGB"
+RECONVERT_HINT = 'python scripts/convert_official.py {path} {new}'
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -192,8 +214,39 @@ def _map_rcan_node(rest, where):
     raise CheckpointFormatError(f'unexpected parameter {where!r}: not part of the authors\' D2C-SR model')
 
 
-def official_to_d2csr(state_d, state_c=None):
-    """Official ``state_dict_D`` (+ ``state_dict_C``) -> D2CSR ``state_dict`` of float32 torch tensors."""
+def swap_red_blue(state):
+    """The D2CSR state dict (``mean_shift='learnable'``) of the same network with red and blue swapped at its
+    ends: ``net'(x) = flip(net(flip(x)))`` for every input, ``flip`` reversing the colour channels.
+
+    Permutes ``sub_mean.weight``'s input channels, ``add_mean.weight``'s output channels and ``add_mean.bias``,
+    and the input channels of the convergence net's first conv ``fusion.fusion.0.weight`` within each branch's
+    block of ``C`` channels (its input is the ``P`` predictions concatenated). Nothing else sees a colour
+    channel: the head reads ``sub_mean``'s output and the tails feed ``add_mean``. Its own inverse; the
+    authors' BGR weights <-> RGB. Returns a new dict (other tensors shared, not copied).
+    """
+    needed = ('sub_mean.weight', 'add_mean.weight', 'add_mean.bias', 'fusion.fusion.0.weight')
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise CheckpointFormatError(f'cannot swap the colour order: the weights lack {missing} (only a D2CSR with '
+                                    'the authors\' learnable mean shift, mean_shift: learnable, has them)')
+    channels = state['add_mean.weight'].shape[0]
+    fusion = state['fusion.fusion.0.weight']
+    if fusion.shape[1] % channels:
+        raise CheckpointFormatError(f'fusion.fusion.0.weight has {fusion.shape[1]} input channels, not a multiple '
+                                    f'of the {channels} colour channels')
+    flip = torch.arange(channels - 1, -1, -1)
+    per_branch = torch.cat([b * channels + flip for b in range(fusion.shape[1] // channels)])
+    out = OrderedDict(state)
+    out['sub_mean.weight'] = state['sub_mean.weight'][:, flip].contiguous()
+    out['add_mean.weight'] = state['add_mean.weight'][flip].contiguous()
+    out['add_mean.bias'] = state['add_mean.bias'][flip].contiguous()
+    out['fusion.fusion.0.weight'] = fusion[:, per_branch].contiguous()
+    return out
+
+
+def official_to_d2csr(state_d, state_c):
+    """Official ``state_dict_D`` + ``state_dict_C`` -> D2CSR ``state_dict`` of float32 torch tensors, names
+    mapped and colours swapped (:func:`swap_red_blue`): the authors' BGR network as an RGB one."""
     names = list(state_d)
     shape = _tree_shape(names)
     missing = [k for k in ('head.0.weight', 'tail' + '1' * (shape[0] if shape else 2) + '.1.weight')
@@ -243,12 +296,17 @@ def official_to_d2csr(state_d, state_c=None):
         if name.endswith('.bias'):
             tensor = tensor.reshape(-1)
         result[name] = tensor
-    return result
+    if state_c is None:  # the colour swap needs the convergence net's first conv
+        raise CheckpointFormatError('state_dict_C (the convergence net) is needed to convert the authors\' BGR '
+                                    'weights to RGB')
+    return swap_red_blue(result)
 
 
 def d2csr_to_official(net):
     """The inverse mapping: a D2CSR (RCAN backbone, ``mean_shift='learnable'``, deep residual) as the
-    authors' pickle payload ``{'state_dict_D', 'state_dict_C', 'psnr'}`` of numpy arrays.
+    authors' pickle payload ``{'state_dict_D', 'state_dict_C', 'psnr'}`` of numpy arrays, colours swapped
+    back (:func:`swap_red_blue`): the authors' code, fed BGR as it reads images, gives what ``net`` gives on
+    RGB.
 
     Used to test the converter for every scale; also lets one export a model to the authors' code.
     """
@@ -261,7 +319,7 @@ def d2csr_to_official(net):
         for k in range(width**level):
             level_of[net.level_offset(level) + k] = (level, k)
     state_d, state_c = OrderedDict(), OrderedDict()
-    for name, tensor in net.state_dict().items():
+    for name, tensor in swap_red_blue(net.state_dict()).items():
         value = tensor.detach().cpu().numpy().astype(np.float32)
         if name.endswith('.bias') and not name.startswith('fusion.'):
             value = value.reshape(1, -1, 1, 1)
@@ -300,7 +358,8 @@ def load_official(path, scale=None):
         scale (int, optional): expected scale; a mismatch raises ``ValueError``.
 
     Returns:
-        D2CSR: with ``net.network_options`` set to the ``network_g`` options that rebuild it.
+        D2CSR: in RGB order (see the module docstring: the authors' BGR weights are swapped to RGB), with
+        ``net.network_options`` set to the ``network_g`` options that rebuild it.
     """
     payload = read_official_pickle(path)
     if not isinstance(payload, dict) or 'state_dict_D' not in payload:
@@ -314,6 +373,12 @@ def load_official(path, scale=None):
         if not isinstance(payload[key], dict):
             raise CheckpointFormatError(f'{path}: {key} is a {type(payload[key]).__name__}, not a dict of arrays; '
                                         'the file is not the authors\' checkpoint (or is damaged).')
+        not_names = [k for k in payload[key] if not isinstance(k, str)]
+        if not_names:
+            raise CheckpointFormatError(f'{path}: {key} has {len(not_names)} key(s) that are not parameter names '
+                                        f'(e.g. {not_names[0]!r}, a {type(not_names[0]).__name__}); the authors\' '
+                                        'checkpoint names every tensor ("head.0.weight", ...). The file is not '
+                                        'their checkpoint, or was altered.')
         odd = [str(k) for k, v in payload[key].items() if not isinstance(v, np.ndarray)]
         if odd:
             raise CheckpointFormatError(f'{path}: {key} holds {len(odd)} entries that are not arrays (e.g. '
@@ -330,8 +395,112 @@ def load_official(path, scale=None):
     return net
 
 
-def save_basicsr_checkpoint(net, path):
-    """Write ``{'params': state_dict}``, the checkpoint layout BasicSR's ``path: pretrain_network_g`` reads."""
-    torch.save({'params': {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}}, path)
+def channel_record(source='d2csr'):
+    """The ``'d2csr'`` entry a converted checkpoint carries beside ``params`` (plain types: weights-only loads
+    read it, BasicSR's and spandrel's loaders pass over it)."""
+    return {'channel_order': CHANNEL_ORDER, 'source': str(source), 'record_version': 1}
+
+
+def save_basicsr_checkpoint(net, path, source='d2csr'):
+    """Write ``{'params': state_dict, 'd2csr': channel_record(source)}``: the checkpoint layout BasicSR's
+    ``path: pretrain_network_g`` reads, plus the record of the colour order (RGB, as d2csr and BasicSR feed).
+
+    The file appears whole or not at all (:func:`d2csr.utils.atomic.write_bytes_atomic`): the checkpoint is
+    serialised in memory first, so a full disk or a file-size limit fails with an ``OSError`` naming the cause
+    and leaves ``path`` as it was.
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({'params': state, RECORD_KEY: channel_record(source)}, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints written by older converters (the authors' BGR weights, no record)
+def legacy_conversion_reason(ckpt):
+    """Why ``ckpt`` (a loaded ``.pth``) is the authors' BGR weights as an older ``convert_official.py`` wrote
+    them, or ``None``.
+
+    Such a file is ``{'params': state}`` and nothing else, with no ``'d2csr'`` record, holding the authors'
+    learnable mean shift; it differs from what d2csr's training saves in two ways that both must hold: its
+    conv weights are stored in PyTorch's default layout (the converter made them contiguous; D2CSR trains and
+    saves channels-last), and ``sub_mean`` is not a diagonal matrix (the authors' mean shift was never
+    initialised, so theirs is arbitrary; d2csr's starts as the fixed shift, a diagonal).
+    """
+    if not isinstance(ckpt, dict) or set(ckpt) != {'params'}:
+        return None
+    state = ckpt['params']
+    if not isinstance(state, dict):
+        return None
+    sub_mean, head = state.get('sub_mean.weight'), state.get('head.weight')
+    if not (isinstance(sub_mean, torch.Tensor) and isinstance(head, torch.Tensor) and sub_mean.dim() == 4
+            and head.dim() == 4 and sub_mean.shape[0] == sub_mean.shape[1] and sub_mean.shape[0] > 1):
+        return None
+    if not head.is_contiguous() or head.is_contiguous(memory_format=torch.channels_last):
+        return None  # channels-last: saved by d2csr's training (or ambiguous), not by the old converter
+    matrix = sub_mean.detach().float().reshape(sub_mean.shape[0], sub_mean.shape[1])
+    diagonal = matrix.diagonal().abs()
+    off = (matrix - torch.diag(matrix.diagonal())).abs().max()
+    if float(off) <= 0.1 * float(diagonal.mean()):
+        return None  # (close to) a scaled identity: d2csr's own learnable mean shift
+    return ('it holds the authors\' learnable mean shift (an arbitrary sub_mean matrix) in the converter\'s '
+            'layout but no channel-order record')
+
+
+def legacy_conversion_message(path):
+    """What to do with the old converted checkpoint ``path``: convert it again."""
+    root, ext = osp.splitext(str(path))
+    new = f'{root}_rgb{ext or ".pth"}'
+    return (f'{path} was written by an older scripts/convert_official.py: it holds the authors\' weights in '
+            'their BGR colour order (no "d2csr: channel_order" record), which swaps red and blue on the RGB '
+            'images d2csr and BasicSR feed. Convert it again (from this file or from the authors\' .pkl): '
+            + RECONVERT_HINT.format(path=path, new=new) + ' and use the new file.')
+
+
+def check_channel_record(ckpt, path):
+    """Raise :class:`CheckpointFormatError` when the loaded checkpoint ``ckpt`` of ``path`` is an old BGR
+    conversion (:func:`legacy_conversion_reason`), or records a channel order other than RGB."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get(RECORD_KEY), dict):
+        order = ckpt[RECORD_KEY].get('channel_order', CHANNEL_ORDER)
+        if order != CHANNEL_ORDER:
+            raise CheckpointFormatError(f'{path} records channel_order {order!r}; d2csr feeds RGB images. '
+                                        'Convert it with scripts/convert_official.py.')
+        return
+    if legacy_conversion_reason(ckpt) is not None:
+        raise CheckpointFormatError(legacy_conversion_message(path))
+
+
+def check_channel_order(path):
+    """:func:`check_channel_record` for the checkpoint file ``path`` (read lazily, tensor data mapped, not
+    read). Files that are not PyTorch checkpoints, or cannot be read, pass: the loader reports those."""
+    try:
+        with open(path, 'rb') as f:
+            if not is_zip_checkpoint(f.read(4)):
+                return
+        ckpt = load_lazily(path)
+    except Exception:  # noqa: BLE001  (the loader that follows names the problem)
+        return
+    check_channel_record(ckpt, path)
+
+
+def reconvert_legacy(path):
+    """The D2CSR (RGB, eval mode) of an old converted checkpoint ``path`` (see :func:`legacy_conversion_reason`);
+    ``net.network_options`` set. Raises :class:`CheckpointFormatError` when ``path`` is not one."""
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001  (truncated archive, objects weights_only refuses)
+        raise CheckpointFormatError(f'{path} could not be loaded as a weights-only PyTorch checkpoint '
+                                    f'({type(err).__name__}: {str(err).splitlines()[0][:200]})') from None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get(RECORD_KEY), dict):
+        raise CheckpointFormatError(f'{path} is already converted (it records channel_order '
+                                    f'{ckpt[RECORD_KEY].get("channel_order")!r}); use it as it is.')
+    if legacy_conversion_reason(ckpt) is None:
+        raise CheckpointFormatError(f'{path} is a PyTorch checkpoint, but not one an older convert_official.py '
+                                    'wrote (those hold only "params", with the authors\' learnable mean shift); '
+                                    'give the authors\' .pkl, or use this file directly.')
+    check_finite(ckpt['params'], str(path))
+    net, opts = build_from_state(swap_red_blue(ckpt['params']), source=str(path))
+    net.network_options = opts
+    return net
 
 

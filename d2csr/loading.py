@@ -2,7 +2,9 @@
 
 - :func:`load_model`: a BasicSR checkpoint (``net_g_*.pth``: ``params_ema`` preferred, else ``params``, or a bare
   state dict; read with ``torch.load(weights_only=True)``) or the authors' MegEngine pickle (through
-  :mod:`d2csr.convert`), with ``network_g`` given or inferred from the weights;
+  :mod:`d2csr.convert`, converted to RGB on the way), with ``network_g`` given or inferred from the weights; a
+  ``.pth`` an older converter wrote (the authors' BGR weights, no channel record) is refused with the command
+  that converts it again;
 - :func:`load_network`: the same, with ``network_g`` from an options file, else from the options file BasicSR
   saved beside a training checkpoint, else inferred (what the inference and visualize scripts use).
 """
@@ -14,7 +16,7 @@ import torch
 
 from d2csr.archs import D2CSR
 from d2csr.archs.infer_options import build_from_state
-from d2csr.convert import load_official
+from d2csr.convert import check_channel_record, load_official
 from d2csr.utils.checkpoint import CheckpointFormatError, check_finite, check_model_file, is_zip_checkpoint
 
 NO_TRACE_OPTIONS = ('bicubic_skip', 'img_range', 'rgb_mean')  # network_g settings the weights do not record
@@ -131,6 +133,7 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
     except Exception as err:  # truncated archive, or objects weights_only refuses
         raise CheckpointFormatError(f'{path} could not be loaded as a weights-only PyTorch checkpoint '
                                     f'({type(err).__name__}: {str(err).splitlines()[0]})') from None
+    check_channel_record(ckpt, path)  # the authors' BGR weights from an older converter: refused, with the fix
     state, key = _select_params(ckpt, path, param_key)
     if not isinstance(state, dict):
         raise CheckpointFormatError(f'{path}: the weights entry is a {type(state).__name__}, not a state dict')

@@ -24,9 +24,11 @@ It
    same order on every node) and sets the number of epochs from the loader's real epoch length, so that a run
    does exactly ``total_iter`` iterations (:func:`exact_last_epoch`);
 4. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
-   resume), that every backbone weight file the options need (perceptual loss, LPIPS) is there or
-   downloadable (:func:`d2csr.utils.pretrained_weights.check_pretrained_weights`), so a missing one stops the run
-   before anything is written.
+   resume), that every data folder the options name exists (:func:`d2csr.data.eval_check.check_data_roots`,
+   naming the option and the step that makes the folder) and that every backbone weight file the options need
+   (perceptual loss, LPIPS) is there or downloadable
+   (:func:`d2csr.utils.pretrained_weights.check_pretrained_weights`), so a missing one stops the run before
+   anything is written.
 
 :func:`run_basicsr_entry_point` runs BasicSR's own ``python -m basicsr.train`` / ``basicsr/test.py`` through the
 imported ``basicsr.train`` / ``basicsr.test`` module, which carries the changes above (the copy Python runs as
@@ -390,18 +392,24 @@ _basicsr_make_exp_dirs = basicsr.test.make_exp_dirs
 
 
 def make_exp_dirs(opt):
-    """BasicSR's ``make_exp_dirs`` for ``basicsr.test``, after checking the backbone weight files."""
+    """BasicSR's ``make_exp_dirs`` for ``basicsr.test``, after checking the data folders and the backbone weight
+    files."""
+    from d2csr.data.eval_check import check_data_roots
     from d2csr.utils.pretrained_weights import check_pretrained_weights
 
+    check_data_roots(opt)
     check_pretrained_weights(opt)
     _basicsr_make_exp_dirs(opt)
 
 
 def checked_load_resume_state(opt):
     """:func:`load_resume_state` for ``basicsr.train``, after checking the backbone weight files: it is the
-    first thing the training pipeline does with the options, before the experiment folder or a resume."""
+    first thing the training pipeline does with the options, before the experiment folder or a resume. The data
+    folders the options name are checked first (a missing one is named with the step that makes it)."""
+    from d2csr.data.eval_check import check_data_roots
     from d2csr.utils.pretrained_weights import check_pretrained_weights
 
+    check_data_roots(opt)
     check_pretrained_weights(opt)
     return load_resume_state(opt)
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
 r"""Prepare real-world SR data the BasicSR way: aligned sub-image pairs in OUT/HR + OUT/LR, optionally LMDBs.
 
-Examples (paths as in the README's "Data" section)::
+The option files in options/ read the data sets as downloaded (datasets/README.md); this script makes the
+optional prepared copies (faster loading, LMDB). Examples::
 
-    # RealSR x4 training set -> 480/120 px sub-images (step 240/60) + LMDBs
+    # RealSR x4 training set -> sub-images for 96 px LR patches (gt_size 384) + LMDBs
     python scripts/prepare_dataset.py realsr --root datasets/RealSR_V3 --scale 4 \
         --out datasets/RealSR_x4/train_sub --lmdb
-    # DRealSR x4 test set -> whole aligned pairs (test sets are not cropped unless --crop-size is given)
+    # RealSR x4 test set -> whole aligned pairs (a test split is never cropped unless --crop-size is given)
+    python scripts/prepare_dataset.py realsr --root datasets/RealSR_V3 --scale 4 --split test \
+        --out datasets/RealSR_x4/test
+    # DRealSR x4 test set
     python scripts/prepare_dataset.py drealsr --root datasets/DRealSR --scale 4 --split test \
         --out datasets/DRealSR_x4/test
     # D2CRealSR (x8)
@@ -17,10 +21,17 @@ Examples (paths as in the README's "Data" section)::
     # the authors' text list ("lr_path hr_path" per line)
     python scripts/prepare_dataset.py pairs --list RealSRTrain.txt --scale 4 --out datasets/RealSR_x4/train_sub
 
+Sub-images keep the authors' patch coverage: for the training patch --gt-size (HR, default 96 x scale, as the
+option files' gt_size) the LR crops are twice the patch and the step is the patch + 1, so a patch cut inside the
+sub-images can start at every position a patch cut from the whole image can (printed as "patch coverage"; the
+120/60 px crops BasicSR uses for DIV2K reach about a fifth of them). --split train (the default) into a folder
+named for testing (.../test, .../val) is refused: a test would score training crops.
+
 Train on the result with BasicSR's PairedImageDataset: ``dataroot_gt: OUT/HR``, ``dataroot_lq: OUT/LR``
 (``io_backend: disk``), or ``OUT/HR.lmdb`` / ``OUT/LR.lmdb`` with ``io_backend: {type: lmdb}``.
 Interrupting or killing it leaves OUT as it was (it is swapped in whole when complete); re-running it writes the
-same files. It refuses to delete files in OUT that it did not write, unless --overwrite.
+same files. It refuses to delete files in OUT that it did not write, unless --overwrite. OUT may be a symbolic
+link to a folder (the link is kept; the folder it points to is written, keeping its permissions).
 """
 import argparse
 import os.path as osp
@@ -42,11 +53,16 @@ def parse_args(argv=None):
     parser.add_argument('--root', help='the data set as downloaded (pairs: the folder holding HR/ and LR/)')
     parser.add_argument('--scale', type=int, required=True, help='2, 3, 4 (RealSR, DRealSR) or 8 (D2CRealSR)')
     parser.add_argument('--out', required=True, help='output folder (gets HR/, LR/, meta_info.txt[, *.lmdb])')
-    parser.add_argument('--split', default='train', choices=['train', 'test'], help='default: train')
+    parser.add_argument('--split', default='train', choices=['train', 'test'],
+                        help='default: train (refused into a folder named for testing)')
+    parser.add_argument('--gt-size', type=int, default=None,
+                        help='HR training patch the sub-images are for, as the options\' gt_size (default: 96 x scale)')
     parser.add_argument('--crop-size', type=int, default=None,
                         help='HR sub-image size, a multiple of the scale; 0 = whole pairs '
-                        '(default: 120 x scale for train, 0 for test)')
-    parser.add_argument('--step', type=int, default=None, help='HR step between sub-images (default: crop / 2)')
+                        '(default: 2 x gt-size for train, 0 for test)')
+    parser.add_argument('--step', type=int, default=None,
+                        help='HR step between sub-images (default: crop - gt-size + scale, every patch position '
+                        'reachable)')
     parser.add_argument('--lmdb', action='store_true', help='also write OUT/HR.lmdb and OUT/LR.lmdb')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace OUT even when it holds files an earlier run did not write (they are deleted)')
@@ -84,7 +100,7 @@ def main(argv=None):
         prepare(args.layout, args.root, args.scale, args.out, split=args.split, crop_size=args.crop_size,
                 step=args.step, lmdb=args.lmdb, compression_level=args.compression_level,
                 lq_at_gt_size=args.lq_at_gt_size, log=lambda msg: print(msg, flush=True), overwrite=args.overwrite,
-                **kwargs)
+                gt_size=args.gt_size, **kwargs)
     except DataError as err:
         sys.exit(f'error: {err}')
     except KeyboardInterrupt:

@@ -51,17 +51,21 @@ def realsr_tree(root, scale=4, train=(('Canon', 'astronaut'), ('Canon', 'rocket'
     return root
 
 
-def drealsr_tree(root, scale=4, train=('astronaut', 'rocket'), test=('chelsea', 'coffee'), side=96):
-    """``root/x<s>/Train_x<s>/train_HR/DSC_NNNN_x1_K.png`` (+ ``_x<s>_K`` LR) and ``Test_x<s>/test_*``
-    (``DSC_NNNN_x1.png`` / ``DSC_NNNN_x<s>.png``)."""
+def drealsr_tree(root, scale=4, train=('astronaut', 'rocket'), test=('chelsea', 'coffee'), side=96, naming='public'):
+    """``root/x<s>/Train_x<s>/train_HR/DSC_NNNN_x<s>_K.png`` (+ ``_x1_K`` LR) and ``Test_x<s>/test_*``
+    (``DSC_NNNN_x<s>.png`` HR in ``test_HR``, ``DSC_NNNN_x1.png`` LR in ``test_LR``): the naming of the public
+    download. ``naming='x1_hr'``: the reverse (HR ``_x1``, LR ``_x<s>``); ``'swapped_folders'``: the public
+    names with the HR files in ``*_LR`` and the LR files in ``*_HR``."""
+    hr_token, lr_token = ('x1', f'x{scale}') if naming == 'x1_hr' else (f'x{scale}', 'x1')
     for split, photos in (('train', train), ('test', test)):
         base = osp.join(root, f'x{scale}', f'{split.capitalize()}_x{scale}')
+        hr_dir, lr_dir = (f'{split}_LR', f'{split}_HR') if naming == 'swapped_folders' else (f'{split}_HR', f'{split}_LR')
         for i, photo in enumerate(photos):
             hr, lr = make_pair(photo, scale, side, [scale, i, 7])
             suffix = f'_{i + 1}' if split == 'train' else ''
             stem = f'DSC_{1450 + i:04d}'
-            _write(osp.join(base, f'{split}_HR', f'{stem}_x1{suffix}.png'), hr)
-            _write(osp.join(base, f'{split}_LR', f'{stem}_x{scale}{suffix}.png'), lr)
+            _write(osp.join(base, hr_dir, f'{stem}_{hr_token}{suffix}.png'), hr)
+            _write(osp.join(base, lr_dir, f'{stem}_{lr_token}{suffix}.png'), lr)
     return root
 
 

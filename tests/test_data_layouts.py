@@ -108,9 +108,9 @@ def test_realsr_lr_at_hr_size_needs_the_option_then_downsamples_bicubic(trees):
 
 def test_drealsr_d2crealsr_list_and_folder_pairs(trees, tmp_path):
     train = build('DRealSRDataset', phase='train', dataroot=str(trees['drealsr']))
-    assert [Path(p['lq_path']).name for p in train.paths] == ['DSC_1450_x4_1.png', 'DSC_1451_x4_2.png']
+    assert [Path(p['lq_path']).name for p in train.paths] == ['DSC_1450_x1_1.png', 'DSC_1451_x1_2.png']
     test = build('DRealSRDataset', dataroot=str(trees['drealsr'] / 'x4'))  # the x4 folder itself works too
-    assert [Path(p['gt_path']).name for p in test.paths] == ['DSC_1450_x1.png', 'DSC_1451_x1.png']
+    assert [Path(p['gt_path']).name for p in test.paths] == ['DSC_1450_x4.png', 'DSC_1451_x4.png']
     assert test[0]['lq'].shape == (3, 24, 24) and test[0]['gt'].shape == (3, 96, 96)
 
     d2c = build('D2CRealSRDataset', phase='train', scale=8, dataroot=str(trees['d2c']), gt_size=64)
@@ -244,18 +244,24 @@ def paper_option_files():
     return [f for f in files if f.name.startswith(stems)]
 
 
-def test_every_paper_setting_has_options_that_read_the_downloaded_layouts(tmp_path):
-    files = {f.name for f in paper_option_files()}
-    for s in (2, 3, 4):
-        assert {f'train_D2C_div_x{s}.yml', f'train_D2C_conv_x{s}.yml', f'test_D2C_x{s}.yml',
-                f'test_D2C_DRealSR_x{s}.yml'} <= files
-    assert {'train_D2C_div_x8.yml', 'train_D2C_conv_x8.yml', 'test_D2C_x8.yml'} <= files
+def miniature_roots(tmp_path):
+    """The three downloads, in miniature, under the names datasets/README.md gives them."""
     roots = {'datasets/RealSR_V3': tmp_path / 'RealSR_V3', 'datasets/DRealSR': tmp_path / 'DRealSR',
              'datasets/D2CRealSR': d2crealsr_tree(tmp_path / 'D2CRealSR', train=('coins', ))}
     for s in (2, 3, 4):
         realsr_tree(roots['datasets/RealSR_V3'], scale=s, train=(('Canon', 'coins'), ('Nikon', 'camera')),
                     test=(('Canon', 'coins'), ('Nikon', 'camera')), side=48, extra_for=())
         drealsr_tree(roots['datasets/DRealSR'], scale=s, train=('coins', ), test=('camera', ), side=48)
+    return roots
+
+
+def test_every_paper_setting_has_options_that_read_the_downloaded_layouts(tmp_path):
+    files = {f.name for f in paper_option_files()}
+    for s in (2, 3, 4):
+        assert {f'train_D2C_div_x{s}.yml', f'train_D2C_conv_x{s}.yml', f'test_D2C_x{s}.yml',
+                f'test_D2C_DRealSR_x{s}.yml'} <= files
+    assert {'train_D2C_div_x8.yml', 'train_D2C_conv_x8.yml', 'test_D2C_x8.yml'} <= files
+    roots = miniature_roots(tmp_path)
     for path in paper_option_files():
         opt = yaml.safe_load(path.read_text())
         scale = opt['scale']
@@ -273,3 +279,103 @@ def test_every_paper_setting_has_options_that_read_the_downloaded_layouts(tmp_pa
             ds = build_dataset(dopt)
             item = ds[0]
             assert item['gt'].shape[-1] == scale * item['lq'].shape[-1], (path.name, phase)
+
+
+ROOT_KEYS = ('dataroot', 'dataroot_gt', 'dataroot_lq', 'meta_info_file')
+
+
+def test_every_option_file_reads_a_folder_a_documented_step_makes(tmp_path):
+    """No option file reads a folder that no documented command makes (the Table-3 and baseline files and
+    test_D2C_official_x4.yml read datasets/RealSR_x4/{train,test}/{HR,LR} before): every data root is one of
+    the downloads datasets/README.md says where to put, and the data set builds from it."""
+    readme = (ROOT / 'datasets' / 'README.md').read_text()
+    roots = miniature_roots(tmp_path)
+    files = sorted((ROOT / 'options').glob('*.yml'))
+    assert len(files) >= 49
+    for path in files:
+        opt = yaml.safe_load(path.read_text())
+        for phase, dopt in opt['datasets'].items():
+            named = {k: dopt[k] for k in ROOT_KEYS if dopt.get(k)}
+            assert set(named) == {'dataroot'} and named['dataroot'] in roots, (path.name, phase, named)
+            assert f'`{named["dataroot"]}/`' in readme, named['dataroot']
+            dopt = dict(dopt, dataroot=str(roots[dopt['dataroot']]), scale=opt['scale'], phase=phase.split('_')[0])
+            if phase == 'train':
+                dopt['gt_size'] = 8 * opt['scale']
+            item = build_dataset(dopt)[0]
+            assert item['gt'].shape[-1] == opt['scale'] * item['lq'].shape[-1], (path.name, phase)
+
+
+def test_drealsr_is_read_with_its_public_naming_and_either_way_round(tmp_path):
+    """The public download names HR NAME_x4.png (test_HR) and LR NAME_x1.png (test_LR); the reverse naming and
+    HR / LR folders swapped give the same pairs: names pair without the token, the larger image is the HR."""
+    items = {}
+    for naming in ('public', 'x1_hr', 'swapped_folders'):
+        root = drealsr_tree(tmp_path / naming, naming=naming)
+        with basicsr_log() as records:
+            ds = build('DRealSRDataset', dataroot=str(root))
+        items[naming] = [ds[i] for i in range(len(ds))]
+        assert len(ds) == 2 and items[naming][0]['gt'].shape == (3, 96, 96)
+        swapped = [r.getMessage() for r in records if 'taken with it as HR' in r.getMessage()]
+        assert len(swapped) == (naming == 'swapped_folders')
+    for naming in ('x1_hr', 'swapped_folders'):
+        for a, b in zip(items['public'], items[naming]):
+            assert torch.equal(a['gt'], b['gt']) and torch.equal(a['lq'], b['lq'])
+    names = sorted(p.name for p in (tmp_path / 'public' / 'x4' / 'Test_x4' / 'test_HR').iterdir())
+    assert names == ['DSC_1450_x4.png', 'DSC_1451_x4.png']
+    # a name without a scale token, or with another scale's, is still named as such
+    (tmp_path / 'public' / 'x4' / 'Test_x4' / 'test_LR' / 'DSC_1451_x1.png').rename(
+        tmp_path / 'public' / 'x4' / 'Test_x4' / 'test_LR' / 'DSC_1451_x2.png')
+    with pytest.raises(DataError, match=r'HR without LR \(1\): DSC_1451_x4.png \(expected DSC_1451_x1.\*\)'):
+        build('DRealSRDataset', dataroot=str(tmp_path / 'public'))
+
+
+def test_a_set_of_another_size_than_published_is_warned_about(tmp_path):
+    from d2csr.data.pair_index import PUBLISHED_COUNTS, count_warning
+
+    canon_only = realsr_tree(tmp_path / 'RealSR_V3', train=(('Canon', 'rocket'), ),
+                             test=(('Canon', 'chelsea'), ('Canon', 'coffee')))
+    with basicsr_log() as records:
+        build('RealSRDataset', dataroot=str(canon_only))
+    warnings = [r.getMessage() for r in records if 'its authors publish' in r.getMessage()]
+    assert len(warnings) == 1
+    assert 'RealSR (V3) x4 test: 2 pairs found, its authors publish 100' in warnings[0]
+    assert 'is one camera missing from the download?' in warnings[0]
+    # the published counts, and no warning when they are met
+    assert PUBLISHED_COUNTS['realsr']['test'][4] == 100 and PUBLISHED_COUNTS['realsr']['train'][2] == 459
+    assert [PUBLISHED_COUNTS['drealsr']['test'][s] for s in (2, 3, 4)] == [83, 84, 93]
+    assert [PUBLISHED_COUNTS['drealsr']['train'][s] for s in (2, 3, 4)] == [884, 783, 840]
+    assert PUBLISHED_COUNTS['d2crealsr'] == {'train': {8: 100}, 'test': {8: 15}}
+    assert count_warning('drealsr', 'test', 3, 84) is None
+    assert 'cameras Canon selected' in count_warning('realsr', 'train', 4, 230, cameras=['Canon'])
+    full = d2crealsr_tree(tmp_path / 'D2CRealSR', train=(), test=('coffee', ) * 15, side=16)
+    with basicsr_log() as records:
+        assert len(build('D2CRealSRDataset', scale=8, dataroot=str(full))) == 15
+    assert not [r for r in records if 'its authors publish' in r.getMessage()]
+
+
+def test_a_missing_data_folder_names_the_option_and_the_step_that_makes_it(tmp_path):
+    """Before: a bare FileNotFoundError from deep in the data set, after the results folder was made."""
+    from conftest import results_dir, run_entry, unique_name, write_options
+    from d2csr.data.eval_check import check_data_roots
+
+    opt = yaml.safe_load((ROOT / 'options' / 'test_D2C_official_x4.yml').read_text())
+    opt.update(name=unique_name('missing_data'), num_gpu=0)
+    proc = run_entry('test', '-opt', write_options(opt, tmp_path / 'test.yml'), check=False)
+    assert proc.returncode != 0
+    assert ("datasets:test_1:dataroot 'datasets/RealSR_V3' does not exist; it is the RealSR (V3) download: put it "
+            'there as downloaded') in proc.stderr
+    assert not results_dir(opt['name']).exists()  # stopped before anything was written
+    # a prepared copy (BasicSR's PairedImageDataset): the prepare_dataset command that makes it, all at once
+    opt['datasets']['test_1'] = dict(name='t', type='PairedImageDataset', dataroot_gt='datasets/RealSR_x4/test/HR',
+                                     dataroot_lq=str(tmp_path))
+    opt['datasets']['val_2'] = dict(name='v', type='PairedImageDataset', dataroot_gt='my/DRealSR_x3/train_sub/HR.lmdb',
+                                    dataroot_lq='my/DRealSR_x3/train_sub/LR.lmdb')
+    with pytest.raises(DataError) as info:
+        check_data_roots(opt)
+    message = str(info.value)
+    assert message.startswith('3 data folder(s) of the options are missing')
+    assert ("datasets:test_1:dataroot_gt 'datasets/RealSR_x4/test/HR' does not exist; make it with: python "
+            'scripts/prepare_dataset.py realsr --root datasets/RealSR_V3 --scale 4 --split test --out '
+            'datasets/RealSR_x4/test') in message
+    assert ('--scale 3 --split train --out my/DRealSR_x3/train_sub --lmdb' in message
+            and 'datasets:val_2:dataroot_lq' in message)

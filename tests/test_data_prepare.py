@@ -270,7 +270,8 @@ def test_other_layouts_camera_pairs_and_lists(run, trees, tmp_path):
     assert read_rgb(tmp_path / 'drealsr' / 'HR' / 'DSC_1451.png').shape == (96, 96, 3)
 
     code, _, stderr = run('d2crealsr', '--root', trees['d2c'], '--scale', 8, '--out', tmp_path / 'd2c')
-    assert code == 1 and 'lower --crop-size' in stderr  # the default 960 px crop is larger than these images
+    # the default training patch (gt_size 96 x 8) is larger than these 16 px LR images
+    assert code == 1 and 'smaller than the 96px training patch' in stderr and 'lower --gt-size' in stderr
     code, stdout, _ = run('d2crealsr', '--root', trees['d2c'], '--scale', 8, '--out', tmp_path / 'd2c',
                           '--crop-size', 64, '--step', 32)
     assert code == 0 and 'Done: 2 pairs -> 18 sub-image pairs (HR 64px step 32, LR 8px step 4)' in stdout
@@ -288,3 +289,67 @@ def test_other_layouts_camera_pairs_and_lists(run, trees, tmp_path):
     prepare_realsr(run, trees, tmp_path / 'realsr')
     from_layout = {k: v for k, v in snapshot(tmp_path / 'realsr' / 'HR').items() if k.startswith('Canon')}
     assert snapshot(tmp_path / 'list' / 'HR') == from_layout
+
+
+def test_a_split_into_a_folder_named_for_the_other_is_refused(run, trees, tmp_path):
+    """prepare_dataset.py realsr ... --out datasets/RealSR_x4/test wrote sub-images of the train split (the
+    default) into a folder a test reads: refused, naming --split test, and nothing is written."""
+    out = tmp_path / 'RealSR_x4' / 'test'
+    code, _, stderr = run('realsr', '--root', trees['realsr'], '--scale', 4, '--out', out)
+    assert code == 1 and 'named for testing' in stderr and 'pass --split test' in stderr
+    assert not out.exists()
+    code, stdout, _ = run('realsr', '--root', trees['realsr'], '--scale', 4, '--split', 'test', '--out', out)
+    assert code == 0 and 'Done: 2 pairs -> 2 whole pairs' in stdout
+    assert sorted(os.listdir(out / 'HR')) == ['Canon_001.png', 'Nikon_001.png']
+    # your own pairs cut into sub-images for a validation folder; the test split into a training folder
+    code, _, stderr = run('pairs', '--root', trees['cam'], '--scale', 4, '--filename-tmpl', '{}_lr', '--out',
+                          tmp_path / 'cam_val', '--crop-size', 48, '--step', 24)
+    assert code == 1 and 'named for testing' in stderr and '--crop-size 0' in stderr
+    code, _, stderr = run('realsr', '--root', trees['realsr'], '--scale', 4, '--split', 'test', '--out',
+                          tmp_path / 'RealSR_x4' / 'train_sub')
+    assert code == 1 and 'named for training' in stderr
+    assert not (tmp_path / 'cam_val').exists() and not (tmp_path / 'RealSR_x4' / 'train_sub').exists()
+    # a data set with another number of pairs than published is reported
+    code, stdout, _ = run('realsr', '--root', trees['realsr'], '--scale', 4, '--split', 'test', '--out', out)
+    assert 'warning: RealSR (V3) x4 test: 2 pairs found, its authors publish 100' in stdout
+
+
+def reachable_patch_starts(h, w, crop, step, scale=4, patch=96):
+    """Simulated without d2csr's coverage arithmetic: every sub-image of an LR image whose pixels hold their own
+    coordinates, every patch BasicSR's paired_random_crop can cut inside it (top-left 0 .. crop - patch), mapped
+    back to the image through the pixel it starts at."""
+    coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing='ij'), -1).astype(np.int32)
+    gt = np.zeros((h * scale, w * scale, 1), np.uint8)
+    reached = set()
+    for _, sub in prepare_module.sub_image_pairs(gt, coords, scale, crop, step, min_size=patch):
+        corners = sub[:sub.shape[0] - patch + 1, :sub.shape[1] - patch + 1].reshape(-1, 2)
+        reached.update(map(tuple, corners.tolist()))
+    return reached
+
+
+@pytest.mark.parametrize('h, w', [(300, 417), (150, 250), (1000, 120)])
+def test_default_sub_images_keep_every_patch_position_of_whole_image_cropping(h, w):
+    """The authors draw a 96 px LR patch at randint(0, W - 96 - 1) in the whole image: every one of those
+    positions stays reachable with the default sub-images (a 1000 x 120 image too: its short side is taken
+    whole); BasicSR's DIV2K setting (120 / 60 LR px) reaches a fifth to a half of them (22.5% at 300 x 417)."""
+    scale, patch = 4, 96
+    authors = {(y, x) for y in range(h - patch) for x in range(w - patch)}
+    crop, step = prepare_module.default_crop(scale, 'train')
+    assert (crop, step) == (2 * patch * scale, (patch + 1) * scale)
+    assert authors <= reachable_patch_starts(h, w, crop, step)
+    old = len(authors & reachable_patch_starts(h, w, 120 * scale, 60 * scale)) / len(authors)
+    (rh, th), (rw, tw) = (prepare_module.patch_coverage(n, 120, 60, patch) for n in (h, w))
+    assert old == pytest.approx(rh * rw / (th * tw))  # the arithmetic the run prints agrees
+    assert 0.2 < old < 0.25 if (h, w) == (300, 417) else old < 0.5
+
+
+def test_the_run_prints_the_patch_coverage_and_warns_when_positions_are_lost(tmp_path):
+    tree = realsr_tree(tmp_path / 'RealSR_V3', train=(('Canon', 'astronaut'), ), test=(), side=192)
+    logs = []
+    prepare_module.prepare('realsr', str(tree), 4, str(tmp_path / 'sub'), gt_size=32, log=logs.append)
+    assert any('patch coverage: a 8px LR patch (gt_size 32)' in line and 'can start at 100.0% of the positions' in line
+               for line in logs)
+    logs.clear()
+    prepare_module.prepare('realsr', str(tree), 4, str(tmp_path / 'sub'), gt_size=32, crop_size=64, step=64,
+                           log=logs.append)
+    assert any(line.startswith('warning: patch coverage') and '--step 36 ' in line for line in logs)

@@ -784,3 +784,104 @@ def test_21_folder_order_does_not_depend_on_the_file_system(photo_data, monkeypa
     assert reversed_paths != sorted(reversed_paths, key=lambda p: p['gt_path'])  # the scan order differs
     loader = create_train_val_dataloader(opt, logging.getLogger('pytest_order'))[0]
     assert loader.dataset.paths == sorted(reversed_paths, key=lambda p: p['gt_path'])
+
+
+# ==================================================================================================
+# Issues 21 and 24 (the converter and prepare_dataset's OUT): files appear whole or not at all, clear messages,
+# and the authors' BGR weights from an older converter refused where a training or test run loads them
+OFFICIAL_CKPT = Path(__file__).parent / 'data' / 'official_megengine_x4_f32_b2' / 'checkpoint.pkl'
+
+
+def test_converter_under_a_file_size_limit_leaves_no_partial_file(tmp_path, capsys):
+    """ulimit -f below the checkpoint's size: the kernel refuses the write (EFBIG; Python ignores SIGXFSZ).
+    The soft limit of this process is lowered for the conversion and put back."""
+    import resource
+
+    out = tmp_path / 'D2C_official_x4.pth'
+    out.write_bytes(b'the previous file')
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    limit = 1 << 20  # 1 MiB; the converted fixture is about 4.6 MB
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(SystemExit) as info:
+            load_script('scripts/convert_official.py').main([str(OFFICIAL_CKPT), str(out), '--force'])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert 'the file-size limit (ulimit -f) is smaller than the checkpoint' in str(info.value.code)
+    assert out.read_bytes() == b'the previous file'  # whole or not at all: the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['D2C_official_x4.pth']  # no temporary left
+    # without the limit the same command writes it
+    assert load_script('scripts/convert_official.py').main([str(OFFICIAL_CKPT), str(out), '--force']) == 0
+    assert out.stat().st_size > limit and torch.load(out, weights_only=True)['d2csr']['channel_order'] == 'RGB'
+
+
+@pytest.mark.parametrize('error, message', [(28, 'the disk is full'), (13, 'permission denied')])
+def test_converter_write_failures_are_a_sentence_and_write_nothing(tmp_path, monkeypatch, error, message):
+    """A full disk (ENOSPC) or a refused write (EACCES) while the checkpoint is written: a message, no file."""
+    def failing_fsync(fd):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, 'fsync', failing_fsync)
+    out = tmp_path / 'out' / 'D2C_official_x4.pth'
+    with pytest.raises(SystemExit, match=f'could not write .*D2C_official_x4.pth: {message}. Nothing was written'):
+        load_script('scripts/convert_official.py').main([str(OFFICIAL_CKPT), str(out)])
+    assert not out.exists() and os.listdir(tmp_path / 'out') == []
+
+
+def test_converter_output_and_key_problems_are_named(tmp_path):
+    convert = load_script('scripts/convert_official.py').main
+    # an output path that is a folder: named, with the file to give instead (also with --force)
+    for extra in ([], ['--force']):
+        with pytest.raises(SystemExit, match=r'is a folder; give the file to write, e.g. .*D2C_official_x4.pth'):
+            convert([str(OFFICIAL_CKPT), str(tmp_path), *extra])
+    # a key that is no parameter name (an integer) in the pickle
+    payload = d2csr_to_official(tiny_d2c(mean_shift='learnable'))
+    payload['state_dict_D'][0] = payload['state_dict_D'].pop('head.0.weight')
+    pkl = tmp_path / 'int_key.pkl'
+    pkl.write_bytes(pickle.dumps(payload))
+    with pytest.raises(SystemExit, match=r"state_dict_D has 1 key\(s\) that are not parameter names \(e.g. 0, a int\)"):
+        convert([str(pkl), str(tmp_path / 'out.pth')])
+    assert not (tmp_path / 'out.pth').exists()
+    # an output folder that cannot be written (a real one: root may write anywhere, so only as another user)
+    if os.geteuid() != 0:
+        locked = tmp_path / 'locked'
+        locked.mkdir(mode=0o555)
+        with pytest.raises(SystemExit, match=r'the folder .*locked is not writable; choose another output path'):
+            convert([str(OFFICIAL_CKPT), str(locked / 'x.pth')])
+
+
+def test_an_old_bgr_conversion_as_pretrain_is_refused_with_the_command(tmp_path, photo_data):
+    from d2csr.convert import swap_red_blue
+
+    official = load_official(str(OFFICIAL_CKPT))
+    old = tmp_path / 'D2C_official_x4.pth'  # what convert_official.py wrote before the colour swap
+    torch.save({'params': {k: v.contiguous() for k, v in swap_red_blue(official.state_dict()).items()}}, old)
+    network = dict(official.network_options)
+    with pytest.raises(CheckpointFormatError, match=r'older scripts/convert_official.py.*BGR.*python '
+                       r'scripts/convert_official.py .*D2C_official_x4.pth .*D2C_official_x4_rgb.pth'):
+        build(model_options(tmp_path, photo_data, stage='convergence', pretrain=str(old), network=network))
+
+
+def test_prepare_writes_through_a_symlinked_out_and_keeps_its_permissions(tmp_path, prep):
+    import stat
+
+    root = camera_pairs_tree(tmp_path / 'cam')
+    real = tmp_path / 'storage' / 'prepared'
+    real.mkdir(parents=True)
+    os.chmod(real, 0o750)
+    link = tmp_path / 'out'
+    os.symlink(real, link)
+    args = ('pairs', '--root', root, '--scale', 4, '--filename-tmpl', '{}_lr', '--crop-size', 0)
+    for _ in range(2):  # a first run, and a run replacing its output
+        assert prep(*args, '--out', link) == 0
+        assert link.is_symlink() and os.readlink(link) == str(real)
+        assert sorted(os.listdir(real / 'HR')) == ['IMG_0001.png', 'IMG_0002.png']
+        assert stat.S_IMODE(os.stat(real).st_mode) == 0o750
+        assert sorted(os.listdir(real.parent)) == ['prepared']  # no staging or old folder left beside it
+    # a new OUT gets a new folder's permissions (the umask's), not the staging folder's 0700
+    umask = os.umask(0o022)
+    try:
+        assert prep(*args, '--out', tmp_path / 'fresh') == 0
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / 'fresh').st_mode) == 0o755

@@ -14,13 +14,59 @@ a ``TypeError`` from ``imfrombytes``), ``data.mdb`` is a complete LMDB (a trunca
 bus error when it reaches the missing pages), and the sizes ``meta_info.txt`` records fit the scale and
 ``gt_size`` (an LMDB made for another scale).
 """
+import os
 import os.path as osp
+import re
 
 from .pair_align import image_size_or_reason
 from .pair_index import DataError, read_lmdb_meta
 
 LMDB_FIX = ('rebuild it with python scripts/prepare_dataset.py ... --lmdb (or BasicSR\'s '
             'scripts/data_preparation/create_lmdb.py)')
+
+ROOT_KEYS = ('dataroot', 'dataroot_gt', 'dataroot_lq', 'meta_info_file')
+# the downloads (datasets/README.md): data set type -> (name, where datasets/README.md puts it, layout)
+DOWNLOADS = {'RealSRDataset': ('RealSR (V3)', 'datasets/RealSR_V3', 'realsr'),
+             'DRealSRDataset': ('DRealSR', 'datasets/DRealSR', 'drealsr'),
+             'D2CRealSRDataset': ('D2CRealSR', 'datasets/D2CRealSR', 'd2crealsr')}
+PREPARED = re.compile(r'(?P<base>.*?(?P<set>D2CRealSR|DRealSR|RealSR)_x(?P<scale>\d+))[/\\](?P<sub>[^/\\]+)')
+
+
+def _how_to_make(dataset_opt, key, path):
+    """The documented step that makes ``path`` (the value of ``key`` in ``dataset_opt``)."""
+    kind = dataset_opt.get('type')
+    if kind in DOWNLOADS:
+        name, where, _ = DOWNLOADS[kind]
+        return (f'it is the {name} download: put it there as downloaded (or point {key} at it), see '
+                f'datasets/README.md ({where}/)')
+    match = PREPARED.match(str(path).replace(os.sep, '/'))
+    if match:
+        layout = {'RealSR': 'realsr', 'DRealSR': 'drealsr', 'D2CRealSR': 'd2crealsr'}[match['set']]
+        raw = {'realsr': 'datasets/RealSR_V3', 'drealsr': 'datasets/DRealSR', 'd2crealsr': 'datasets/D2CRealSR'}[layout]
+        split = 'test' if re.search(r'test|val', match['sub'], re.I) else 'train'
+        lmdb = ' --lmdb' if str(path).endswith('.lmdb') else ''
+        return (f'make it with: python scripts/prepare_dataset.py {layout} --root {raw} --scale {match["scale"]} '
+                f'--split {split} --out {match["base"]}/{match["sub"]}{lmdb} (datasets/README.md)')
+    return 'check the path, or prepare your pairs with scripts/prepare_dataset.py (datasets/README.md)'
+
+
+def check_data_roots(opt):
+    """Raise :class:`DataError` listing every data-set folder or file an options file names that does not exist
+    (``datasets:<phase>:dataroot`` etc.), each with the documented step that makes it; called before the run
+    writes anything (BasicSR's own message is a bare ``FileNotFoundError`` from deep in the data set)."""
+    problems = []
+    for phase, dataset_opt in sorted(((opt or {}).get('datasets') or {}).items()):
+        if not isinstance(dataset_opt, dict):
+            continue
+        for key in ROOT_KEYS:
+            value = dataset_opt.get(key)
+            if not isinstance(value, str) or not value or osp.exists(osp.expanduser(value)):
+                continue
+            how = _how_to_make(dataset_opt, key, value)
+            problems.append(f'datasets:{phase}:{key} {value!r} does not exist; {how}.')
+    if problems:
+        raise DataError(f'{len(problems)} data folder(s) of the options are missing (relative paths are taken from '
+                        f'the folder the command runs in, {os.getcwd()}):\n  ' + '\n  '.join(problems))
 
 
 def check_eval_dataset(dataset, scale, gt_size=None):

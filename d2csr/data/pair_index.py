@@ -9,8 +9,10 @@ Layouts (``s`` is the scale)::
 
     RealSR (V3; older versions store LR at HR size)   root/{Canon,Nikon}/{Train,Test}/s/Canon_001_HR.png
                                                                                     /Canon_001_LRs.png
-    DRealSR                                           root/xs/{Train,Test}_xs/{train,test}_HR/DSC_1454_x1.png
-                                                                             /{train,test}_LR/DSC_1454_xs.png
+    DRealSR                                           root/xs/{Train,Test}_xs/{train,test}_HR/DSC_1454_xs.png
+                                                                             /{train,test}_LR/DSC_1454_x1.png
+      (the public naming; ``_x1`` HR with ``_xs`` LR is read too: names pair without their ``_x<n>`` token and
+      the larger image of a pair is the HR, whichever folder holds it)
     D2CRealSR (x8 only)                               root/{train,test}_HR/001.png  root/{train,test}_LR/001.png
     authors' text list                                one "lr_path hr_path" per line
     generic folder pair                               dataroot_gt/ + dataroot_lq/, names matched by a template
@@ -20,13 +22,20 @@ import os
 import os.path as osp
 import re
 
-from d2csr.utils.image_io import IMG_EXTENSIONS, image_names
 from d2csr.utils.errors import UserError
+from d2csr.utils.image_io import IMG_EXTENSIONS, header_size, image_names
 
 REALSR_SCALES = (2, 3, 4)
 REALSR_CAMERAS = ('Canon', 'Nikon')
 DREALSR_SCALES = (2, 3, 4)
 D2CREALSR_SCALES = (8, )
+# pairs per split and scale as their authors publish them (RealSR V3: Canon + Nikon together)
+PUBLISHED_COUNTS = {
+    'realsr': {'train': {2: 459, 3: 459, 4: 459}, 'test': {2: 100, 3: 100, 4: 100}},
+    'drealsr': {'train': {2: 884, 3: 783, 4: 840}, 'test': {2: 83, 3: 84, 4: 93}},
+    'd2crealsr': {'train': {8: 100}, 'test': {8: 15}},
+}
+LAYOUT_NAMES = {'realsr': 'RealSR (V3)', 'drealsr': 'DRealSR', 'd2crealsr': 'D2CRealSR'}
 
 
 class DataError(UserError, ValueError):
@@ -206,10 +215,13 @@ def _first_existing(root, candidates):
 
 
 def drealsr_pairs(root, scale, split='train'):
-    """DRealSR pairs: ``root/x<s>/<Split>_x<s>/<split>_HR/NAME_x1.png`` with ``<split>_LR/NAME_x<s>.png``.
+    """DRealSR pairs: ``root/x<s>/<Split>_x<s>/<split>_HR/`` and ``<split>_LR/``, as downloaded.
 
-    ``root`` holds ``x2``/``x3``/``x4``, or is one of them. A suffix after the scale token (``NAME_x1_12``,
-    sub-images) is part of the key.
+    ``root`` holds ``x2``/``x3``/``x4``, or is one of them. Names carry a scale token: the public download names
+    the HR ``NAME_x<s>.png`` and the LR ``NAME_x1.png``; the reverse (HR ``_x1``, LR ``_x<s>``) is read too. A
+    pair is the two files whose names are equal without the token (a suffix after it, ``NAME_x1_12`` for
+    sub-images, is part of the key), and its larger image (by ``scale`` in each side, read from the file headers)
+    is the HR, whichever folder holds it: the folders only give the default.
     """
     layout = 'DRealSR'
     scale, split = int(scale), check_split(split)
@@ -223,9 +235,42 @@ def drealsr_pairs(root, scale, split='train'):
         raise DataError(f'{layout}: no {sub}/{split}_HR and {split}_LR under {base!r} (scale {scale}, split {split}); '
                         f'{root!r} should hold x{scale}/{sub}/{split}_HR.')
     gt_dir, lq_dir = found
-    return _pairs_in_folders(gt_dir, lq_dir, NamePattern(r'(.+)_x1((?:_.*)?)', '{0}_x1{1}'),
-                             NamePattern(rf'(.+)_x{scale}((?:_.*)?)', f'{{0}}_x{scale}{{1}}'),
-                             f'{layout} x{scale} ({osp.dirname(gt_dir)})')
+    token = rf'_x(?:1|{scale})'
+    pairs = _pairs_in_folders(gt_dir, lq_dir, NamePattern(rf'(.+){token}((?:_.*)?)', f'{{0}}_x{scale}{{1}}'),
+                              NamePattern(rf'(.+){token}((?:_.*)?)', '{0}_x1{1}'),
+                              f'{layout} x{scale} ({osp.dirname(gt_dir)})')
+    return orient_by_size(pairs, scale)
+
+
+def orient_by_size(pairs, scale):
+    """Swap ``gt_path`` and ``lq_path`` of every pair whose "LR" file is at least ``scale`` times its "HR" file
+    in both sides (read from the headers; unreadable files are left for the size check to name); such a pair
+    gets ``'swapped': True``. Returns ``pairs``."""
+    for pair in pairs:
+        try:
+            gt_hw, lq_hw = header_size(pair['gt_path']), header_size(pair['lq_path'])
+        except Exception:  # noqa: BLE001  (unreadable: reported by the size check)
+            continue
+        if gt_hw and lq_hw and lq_hw[0] >= gt_hw[0] * scale and lq_hw[1] >= gt_hw[1] * scale:
+            pair['gt_path'], pair['lq_path'] = pair['lq_path'], pair['gt_path']
+            pair['swapped'] = True
+    return pairs
+
+
+def count_warning(layout, split, scale, count, cameras=None):
+    """A sentence when ``count`` pairs differ from what the data set's authors publish for ``layout`` /
+    ``split`` / ``scale`` (:data:`PUBLISHED_COUNTS`), else ``None``."""
+    published = PUBLISHED_COUNTS.get(layout, {}).get(split, {}).get(int(scale))
+    if published is None or count == published:
+        return None
+    name = LAYOUT_NAMES[layout]
+    hint = ''
+    if layout == 'realsr':
+        hint = (f' (published: Canon and Nikon together; cameras {", ".join(cameras)} selected)' if cameras else
+                ' (published: Canon and Nikon together; is one camera missing from the download?)')
+    return (f'{name} x{scale} {split}: {count} pairs found, its authors publish {published}{hint}. Results on '
+            'another set of images are not comparable with the paper\'s; check the download if that is not '
+            'intended.')
 
 
 def d2crealsr_pairs(root, scale=8, split='train'):

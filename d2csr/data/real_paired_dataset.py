@@ -35,7 +35,8 @@ from basicsr.utils import FileClient, bgr2ycbcr, get_root_logger, imfrombytes, i
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from .pair_align import align_pair, check_lq_at_gt_size, check_pair_sizes
-from .pair_index import DataError, d2crealsr_pairs, drealsr_pairs, folder_pairs, list_pairs, lmdb_pairs, realsr_pairs
+from .pair_index import (DataError, count_warning, d2crealsr_pairs, drealsr_pairs, folder_pairs, list_pairs,
+                         lmdb_pairs, realsr_pairs)
 
 
 def _expand(path):
@@ -46,6 +47,7 @@ class RealPairedDataset(data.Dataset):
     """Base class: subclasses implement :meth:`scan` (the list of pairs); reading and augmenting are shared."""
 
     layout = 'pairs'
+    count_layout = None  # key of pair_index.PUBLISHED_COUNTS: the number of pairs its authors publish
     supports_lmdb = False
     checks_own_sizes = True  # sizes are checked (and HR cropped) here, see d2csr.data.eval_check
 
@@ -66,6 +68,7 @@ class RealPairedDataset(data.Dataset):
         self.file_client = None
 
         self.pairs = self.scan()
+        self._report_pairs()
         if opt.get('check_sizes', True):
             groups = check_pair_sizes(self.pairs, self.scale, self.lq_at_gt_size, where=f'{self.name} ({self.layout})')
             logger = get_root_logger()
@@ -81,6 +84,21 @@ class RealPairedDataset(data.Dataset):
                 self._check_gt_size()
         self.paths = [dict(lq_path=p['lq_path'], gt_path=p['gt_path']) for p in self.pairs]
         self._warned_crop = False
+
+    def _report_pairs(self):
+        """Warn when the data set has another number of pairs than its authors publish (a camera missing from
+        a RealSR download tests 50 images instead of 100), and say which pairs were taken the other way round
+        (the file in the LR folder was the larger)."""
+        logger = get_root_logger()
+        if self.count_layout is not None:
+            warning = count_warning(self.count_layout, self.split(), self.scale, len(self.pairs),
+                                    self.opt.get('cameras'))
+            if warning:
+                logger.warning(f'{self.name}: {warning}')
+        swapped = [p for p in self.pairs if p.get('swapped')]
+        if swapped:
+            logger.warning(f'{self.name}: {len(swapped)} pair(s) whose file in the LR folder is the larger one are '
+                           f'taken with it as HR (e.g. {osp.basename(swapped[0]["gt_path"])}).')
 
     def _check_gt_size(self):
         """``gt_size`` a multiple of the scale and no larger than the smallest HR (after alignment), checked
@@ -153,6 +171,7 @@ class RealSRDataset(RealPairedDataset):
     present), ``lq_at_gt_size: bicubic`` for versions before V3 (LR stored at HR size).
     """
     layout = 'RealSR'
+    count_layout = 'realsr'
 
     def scan(self):
         return realsr_pairs(_expand(self.opt.get('dataroot')), self.scale, self.split(), self.opt.get('cameras'))
@@ -162,9 +181,12 @@ class RealSRDataset(RealPairedDataset):
 class DRealSRDataset(RealPairedDataset):
     """DRealSR (Wei et al., ECCV 2020) as downloaded: ``dataroot/x<s>/{Train,Test}_x<s>/{train,test}_{HR,LR}/``.
 
-    Names ``NAME_x1.png`` (HR) and ``NAME_x<s>.png`` (LR). Options: ``dataroot``, ``split``.
+    Names as published: ``test_HR/NAME_x<s>.png`` with ``test_LR/NAME_x1.png`` (``_x1`` HR with ``_x<s>`` LR is
+    read too; the larger image of a pair is its HR, see :func:`d2csr.data.pair_index.drealsr_pairs`). Options:
+    ``dataroot``, ``split``.
     """
     layout = 'DRealSR'
+    count_layout = 'drealsr'
 
     def scan(self):
         return drealsr_pairs(_expand(self.opt.get('dataroot')), self.scale, self.split())
@@ -175,6 +197,7 @@ class D2CRealSRDataset(RealPairedDataset):
     """D2CRealSR (the paper's x8 set) as downloaded: ``dataroot/{train,test}_{HR,LR}/``. Options: ``dataroot``,
     ``split``."""
     layout = 'D2CRealSR'
+    count_layout = 'd2crealsr'
 
     def scan(self):
         return d2crealsr_pairs(_expand(self.opt.get('dataroot')), self.scale, self.split())

@@ -53,6 +53,8 @@ from d2csr.models.train_step import StepGuard, takes_found_inf
 from d2csr.options_check import validate_options
 from d2csr.utils.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
+from d2csr.convert import check_channel_order
+from d2csr.metrics.paper_metrics import float_outputs, float_outputs_for_metrics
 from d2csr.evaluation import fusion_metrics, oracle_fusion, weight_mad  # noqa: F401  (oracle_fusion: old import path)
 
 STAGES = ('divergence', 'convergence', 'joint')
@@ -95,7 +97,9 @@ class D2CModel(SRModel):
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """BasicSR's ``load_network`` (pretrain, test and resume loads) with the checks of
-        :func:`d2csr.utils.checkpoint.load_network_checked`: weights-only, finite, shapes before loading."""
+        :func:`d2csr.utils.checkpoint.load_network_checked`: weights-only, finite, shapes before loading; the
+        authors' BGR weights from an older converter are refused with the command that converts them again."""
+        check_channel_order(load_path)
         load_network_checked(self.get_bare_model(net), load_path, strict, param_key, get_root_logger())
 
     # ----------------------------------------------------------------------------------------------
@@ -535,6 +539,7 @@ class D2CModel(SRModel):
         with torch.no_grad(), autocast(self.lq.device, self.val_amp):  # val: amp (outputs come back fp32)
             self.branches = bare.forward_branches(self.lq)
             self.output, self.weights = bare.fuse(self.branches)
+        self.metric_floats = float_outputs(self.opt, self.output, getattr(self, 'gt', None))  # the paper's metrics
         if net is self.net_g and self.is_train:
             self.set_train_mode()
         if getattr(self, '_branch_stats', None) is not None and hasattr(self, 'gt'):
@@ -574,9 +579,11 @@ class D2CModel(SRModel):
 
         check_eval_dataset(dataloader.dataset, self.opt.get('scale', 4))  # before the network runs
         try:
-            super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+            with float_outputs_for_metrics(self):  # the paper's PSNR / SSIM on the float output, as the authors'
+                super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
         finally:
             stats, self._branch_stats = self._branch_stats, None
+            self.metric_floats = None
         if (self.opt.get('val') or {}).get('save_panels'):
             self.save_panels(dataloader, current_iter)
         count = stats.pop('count')
