@@ -15,11 +15,10 @@ from collections import OrderedDict
 import torch
 
 from d2csr.archs import D2CSR
-from d2csr.archs.infer_options import build_from_state
+from d2csr.archs.infer_options import NO_TRACE_OPTIONS, build_from_state
 from d2csr.convert import check_channel_record, load_official
 from d2csr.utils.checkpoint import CheckpointFormatError, check_finite, check_model_file, is_zip_checkpoint
 
-NO_TRACE_OPTIONS = ('bicubic_skip', 'img_range', 'rgb_mean')  # network_g settings the weights do not record
 PARAM_KEYS = ('params_ema', 'params')  # preferred first: an EMA-trained checkpoint gives its EMA weights
 
 

@@ -21,7 +21,10 @@ import math
 import os.path as osp
 import sys
 
-from d2csr.loading import NO_TRACE_OPTIONS, saved_network_options
+from d2csr.archs.branch_modules import branch_module_options
+from d2csr.archs.infer_options import NO_TRACE_OPTIONS
+from d2csr.data.eval_check import data_root_problems
+from d2csr.loading import saved_network_options
 from d2csr.options_schema import schema_problems
 from d2csr.utils.errors import OptionsError, user_error_message
 
@@ -142,6 +145,7 @@ def _check_files(opt, problems, complete):
     pretrain = path.get('pretrain_network_g')
     if complete:
         _check_backbone_weights(opt, problems)
+        problems += data_root_problems(opt)
     if complete and not is_train and opt.get('model_type') in ('D2CModel', 'SRModel') and not pretrain:
         problems.append('path:pretrain_network_g is not set: d2csr/test.py would score a randomly initialised '
                         'network. Set it to the weights to test (e.g. experiments/<name>/models/net_g_latest.pth, '
@@ -171,11 +175,25 @@ def _check_stage1(opt, network, problems):
         if saved.get('type') != network.get('type'):
             continue
         saved = dict(defaults, **saved)
-        differ = [f'{k}: {saved.get(k)!r} in stage 1, {network.get(k)!r} here' for k in NO_TRACE_OPTIONS
-                  if _comparable(saved.get(k)) != _comparable(network.get(k))]
+        differ = [f'{k}: {_network_value(saved, k)!r} in stage 1, {_network_value(network, k)!r} here'
+                  for k in NO_TRACE_OPTIONS
+                  if _comparable(_network_value(saved, k)) != _comparable(_network_value(network, k))]
         if differ:
             problems.append(f'network_g differs from the stage-1 run that wrote {pretrain} ({yml}) in options the '
                             f'weights do not record: {"; ".join(differ)}. Use stage 1\'s values in network_g.')
+
+
+def _network_value(network, key):
+    """``network_g``'s value of ``key`` (``'backbone_opt:res_scale'``: inside the backbone's options, with the
+    backbone's default), defaults filled in."""
+    if not key.startswith('backbone_opt:'):
+        return network.get(key)
+    name = key.split(':', 1)[1]
+    try:
+        default = branch_module_options(network.get('backbone') or 'rcan').get(name)
+    except ValueError:  # an unknown backbone: reported by the network check
+        default = None
+    return (network.get('backbone_opt') or {}).get(name, default)
 
 
 def _comparable(value):

@@ -175,6 +175,14 @@ def test_4_stage_2_compares_the_traceless_options_with_stage_1(tmp_path, photo_d
         build(opt)
     model = build(model_options(tmp_path, photo_data, stage='convergence', pretrain=str(ckpt), network=stage1))
     assert model.get_bare_model(model.net_g).bicubic_skip
+    # every option the weights do not record: the mean shift ('fixed' and 'none' store the same tensors) and a
+    # backbone option (RCAN's res_scale: its default counts as given)
+    other = dict(stage1, mean_shift='none', backbone_opt={'res_scale': 0.5})
+    with pytest.raises(ValueError, match=r"mean_shift: 'fixed' in stage 1, 'none' here.*backbone_opt:res_scale: 1\.0 "
+                                         r"in stage 1, 0\.5 here"):
+        build(model_options(tmp_path, photo_data, stage='convergence', pretrain=str(ckpt), network=other))
+    build(model_options(tmp_path, photo_data, stage='convergence', pretrain=str(ckpt),
+                        network=dict(stage1, backbone_opt={'res_scale': 1.0})))
 
 
 @pytest.mark.parametrize('override, message', [
@@ -587,8 +595,11 @@ def test_21_the_original_backbone_baselines_get_the_same_check(photo_data, tmp_p
 
     opt = yaml.safe_load((Path(__file__).parents[1] / 'options' / 'train_EDSR_x4.yml').read_text())
     opt['network_g'].update(num_feat=8, num_block=1)
-    for phase, root in (('train', photo_data / 'train'), ('val', photo_data / 'val')):
-        opt['datasets'][phase].update(dataroot_gt=str(root / 'HR'), dataroot_lq=str(root / 'LR'))
+    for phase, root in (('train', photo_data / 'train'), ('val', photo_data / 'val')):  # folder pairs of photos
+        for key in ('dataroot', 'split', 'lq_at_gt_size'):
+            opt['datasets'][phase].pop(key)
+        opt['datasets'][phase].update(type='PairedFolderDataset', dataroot_gt=str(root / 'HR'),
+                                      dataroot_lq=str(root / 'LR'))
     opt['num_gpu'] = 0
     good = entry_yml(opt, tmp_path / 'edsr.yml')
     assert check_entry_options(True, ['-opt', str(good)])['model_type'] == 'SRModel'

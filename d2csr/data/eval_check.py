@@ -50,10 +50,10 @@ def _how_to_make(dataset_opt, key, path):
     return 'check the path, or prepare your pairs with scripts/prepare_dataset.py (datasets/README.md)'
 
 
-def check_data_roots(opt):
-    """Raise :class:`DataError` listing every data-set folder or file an options file names that does not exist
-    (``datasets:<phase>:dataroot`` etc.), each with the documented step that makes it; called before the run
-    writes anything (BasicSR's own message is a bare ``FileNotFoundError`` from deep in the data set)."""
+def data_root_problems(opt):
+    """One sentence per data-set folder or file an options file names that does not exist
+    (``datasets:<phase>:dataroot`` etc.), each with the documented step that makes it (BasicSR's own message is a
+    bare ``FileNotFoundError`` from deep in the data set)."""
     problems = []
     for phase, dataset_opt in sorted(((opt or {}).get('datasets') or {}).items()):
         if not isinstance(dataset_opt, dict):
@@ -64,6 +64,12 @@ def check_data_roots(opt):
                 continue
             how = _how_to_make(dataset_opt, key, value)
             problems.append(f'datasets:{phase}:{key} {value!r} does not exist; {how}.')
+    return problems
+
+
+def check_data_roots(opt):
+    """Raise :class:`DataError` listing :func:`data_root_problems`; called before the run writes anything."""
+    problems = data_root_problems(opt)
     if problems:
         raise DataError(f'{len(problems)} data folder(s) of the options are missing (relative paths are taken from '
                         f'the folder the command runs in, {os.getcwd()}):\n  ' + '\n  '.join(problems))
