@@ -164,6 +164,11 @@ def _check_files(opt, problems, complete):
                         'net_g_latest.pth).')
 
 
+# what stage 2 must take over from stage 1 unchanged: the options the frozen tree's weights do not record (the
+# convergence net's fusion_last_relu is stage 2's to choose: it trains that net)
+STAGE1_NO_TRACE_OPTIONS = tuple(k for k in NO_TRACE_OPTIONS if k != 'fusion_last_relu')
+
+
 def _check_stage1(opt, network, problems):
     """Stage 2 loads stage 1's weights: options that leave no trace in them must agree with stage 1's run."""
     train = opt.get('train') or {}
@@ -176,7 +181,7 @@ def _check_stage1(opt, network, problems):
             continue
         saved = dict(defaults, **saved)
         differ = [f'{k}: {_network_value(saved, k)!r} in stage 1, {_network_value(network, k)!r} here'
-                  for k in NO_TRACE_OPTIONS
+                  for k in STAGE1_NO_TRACE_OPTIONS
                   if _comparable(_network_value(saved, k)) != _comparable(_network_value(network, k))]
         if differ:
             problems.append(f'network_g differs from the stage-1 run that wrote {pretrain} ({yml}) in options the '

@@ -110,6 +110,7 @@ def test_d2c_validation_gives_them_the_float_output(photo_data, tmp_path):
     network = dict(TINY_NET, bicubic_skip=True, mean_shift='none')
     opt = tiny_options(photo_data, 'paper_metric', network=network, **{'val:metrics': metrics})
     opt.update(is_train=False, dist=False, rank=0, world_size=1)
+    del opt['datasets']['train'], opt['train']  # a test run's options
     opt['path'].update(visualization=str(tmp_path))
     model = build_model(opt)
     with torch.no_grad():  # near the bicubic upsampling: a PSNR where 8-bit rounding shows
