@@ -358,24 +358,18 @@ def check_before_folders(opt):
     :class:`RunRefused`."""
     from d2csr.options_check import validate_options
     from d2csr.utils.pretrained_weights import MissingWeightsError, check_pretrained_weights
+    from d2csr.utils.registry import MODEL_REGISTRY
 
     try:
         check_pretrained_weights(opt)
     except MissingWeightsError as err:
         raise RunRefused(str(err)) from None
     check_data_paths(opt)
-    if opt.get('model_type') in ('D2CModel', 'd2csr.D2CModel') and 'D2CModel' not in basicsr_model_names():
+    if MODEL_REGISTRY.resolves_to_d2csr(opt.get('model_type')):  # d2csr's D2CModel (not a user's of that name)
         try:
             validate_options(opt)
         except ValueError as err:
             raise RunRefused(str(err)) from None
-
-
-def basicsr_model_names():
-    """Model names registered in BasicSR's own registry (a user's ``D2CModel`` there shadows d2csr's)."""
-    from basicsr.utils.registry import MODEL_REGISTRY
-
-    return MODEL_REGISTRY.keys()
 
 
 def lock_run(opt):
