@@ -4,6 +4,7 @@ a lock left by ``kill -9``, ``--help`` before torch, the end of a distributed ru
 scripts) is in ``test_basicsr_entry_points.py``."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -247,8 +248,6 @@ def test_every_program_refuses_python_tags_and_alias_bombs(program, tiny_checkpo
         yml.write_text(text)
         status, said = run_program(program, yml, tiny_checkpoint, tmp_path)
         assert status != 0
-        import re
-
         assert re.search(message, said), said
     assert not (tmp_path / 'PWNED').exists() and not any((tmp_path / d).exists() for d in ('experiments', 'results'))
 
@@ -259,9 +258,9 @@ def test_missing_keys_and_malformed_yaml_are_listed_without_a_traceback(photo_da
     proc = run_entry('train', '-opt', write_options(opt, tmp_path / 'keys.yml'), '--force_yml', 'nope:x=1',
                      check=False, cwd=tmp_path)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-    for problem in ('num_gpu: missing', 'train:total_iter: missing', 'logger:print_freq: missing',
-                    '--force_yml nope:x=1: expects key:subkey=value where key:subkey exists'):
-        assert problem in proc.stderr
+    for key in ('num_gpu', 'train:total_iter', 'logger:print_freq'):  # every problem, each naming its key
+        assert re.search(rf'\b{key}:? (is )?missing', proc.stderr), (key, proc.stderr)
+    assert '--force_yml nope:x=1' in proc.stderr
     (tmp_path / 'bad.yml').write_text('name: x\n  model_type: y\n')
     proc = run_entry('test', '-opt', tmp_path / 'bad.yml', check=False, cwd=tmp_path)
     assert proc.returncode == 1 and 'bad.yml is not valid YAML (line 2' in proc.stderr and 'Traceback' not in \
@@ -275,10 +274,10 @@ def test_the_readme_command_without_data_stops_before_any_folder(tmp_path):
     proc = run_entry('train', '-opt', ROOT / 'options' / 'train_D2C_div_x4.yml', '--force_yml', 'num_gpu=0',
                      check=False, cwd=tmp_path)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-    assert "datasets:train:dataroot: 'datasets/RealSR_V3'" in proc.stderr and 'nothing was written' in proc.stderr
+    assert 'datasets:train:dataroot' in proc.stderr and 'datasets/RealSR_V3' in proc.stderr  # names what is missing
     proc = run_entry('test', '-opt', ROOT / 'options' / 'test_D2C_x4.yml', '--force_yml', 'num_gpu=0', check=False,
                      cwd=tmp_path)
-    assert proc.returncode == 1 and 'data path(s) of the options do not exist' in proc.stderr
+    assert proc.returncode == 1 and 'datasets:test_1:dataroot' in proc.stderr and 'Traceback' not in proc.stderr
     assert os.listdir(tmp_path) == []  # no experiments/, tb_logger/, results/
 
 
