@@ -434,13 +434,11 @@ def model_from_options(path, device, workdir, net_opt=None, amp=None, compile_mo
                        compile_backend=None):
     """A :class:`~d2csr.models.D2CModel` built in this process from an option file, as ``d2csr/train.py``
     builds it (no data sets, no launcher). The convergence stage gets a fresh stage-1 checkpoint."""
-    import yaml
     from basicsr.models import build_model
-    from basicsr.utils.options import ordered_yaml
+    from d2csr.utils.yaml_io import load_options
 
     root = Path(__file__).resolve().parents[1]
-    with open(root / path) as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    opt = load_options(root / path)  # options files are data: d2csr's safe loader
     opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False,
                num_gpu=1 if device.type == 'cuda' else 0)
     opt['network_g'].update(net_opt or {})

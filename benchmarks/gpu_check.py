@@ -24,7 +24,7 @@ RUNS = {'tf32': dict(amp=None, compile=None), 'bf16': dict(amp='bf16', compile=N
 def prepare(args):
     import yaml
     import d2csr  # noqa: F401  (BasicSR shim)
-    from basicsr.utils.options import ordered_yaml
+    from d2csr.utils.yaml_io import load_options
     from d2csr.data.photo_pairs import TRAIN_PHOTOS, build_photo_pairs
 
     out = Path(args.out).resolve()
@@ -32,8 +32,7 @@ def prepare(args):
     data = Path(args.data).resolve()
     photos = [p for p in TRAIN_PHOTOS if p != 'coins']  # coins (303 px) is smaller than a 384 px HR crop
     build_photo_pairs(str(data), 4, train=photos, val=(), max_side=768)
-    with open(ROOT / 'options' / 'train_D2C_div_x4.yml') as f:
-        base = yaml.load(f, Loader=ordered_yaml()[0])
+    base = load_options(ROOT / 'options' / 'train_D2C_div_x4.yml')  # options files are data: the safe loader
     (out / 'opts').mkdir(parents=True, exist_ok=True)
     for run, extra in RUNS.items():
         opt = json.loads(json.dumps(base))

@@ -18,13 +18,14 @@ import os.path as osp
 import sys
 
 import torch
-import yaml
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, ROOT)
 
 import d2csr  # noqa: E402,F401  (registers D2CSR, RDN, IMDN, VDSR; BasicSR registers EDSR, MSRResNet, RRDBNet)
 from basicsr.archs import build_network  # noqa: E402
+
+from d2csr.utils.yaml_io import load_options  # noqa: E402
 
 # paper Table 3 (RealSR x4): backbone -> (original params, D2C params, original PSNR, D2C PSNR)
 PAPER = {
@@ -39,8 +40,7 @@ PAPER = {
 
 def network_options(path, scale):
     """``network_g`` of an options file, set to ``scale`` (RRDBNet calls the key ``scale``)."""
-    with open(path, encoding='utf-8') as f:
-        opt = yaml.safe_load(f)['network_g']
+    opt = load_options(path)['network_g']  # options files are data: d2csr's safe loader
     opt['scale' if opt['type'] == 'RRDBNet' else 'upscale'] = scale
     return opt
 

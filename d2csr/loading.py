@@ -18,6 +18,7 @@ from d2csr.archs import D2CSR
 from d2csr.archs.infer_options import NO_TRACE_OPTIONS, build_from_state
 from d2csr.convert import check_channel_record, load_official
 from d2csr.utils.checkpoint import CheckpointFormatError, check_finite, check_model_file, is_zip_checkpoint
+from d2csr.utils.yaml_io import UnsafeOptionsError, load_options
 
 PARAM_KEYS = ('params_ema', 'params')  # preferred first: an EMA-trained checkpoint gives its EMA weights
 
@@ -44,15 +45,9 @@ def _select_params(ckpt, path, param_key=None):
 
 def read_network_options(path):
     """``network_g`` of a YAML options file (a BasicSR options file, or one holding only ``network_g``)."""
-    import yaml
-
     if not osp.isfile(path):
         raise FileNotFoundError(f'options file {path!r} does not exist')
-    try:
-        with open(path, encoding='utf-8') as f:
-            opt = yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f'options file {path!r} is not valid YAML: {err}') from None
+    opt = load_options(path, require_mapping=False)  # data only: refuses !!python tags, alias bombs (ValueError)
     network = opt.get('network_g', opt) if isinstance(opt, dict) else None
     if not isinstance(network, dict) or 'type' not in network:
         raise ValueError(f'options file {path!r} has no network_g section with a type')
@@ -77,6 +72,8 @@ def saved_network_options(path):
         if name.endswith(('.yml', '.yaml')):
             try:
                 found.append((read_network_options(osp.join(parent, name)), osp.join(parent, name)))
+            except UnsafeOptionsError:
+                raise  # a python tag or an alias bomb beside a checkpoint is refused, not passed over
             except Exception:  # noqa: BLE001  (not an options file)
                 continue
     return found

@@ -253,7 +253,7 @@ def read_entry_options(is_train, argv=None):
     """
     import argparse
 
-    import yaml
+    from d2csr.utils.yaml_io import OptionsFileError, load_options
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument('-opt')
@@ -267,10 +267,9 @@ def read_entry_options(is_train, argv=None):
     if not args.opt or not osp.isfile(args.opt):
         return args.opt, None, []
     try:
-        with open(args.opt, encoding='utf-8') as f:
-            opt = yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        return args.opt, None, [f'{args.opt} is not a plain YAML options file: {str(error).splitlines()[0]}']
+        opt = load_options(args.opt, require_mapping=False)  # data only: no !!python tags, no alias bombs
+    except OptionsFileError as error:
+        return args.opt, None, [str(error)]
     if not isinstance(opt, dict):
         return args.opt, None, [f'{args.opt} holds no options (key: value sections).']
     problems = [p for entry in args.force_yml or () for p in [_force_yml(opt, entry)] if p]

@@ -1,39 +1,40 @@
-"""d2csr's changes to BasicSR 1.4.2's training and test pipeline, for the runs of d2csr's entry points.
+"""d2csr's changes to BasicSR 1.4.2's training and test pipeline, for D2C runs only.
 
-Nothing here runs on ``import d2csr``: :func:`apply_training_patches` applies them, once per process, called by
-``d2csr/train.py``, ``d2csr/test.py`` and (for D2C runs) the BasicSR entry-point hook ``d2csr_basicsr_hook``.
-It
+A *D2C run* is a run whose options name d2csr's classes (``model_type: D2CModel``, ``type: D2CSR``, ...:
+:func:`d2csr.utils.registry.d2csr_names_in`), and every run of ``d2csr/train.py`` / ``d2csr/test.py``. Nothing
+here runs on ``import d2csr``. A :class:`D2CRun` installs the changes into the globals of the module whose
+``train_pipeline`` / ``test_pipeline`` runs: ``basicsr.train`` / ``basicsr.test`` for d2csr's entry points
+(:func:`run_entry_point`), ``__main__`` for BasicSR's own ``train.py`` / ``test.py`` (:func:`watch_basicsr_entry_point`,
+called by ``d2csr_basicsr_hook``, changes nothing for a run that does not use D2C). The changes:
 
-1. replaces BasicSR's ``init_dist`` (in ``basicsr.utils.dist_util`` and where ``parse_options`` imported
-   it): the same on GPU, but without a GPU it uses the gloo backend and does not call
-   ``torch.cuda.set_device``, so ``--launcher pytorch`` / ``slurm`` train on CPU machines; a launch whose
-   world size cannot work (not started by torchrun, ``RANK >= WORLD_SIZE``, more processes per node than
-   GPUs) stops with a message that names the problem;
-2. replaces ``basicsr.train.load_resume_state``, which calls ``torch.cuda.current_device()`` and so
-   fails on a machine without a GPU, by a device-agnostic version that loads with ``weights_only=True``,
-   picks the newest *complete* state with ``--auto_resume`` (and says which), and refuses a state of
-   another network shape before anything is written (:mod:`d2csr.utils.checkpoint`);
-3. makes the training data position resumable: ``basicsr.train`` builds a :class:`ResumableEnlargedSampler`
-   (BasicSR's ``EnlargedSampler`` that can start an epoch part-way) and its ``create_train_val_dataloader``
-   is wrapped so that, on resume, the sampler skips the batches of the current epoch that were already
-   trained on and restores the saved RNG states when the first new batch is drawn. BasicSR itself restarts
-   the epoch from its first batch. It also checks every data set before the first batch
-   (:func:`d2csr.data.eval_check.check_eval_dataset`; LMDBs: keys, ``data.mdb``, sizes, and before BasicSR
-   builds on them :func:`~d2csr.data.eval_check.check_lmdb_roots`), refuses a world size / batch size with no
-   batch per epoch, sorts the file lists BasicSR made with ``os.scandir`` (:func:`sort_scanned_paths`: the
-   same order on every node) and sets the number of epochs from the loader's real epoch length, so that a run
-   does exactly ``total_iter`` iterations (:func:`exact_last_epoch`);
-4. checks, before ``basicsr.train`` / ``basicsr.test`` create the experiment / results folder (and before a
-   resume), that every data folder the options name exists (:func:`d2csr.data.eval_check.check_data_roots`,
-   naming the option and the step that makes the folder) and that every backbone weight file the options need
-   (perceptual loss, LPIPS) is there or downloadable
-   (:func:`d2csr.utils.pretrained_weights.check_pretrained_weights`), so a missing one stops the run before
-   anything is written.
+1. BasicSR's ``init_dist`` (in ``basicsr.utils.dist_util`` and where ``parse_options`` imported it): the same on
+   GPU, but without a GPU it uses the gloo backend and does not call ``torch.cuda.set_device``, so
+   ``--launcher pytorch`` / ``slurm`` train on CPU machines; a launch whose world size cannot work (not started
+   by torchrun, ``RANK >= WORLD_SIZE``, more processes per node than GPUs) stops with a message that names it;
+2. ``load_resume_state`` (BasicSR's calls ``torch.cuda.current_device()`` and so fails without a GPU) is
+   replaced by a device-agnostic version that loads with ``weights_only=True``, picks the newest *complete*
+   state with ``--auto_resume`` (and says which), and refuses a state of another network shape before anything
+   is written (:mod:`d2csr.utils.checkpoint`);
+3. the training data position is resumable: ``EnlargedSampler`` becomes :class:`ResumableEnlargedSampler` and
+   the script's own ``create_train_val_dataloader`` is wrapped so that, on resume, the sampler skips the
+   batches of the current epoch that were already trained on and restores the saved RNG states when the first
+   new batch is drawn (BasicSR restarts the epoch from its first batch). It also checks every data set before
+   the first batch (:func:`d2csr.data.eval_check.check_eval_dataset`; LMDBs: keys, ``data.mdb``, sizes, and
+   before BasicSR builds on them :func:`~d2csr.data.eval_check.check_lmdb_roots`), refuses a world size / batch
+   size with no batch per epoch, sorts the file lists BasicSR made with ``os.scandir``
+   (:func:`sort_scanned_paths`: the same order on every node) and sets the number of epochs from the loader's
+   real epoch length, so that a run does exactly ``total_iter`` iterations (:func:`exact_last_epoch`);
+4. before the experiment / results folder is made (the first thing after the options are parsed): the backbone
+   weight files the options need (perceptual loss, LPIPS; :func:`d2csr.utils.pretrained_weights.check_pretrained_weights`),
+   the data folders (:func:`d2csr.data.eval_check.check_data_roots`, naming the step that makes each), the
+   D2CModel options (:func:`d2csr.options_check.validate_options`) are checked, and the run
+   locks its name (:mod:`d2csr.utils.run_lock`): a second run of the same name refuses at start, naming the
+   running one, instead of BasicSR renaming the running one's folder to ``*_archived_*``.
 
-:func:`run_basicsr_entry_point` runs BasicSR's own ``python -m basicsr.train`` / ``basicsr/test.py`` through the
-imported ``basicsr.train`` / ``basicsr.test`` module, which carries the changes above (the copy Python runs as
-``__main__`` would not); called by the import hook ``d2csr_basicsr_hook``.
+d2csr's entry points also read the options file with d2csr's safe loader (:mod:`d2csr.utils.yaml_io`), choose
+the CPU thread count, and end a distributed run with a barrier and ``destroy_process_group()``.
 """
+import atexit
 import itertools
 import math
 import os
@@ -56,7 +57,7 @@ from d2csr.data.eval_check import check_eval_dataset, check_lmdb_roots  # noqa: 
 from d2csr.utils.checkpoint import (check_network_matches, error_summary, find_resume_state,  # noqa: E402
                                     load_lazily, remove_stale_temporaries, restore_rng_state, state_network_path,
                                     unreadable_reason)
-from d2csr.utils.errors import ResumeError  # noqa: E402
+from d2csr.utils.errors import ResumeError, UserError, user_error_message  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # distributed launch
@@ -280,14 +281,14 @@ def _check_batches_per_epoch(opt, train_loader, train_sampler):
         'a smaller batch_size_per_gpu or a larger dataset_enlarge_ratio.')
 
 
-def create_train_val_dataloader(opt, logger):
-    """BasicSR's ``create_train_val_dataloader`` with d2csr's checks and fixes (see the module doc): LMDB roots
-    checked before BasicSR builds on them, every data set checked before the first batch, file order
-    independent of the file system, exactly ``total_iter`` iterations, then the resume of the data position."""
+def create_train_val_dataloader(opt, logger, basicsr_create=_basicsr_create_train_val_dataloader):
+    """BasicSR's ``create_train_val_dataloader`` (or a script's own, ``basicsr_create``) with d2csr's checks and
+    fixes (see the module doc): LMDB roots checked before BasicSR builds on them, every data set checked before
+    the first batch, file order independent of the file system, exactly ``total_iter`` iterations, then the
+    resume of the data position."""
     for dataset_opt in opt['datasets'].values():
         check_lmdb_roots(dataset_opt)
-    result = list(_basicsr_create_train_val_dataloader(opt, logger))
-    logger.info(f'd2csr: BasicSR training patches active ({", ".join(TRAINING_PATCHES)}).')
+    result = list(basicsr_create(opt, logger))
     train_loader, train_sampler = result[0], result[1]
     if train_loader is None:
         return tuple(result)
@@ -387,46 +388,176 @@ def _resume_data_position(opt, logger, resume_path, train_loader, train_sampler)
                 f'already trained{"" if on_start is None else "; RNG states restored at the next batch"}.{note}')
 
 
-# --- 4. backbone weight files checked before the experiment folder is made ------------------------------------
-_basicsr_make_exp_dirs = basicsr.test.make_exp_dirs
+# --------------------------------------------------------------------------------------------------
+# checks before the experiment / results folder is made, and the run lock
+class RunRefused(UserError, ValueError):
+    """A D2C run refused before anything was written (missing data or weights, wrong options, name in use);
+    the message says what to fix. d2csr's entry points print it without a traceback."""
 
 
-def make_exp_dirs(opt):
-    """BasicSR's ``make_exp_dirs`` for ``basicsr.test``, after checking the data folders and the backbone weight
-    files."""
+def check_before_folders(opt):
+    """What a D2C run checks before BasicSR writes anything: the backbone weight files (perceptual loss, LPIPS),
+    the data paths and, for a D2CModel, its options (:func:`d2csr.options_check.validate_options`). Raises
+    :class:`RunRefused`."""
     from d2csr.data.eval_check import check_data_roots
-    from d2csr.utils.pretrained_weights import check_pretrained_weights
+    from d2csr.options_check import validate_options
+    from d2csr.utils.pretrained_weights import MissingWeightsError, check_pretrained_weights
+    from d2csr.utils.registry import MODEL_REGISTRY
 
-    check_data_roots(opt)
-    check_pretrained_weights(opt)
-    _basicsr_make_exp_dirs(opt)
-
-
-def checked_load_resume_state(opt):
-    """:func:`load_resume_state` for ``basicsr.train``, after checking the backbone weight files: it is the
-    first thing the training pipeline does with the options, before the experiment folder or a resume. The data
-    folders the options name are checked first (a missing one is named with the step that makes it)."""
-    from d2csr.data.eval_check import check_data_roots
-    from d2csr.utils.pretrained_weights import check_pretrained_weights
-
-    check_data_roots(opt)
-    check_pretrained_weights(opt)
-    return load_resume_state(opt)
+    try:
+        check_pretrained_weights(opt)
+    except MissingWeightsError as err:
+        raise RunRefused(str(err)) from None
+    check_data_roots(opt)  # raises DataError (a UserError) naming each missing folder and the step that makes it
+    if MODEL_REGISTRY.resolves_to_d2csr(opt.get('model_type')):  # d2csr's D2CModel (not a user's of that name)
+        try:
+            validate_options(opt)
+        except ValueError as err:
+            raise RunRefused(str(err)) from None
 
 
-# --- the explicit training patches ------------------------------------------------------------------------
-# (module, attribute, replacement name in this module): what apply_training_patches() installs.
-_PATCHES = (
-    ('basicsr.utils.dist_util', 'init_dist', 'init_dist'),
-    ('basicsr.utils.options', 'init_dist', 'init_dist'),  # parse_options imported the name
-    ('basicsr.train', 'load_resume_state', 'checked_load_resume_state'),
-    ('basicsr.train', 'EnlargedSampler', 'ResumableEnlargedSampler'),
-    ('basicsr.train', 'create_train_val_dataloader', 'create_train_val_dataloader'),
-    ('basicsr.test', 'make_exp_dirs', 'make_exp_dirs'),
-)
-TRAINING_PATCHES = ('gloo init_dist without GPUs and launch checks', 'exact resume (load_resume_state)',
-                    'resumable sampler and data checks (create_train_val_dataloader)',
-                    'backbone weight checks before make_exp_dirs / load_resume_state')
+def lock_run(opt):
+    """Lock the run's name (``experiments/<name>`` or ``results/<name>``) for this process and its ranks.
+
+    Rank 0 locks ``<experiments or results>/.<name>.lock`` (next to the folder; BasicSR renames the folder, never
+    the lock file) and tells the other ranks, so the ranks of one run share its one lock and all of them stop
+    when the name is in use. Raises :class:`RunRefused` naming the running process and what to do.
+    """
+    from d2csr.utils import run_lock
+
+    folder = opt['path']['experiments_root'] if opt.get('is_train') else opt['path']['results_root']
+    lock_path = osp.join(osp.dirname(folder), f'.{osp.basename(folder)}.lock')
+    error = None
+    if opt.get('rank', 0) == 0:
+        try:
+            run_lock.acquire(lock_path, f'{osp.basename(osp.dirname(folder))}/{opt["name"]}')
+        except run_lock.RunInUseError as err:
+            error = run_refused_message(opt, folder, err.holder)
+    if opt.get('dist') and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise RunRefused(error)
+    return lock_path
+
+
+def run_refused_message(opt, folder, holder):
+    from d2csr.utils.run_lock import describe
+
+    name = opt['name']
+    kind = 'training' if opt.get('is_train') else 'test'
+    pid = holder.get('pid', '<pid>')
+    resume = ' and resume it later with --auto_resume' if opt.get('is_train') else ''
+    return (f'{folder} is in use by a running {kind} of the same name: {describe(holder)}. This run stopped before '
+            f'writing anything; the running one is untouched. Wait for it to finish, or stop it (kill {pid} on its '
+            f'host){resume}, or give this run another name (name: in the options file, or --force_yml '
+            f'name={name}_2).')
+
+
+# --------------------------------------------------------------------------------------------------
+# one D2C run: d2csr's changes, installed into the globals of the module whose pipeline runs
+def usable_root(root_path):
+    """BasicSR's ``root_path`` for a D2C run: as given (a BasicSR checkout, or the current folder for d2csr's
+    entry points), but the current folder where BasicSR's scripts would use site-packages (an installed basicsr:
+    ``experiments/`` and ``results/`` then land where the command runs, as with ``d2csr/train.py``)."""
+    if osp.basename(osp.abspath(root_path)) in ('site-packages', 'dist-packages'):
+        return os.getcwd()
+    return root_path
+
+
+def _wrapping(original, replacement):
+    """``replacement(original, *args)`` as a function that remembers ``original`` (a second install wraps the
+    original, not the wrapper)."""
+    original = getattr(original, '__d2csr_wraps__', original)
+
+    def wrapper(*args, **kwargs):
+        return replacement(original, *args, **kwargs)
+
+    wrapper.__d2csr_wraps__ = original
+    wrapper.__name__ = wrapper.__qualname__ = getattr(original, '__name__', 'wrapper')
+    wrapper.__doc__ = f'{replacement.__doc__}\n\nWraps {getattr(original, "__module__", "?")}.{wrapper.__name__}.'
+    return wrapper
+
+
+class D2CRun:
+    """d2csr's changes for one D2C run of BasicSR's train (``kind='train'``) or test pipeline.
+
+    ``names``: the d2csr names its options use (for the log). :meth:`install` puts the changes into
+    ``namespace``, the globals of the module whose ``train_pipeline`` / ``test_pipeline`` runs; BasicSR's
+    functions elsewhere stay as they are (``init_dist`` aside, which ``parse_options`` looks up in its module).
+    """
+
+    def __init__(self, kind, names=()):
+        if kind not in ('train', 'test'):
+            raise ValueError(f'kind must be train or test, got {kind!r}')
+        self.kind, self.names = kind, list(names)
+        self.notes = []  # plain-words lines for the log (printed at start too)
+
+    def install(self, namespace):
+        from d2csr.utils.registry import report_shadowing
+
+        basicsr.utils.dist_util.init_dist = init_dist
+        basicsr.utils.options.init_dist = init_dist  # parse_options imported the name
+        if self.kind == 'train':
+            changes = {'load_resume_state': self.load_resume_state, 'EnlargedSampler': ResumableEnlargedSampler,
+                       'create_train_val_dataloader': self.create_train_val_dataloader}
+        else:
+            changes = {'make_exp_dirs': self.make_exp_dirs}
+        for name, change in changes.items():
+            if name in namespace:  # an edited script may lack one: the rest still applies
+                namespace[name] = change if isinstance(change, type) else _wrapping(namespace[name], change)
+        report_shadowing(True)
+        return self
+
+    def describe_changes(self):
+        used = f' (its options name d2csr\'s {", ".join(self.names)})' if self.names else ''
+        if self.kind == 'train':
+            return (f'd2csr: D2C run{used}. d2csr checked the weight files, data paths and options and locked the '
+                    'experiment name before BasicSR made its folders, and changes for this run: distributed launch '
+                    'on CPU with gloo (init_dist), resume of the newest complete state on any device with the data '
+                    'position and random state (load_resume_state, EnlargedSampler), data checks before the first '
+                    'batch (create_train_val_dataloader).')
+        return (f'd2csr: D2C run{used}. d2csr checked the weight files, data paths and options and locked the '
+                'results name before BasicSR made its folders; distributed launch on CPU uses gloo (init_dist).')
+
+    def before_folders(self, opt):
+        check_before_folders(opt)
+        lock_run(opt)
+        if opt.get('rank', 0) == 0:
+            for line in [self.describe_changes()] + self.notes:
+                print(line, flush=True)
+
+    def load_resume_state(self, basicsr_load_resume_state, opt):
+        """d2csr's checks and lock before the experiment folder, then d2csr's :func:`load_resume_state` (BasicSR's
+        is not called: it needs a GPU)."""
+        opt['root_path'] = usable_root(opt.get('root_path', os.getcwd()))  # tb_logger/ (train_pipeline set it)
+        self.before_folders(opt)
+        return load_resume_state(opt)
+
+    def create_train_val_dataloader(self, basicsr_create, opt, logger):
+        """The script's ``create_train_val_dataloader``, then d2csr's data checks and resumed data position."""
+        for line in [self.describe_changes()] + self.notes:
+            logger.info(line)
+        return create_train_val_dataloader(opt, logger, basicsr_create)
+
+    def make_exp_dirs(self, basicsr_make_exp_dirs, opt):
+        """d2csr's checks and lock, then the script's ``make_exp_dirs``."""
+        self.before_folders(opt)
+        basicsr_make_exp_dirs(opt)
+
+
+def apply_training_patches():
+    """Install d2csr's changes into ``basicsr.train`` and ``basicsr.test`` (their ``train_pipeline`` /
+    ``test_pipeline`` then run as in ``d2csr/train.py`` / ``test.py``); what the in-process tests use. Once per
+    process: a second call changes nothing."""
+    global _applied
+    if not _applied:
+        D2CRun('train').install(vars(basicsr.train))
+        D2CRun('test').install(vars(basicsr.test))
+        _applied = True
+
+
 _applied = False
 
 
@@ -435,67 +566,130 @@ def training_patches_applied():
     return _applied
 
 
-def apply_training_patches(verbose=True):
-    """Apply d2csr's training-time changes to BasicSR, once per process (a second call does nothing).
+# --------------------------------------------------------------------------------------------------
+# BasicSR's own train.py / test.py (see d2csr_basicsr_hook)
+def _basicsr_parse_options():
+    return getattr(basicsr.utils.options.parse_options, '__d2csr_wraps__', basicsr.utils.options.parse_options)
 
-    ``import d2csr`` only installs the torchvision shim and registers d2csr's classes; BasicSR's own
-    functions stay untouched until this call, which ``d2csr/train.py``, ``d2csr/test.py`` and BasicSR's
-    entry points run through ``d2csr_basicsr_hook`` make. It replaces BasicSR's ``init_dist`` (gloo without
-    GPUs, world-size checks), ``basicsr.train.load_resume_state`` (device-agnostic, exact resume, weight
-    checks), ``basicsr.train.EnlargedSampler`` / ``create_train_val_dataloader`` (resumable data position,
-    data checks) and ``basicsr.test.make_exp_dirs`` (weight checks). With ``verbose`` the main process
-    says so on stdout; the training log says so when the data loaders are built.
+
+def d2c_names_of(options_path):
+    """The d2csr names the options file ``options_path`` uses, read with d2csr's safe loader; ``[]`` when it
+    names none or cannot be read safely (then the run is BasicSR's own)."""
+    from d2csr.utils.registry import d2csr_names_in
+    from d2csr.utils.yaml_io import OptionsFileError, load_options
+
+    if not options_path:
+        return []
+    try:
+        return d2csr_names_in(load_options(options_path))
+    except OptionsFileError:
+        return []
+
+
+def watch_basicsr_entry_point():
+    """In a program that is BasicSR's own ``train.py`` / ``test.py`` (called by ``d2csr_basicsr_hook`` while the
+    script imports basicsr, before it binds ``parse_options``): ``basicsr.utils.options.parse_options`` becomes a
+    wrapper that reads the ``-opt`` file with d2csr's safe loader and
+
+    - when it names no d2csr class: calls BasicSR's ``parse_options`` and changes nothing (the run is BasicSR's
+      own: its loader, checks, validation, outputs and ``-h``);
+    - when it does (a D2C run): installs a :class:`D2CRun` into the caller's globals (the script's
+      ``load_resume_state``, ``create_train_val_dataloader``, ...; an edited fork's ``create_train_val_dataloader`` /
+      ``make_exp_dirs`` are wrapped, not discarded) and calls BasicSR's ``parse_options``, which loads the file
+      with BasicSR's own loader.
     """
-    global _applied
-    if _applied:
-        return
-    import importlib
+    from d2csr_basicsr_hook import options_file_argument
 
-    for module_name, attribute, replacement in _PATCHES:
-        setattr(importlib.import_module(module_name), attribute, globals()[replacement])
-    _applied = True
-    if verbose and os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0':
-        print(f'd2csr: BasicSR training patches active ({", ".join(TRAINING_PATCHES)}).', flush=True)
+    original = _basicsr_parse_options()
+
+    def parse_options(root_path, is_train=True):
+        names = d2c_names_of(options_file_argument(sys.argv[1:]))
+        if names:
+            D2CRun('train' if is_train else 'test', names).install(sys._getframe(1).f_globals)
+            root_path = usable_root(root_path)
+        return original(root_path, is_train)
+
+    parse_options.__d2csr_wraps__ = original
+    parse_options.__doc__ = original.__doc__
+    basicsr.utils.options.parse_options = parse_options
 
 
 # --------------------------------------------------------------------------------------------------
-# BasicSR's own entry points (see d2csr_basicsr_hook)
-def basicsr_root_path(script=None):
-    """BasicSR's ``root_path`` for its entry points: the folder above the ``basicsr`` package (a source
-    checkout, as BasicSR computes it), or the current directory when that folder is site-packages (an
-    installed basicsr: ``experiments/`` and ``results/`` then land where the command runs, as with
-    ``d2csr/train.py``)."""
-    import basicsr
+# d2csr's entry points: d2csr/train.py, d2csr/test.py
+def choose_cpu_threads(opt):
+    """On the CPU with ``OMP_NUM_THREADS`` unset: use the CPUs that are free (:func:`d2csr.utils.compute_threads`),
+    shared by the processes of this node; returns the line that says so (``None`` when nothing was chosen)."""
+    from d2csr.utils import compute_threads
 
-    origin = script or basicsr.__file__
-    root = os.path.abspath(os.path.join(os.path.dirname(origin), os.pardir))
-    if os.path.basename(root) in ('site-packages', 'dist-packages'):
-        return os.getcwd()
-    return root
+    if os.environ.get('OMP_NUM_THREADS') or (opt.get('num_gpu') != 0 and torch.cuda.is_available()):
+        return None
+    local = int(os.environ.get('LOCAL_WORLD_SIZE') or opt.get('world_size') or 1)
+    threads = max(1, compute_threads() // max(local, 1))
+    torch.set_num_threads(threads)
+    return (f'd2csr: {threads} CPU thread(s) per process (the CPUs free now{f", over {local} processes" if local > 1 else ""}; '
+            'set OMP_NUM_THREADS to choose).')
 
 
-def run_basicsr_entry_point(kind, script=None):
-    """Run BasicSR's ``train_pipeline`` / ``test_pipeline`` (``kind``: ``'train'`` / ``'test'``) as BasicSR's
-    ``train.py`` / ``test.py`` would, with d2csr registered and its shims in place, then exit.
-
-    ``script``: the ``basicsr/<kind>.py`` file run as a script (its checkout gives the root path), ``None``
-    for ``python -m basicsr.<kind>``. BasicSR's flags (``-opt``, ``--launcher``, ``--auto_resume``,
-    ``--debug``, ``--force_yml``) are read by BasicSR itself.
+def run_entry_point(kind, args, root=None):
+    """``d2csr/<kind>.py`` once its arguments ``args`` (BasicSR's flags) are parsed: reads the options file with
+    d2csr's safe loader, checks it, and runs BasicSR's ``train_pipeline`` / ``test_pipeline`` with a
+    :class:`D2CRun` installed (experiments/ and results/ under ``root``, default the current folder). Returns the
+    exit status; a refused start prints its message (no traceback) and returns 1. A distributed run ends with a
+    barrier, so no rank exits while another still validates, and ``destroy_process_group()`` at exit (re-creating
+    the group in the same process, for a script that runs this file twice, is not reliable with torchrun's store).
     """
-    import basicsr.test
-    import basicsr.train
-    from d2csr.utils.misc import check_options_file, print_entry_help
+    from d2csr.utils.registry import d2csr_names_in
+    from d2csr.utils.yaml_io import OptionsFileError, SafeOptionsLoader, load_options
 
-    if kind not in ('train', 'test'):
-        raise ValueError(f'run_basicsr_entry_point: kind must be train or test, got {kind!r}')
-    if script is None:  # python -m: runpy puts '-m' in sys.argv[0] until it runs the module itself
-        sys.argv[0] = os.path.join(os.path.dirname(basicsr.train.__file__), f'{kind}.py')
-    print_entry_help(kind)
-    check_options_file()
-    apply_training_patches()
-    root = basicsr_root_path(script)
-    if kind == 'train':
-        basicsr.train.train_pipeline(root)
-    else:
-        basicsr.test.test_pipeline(root)
-    sys.exit(0)
+    module = basicsr.train if kind == 'train' else basicsr.test
+    root = os.getcwd() if root is None else root
+    from d2csr.options_check import check_entry_options
+
+    try:
+        load_options(args.opt)  # a missing file, or one that is not data: its own message
+    except OptionsFileError as err:
+        return _refuse(err)
+    opt = check_entry_options(is_train=kind == 'train')  # the schema, --force_yml: every problem listed, or exit
+    run = D2CRun(kind, d2csr_names_in(opt)).install(vars(module))
+    basicsr_parse = _basicsr_parse_options()
+
+    def parse_options(root_path, is_train=True):
+        """BasicSR's ``parse_options`` (flags, ``--force_yml``, paths), reading the file with d2csr's safe loader."""
+        saved = basicsr.utils.options.ordered_yaml
+        basicsr.utils.options.ordered_yaml = lambda: (SafeOptionsLoader, None)
+        try:
+            parsed = basicsr_parse(root_path, is_train)
+        finally:
+            basicsr.utils.options.ordered_yaml = saved
+        note = choose_cpu_threads(parsed[0])
+        if note:
+            run.notes.append(note)
+        return parsed
+
+    module.parse_options = parse_options
+    finished = False
+    try:
+        (module.train_pipeline if kind == 'train' else module.test_pipeline)(root)
+        finished = True
+    except UserError as err:
+        return _refuse(err)
+    finally:
+        from d2csr.utils import run_lock
+
+        run_lock.release()
+        if dist.is_available() and dist.is_initialized():
+            if finished:
+                dist.barrier()  # every rank has finished (rank 0 validates last) before any process goes on
+            atexit.unregister(_destroy_process_group)
+            atexit.register(_destroy_process_group)  # at exit: a script may run this file again (same group)
+    return 0
+
+
+def _destroy_process_group():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _refuse(err):
+    print(user_error_message(err), file=sys.stderr, flush=True)
+    return 1

@@ -1,20 +1,25 @@
-"""Test D2C-SR with BasicSR's pipeline: ``python d2csr/test.py -opt options/test_D2C_x4.yml``."""
-import os
+"""Test D2C-SR with BasicSR's pipeline: ``python d2csr/test.py -opt options/test_D2C_x4.yml``.
 
-import d2csr  # noqa: F401  (torchvision shim, then registers archs, data, losses, models)
-from basicsr.test import test_pipeline
+Accepts exactly BasicSR's flags; they are parsed before torch is imported.
+"""
+import sys
 
-from d2csr.options_check import check_entry_options
-from d2csr.pipeline import apply_training_patches
-from d2csr.utils import check_options_file, print_entry_help
-from d2csr.utils.errors import exit_on_user_error
+from d2csr_basicsr_hook import entry_point_parser
+
+DESCRIPTION = """\
+D2C-SR testing (ECCV 2022) through BasicSR's test pipeline, with d2csr's D2CSR / D2CModel / data sets
+available: PSNR / SSIM of the fused output, each branch and the oracle fusion, SR images.
+
+  python d2csr/test.py -opt options/test_D2C_x4.yml
+  python d2csr/test.py -opt options/test_D2C_official_x4.yml --force_yml num_gpu=0   # the authors' model, CPU
+
+Results: results/<name>/ in the current folder. Top-level option tf32: false gives full fp32 convolutions on a
+GPU. The flags are BasicSR's own."""
 
 if __name__ == '__main__':
-    print_entry_help('test')
-    check_options_file()
-    # d2csr's option check: every problem of the options file (with --force_yml) listed at once, before anything
-    # is built or any folder made (also: no weights to test)
-    check_entry_options(is_train=False)
-    apply_training_patches()  # BasicSR's pipeline with d2csr's launch, resume and data changes
-    root_path = os.getcwd()  # experiments/, results/, tb_logger/ land where the command runs (data paths too)
-    exit_on_user_error(test_pipeline, root_path)  # an error in the user's input: its message, no traceback
+    args = entry_point_parser('d2csr/test.py', DESCRIPTION).parse_args()
+    from d2csr.pipeline import run_entry_point  # torch, BasicSR and d2csr (after the arguments)
+
+    status = run_entry_point('test', args)
+    if status:  # (0: return normally, so that a script that runs this file with runpy goes on)
+        sys.exit(status)

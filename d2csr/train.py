@@ -1,28 +1,30 @@
 """Train D2C-SR with BasicSR's pipeline: ``python d2csr/train.py -opt options/train_D2C_div_x4.yml``.
 
-Accepts exactly BasicSR's flags (``--launcher``, ``--auto_resume``, ``--debug``, ``--force_yml``).
+Accepts exactly BasicSR's flags (``--launcher``, ``--auto_resume``, ``--debug``, ``--force_yml``). The arguments
+are parsed before torch is imported, so ``--help`` and a wrong flag answer at once.
 """
-import os
+import sys
 
-import torch.distributed as dist
+from d2csr_basicsr_hook import entry_point_parser
 
-import d2csr  # noqa: F401  (torchvision shim, then registers archs, data, losses, models)
-from basicsr.train import train_pipeline
+DESCRIPTION = """\
+D2C-SR training (ECCV 2022: a tree of divergent branches, then a convergence net that fuses them) through
+BasicSR's train pipeline, with d2csr's archs (D2CSR, RDN, IMDN, VDSR), losses (DivergenceLoss, ConvergenceLoss),
+model (D2CModel) and data sets available.
 
-from d2csr.options_check import check_entry_options
-from d2csr.pipeline import apply_training_patches
-from d2csr.utils import check_options_file, print_entry_help
-from d2csr.utils.errors import exit_on_user_error
+  python d2csr/train.py -opt options/train_D2C_div_x4.yml    # stage 1: the divergence tree
+  python d2csr/train.py -opt options/train_D2C_conv_x4.yml   # stage 2: the convergence net, tree frozen
+  torchrun --nproc_per_node=4 d2csr/train.py -opt options/train_D2C_div_x4.yml --launcher pytorch
+
+The options file sets everything (train: stage: divergence | convergence | joint); add --force_yml num_gpu=0 to
+run on the CPU. Results: experiments/<name>/ in the current folder. The data, weight files and options are
+checked before anything is written, and a second run of a running experiment's name stops at start. The flags
+are BasicSR's own."""
 
 if __name__ == '__main__':
-    print_entry_help('train')
-    check_options_file()
-    # d2csr's option check: every problem of the options file (with --force_yml) listed at once, before anything
-    # is built or any folder made
-    check_entry_options(is_train=True)
-    apply_training_patches()  # BasicSR's pipeline with d2csr's launch, resume and data changes
-    root_path = os.getcwd()  # experiments/, results/, tb_logger/ land where the command runs (data paths too)
-    exit_on_user_error(train_pipeline, root_path)  # an error in the user's input: its message, no traceback
-    if dist.is_available() and dist.is_initialized():  # every rank waits for rank 0's final validation and
-        dist.barrier()  # leaves the group, so that a finished run exits with status 0 on every rank
-        dist.destroy_process_group()
+    args = entry_point_parser('d2csr/train.py', DESCRIPTION).parse_args()
+    from d2csr.pipeline import run_entry_point  # torch, BasicSR and d2csr (after the arguments)
+
+    status = run_entry_point('train', args)
+    if status:  # (0: return normally, so that a script that runs this file with runpy goes on)
+        sys.exit(status)

@@ -32,7 +32,7 @@ from d2csr.options import train_options  # noqa: E402
 from d2csr.utils import pythonpath_env  # noqa: E402
 
 # in-process tests train and resume through BasicSR's pipeline as d2csr/train.py runs it
-apply_training_patches(verbose=False)
+apply_training_patches()
 
 
 def unique_name(stem):

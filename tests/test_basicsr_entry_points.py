@@ -6,6 +6,7 @@ points see what an installed d2csr gives them. ``test_pip_install_puts_the_hook_
 the installation itself (``pip install .`` and ``pip install -e .`` into a fresh virtual environment).
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,10 +51,17 @@ def test_the_hook_imports_nothing_at_start_up(site_env, tmp_path):
     assert proc.stdout.split() == ['[]', 'BasicSRFinder'], proc.stdout + proc.stderr
     proc = run(['-c', code], site_env(D2CSR_BASICSR_HOOK='0'), tmp_path)
     assert proc.stdout.split()[0] == '[]' and 'BasicSRFinder' not in proc.stdout
-    # a plain `import basicsr` gets the shim and d2csr's registrations
-    code = 'import basicsr; from basicsr.utils.registry import MODEL_REGISTRY as M; print(M.get("D2CModel").__module__)'
+    # a plain `import basicsr` gets the shim and d2csr's names; a user's own RDN (and VDSR...) registered after
+    # it (only the installed hook imported d2csr) is what BasicSR builds, d2csr's stays reachable as d2csr.RDN
+    code = ('import basicsr; from basicsr.utils.registry import ARCH_REGISTRY as A, LOSS_REGISTRY as L, '
+            'MODEL_REGISTRY as M\n'
+            'class RDN: pass\nclass VDSR: pass\nclass DivergenceLoss: pass\n'
+            'A.register(RDN); A.register(VDSR); L.register(DivergenceLoss)\n'
+            'print(M.get("D2CModel").__module__, A.get("RDN").__module__, A.get("VDSR").__module__, '
+            'L.get("DivergenceLoss").__module__, A.get("d2csr.RDN").__module__, A.get("D2CSR").__module__)')
     proc = run(['-c', code], site_env(), tmp_path)
-    assert proc.stdout.strip() == 'd2csr.models.d2csr_model', proc.stderr
+    assert proc.stdout.split() == ['d2csr.models.d2csr_model', '__main__', '__main__', '__main__',
+                                   'd2csr.archs.rdn_arch', 'd2csr.archs.d2csr_arch'], proc.stderr
 
 
 def test_python_m_basicsr_train_and_test_run_d2c(site_env, photo_data, tmp_path):
@@ -82,20 +90,114 @@ def test_python_m_basicsr_train_and_test_run_d2c(site_env, photo_data, tmp_path)
     assert proc.returncode != 0 and 'functional_tensor' in proc.stderr
 
 
-def test_basicsr_train_py_as_a_script_from_a_checkout(site_env, photo_data, tmp_path):
-    """``python basicsr/train.py -opt X`` in a BasicSR source tree (here: a copy of the installed package's
-    train.py in a ``basicsr`` folder): runs D2C, and the checkout is the root, as BasicSR has it."""
+def basicsr_checkout(folder, edit=None):
+    """A BasicSR source tree (here: copies of the installed package's ``__init__.py`` and ``train.py`` in a
+    ``basicsr`` folder), its ``train.py`` changed by ``edit(source) -> source``; returns the checkout."""
     import basicsr
 
-    checkout = tmp_path / 'BasicSR'
-    (checkout / 'basicsr').mkdir(parents=True)
-    for name in ('__init__.py', 'train.py'):
-        shutil.copy(Path(basicsr.__file__).parent / name, checkout / 'basicsr' / name)
-    opt = tiny_options(photo_data, 'script_train', total_iter=1, **{'datasets:val': None})
-    del opt['datasets']['val']
-    proc = run(['basicsr/train.py', '-opt', write_options(opt, tmp_path / 'div.yml')], site_env(), checkout)
+    (folder / 'basicsr').mkdir(parents=True)
+    shutil.copy(Path(basicsr.__file__).parent / '__init__.py', folder / 'basicsr' / '__init__.py')
+    source = (Path(basicsr.__file__).parent / 'train.py').read_text()
+    (folder / 'basicsr' / 'train.py').write_text(edit(source) if edit else source)
+    return folder
+
+
+def edit_like_a_fork(source):
+    """A fork's edits: its own create_train_val_dataloader and train_pipeline lines."""
+    marks = [('    train_loader, val_loaders = None, []\n',
+              "    logger.info('fork: my create_train_val_dataloader')\n"),
+             ("    # training\n    logger.info(f'Start training",
+              "    print('fork: my train_pipeline', flush=True)\n")]
+    for anchor, line in marks:
+        assert anchor in source, anchor
+        source = source.replace(anchor, anchor + line if anchor.endswith('\n') else line + anchor, 1)
+    return source
+
+
+def test_an_edited_basicsr_train_py_runs_d2c_with_its_edits(site_env, photo_data, tmp_path):
+    """``python basicsr/train.py -opt X`` in an edited fork: the fork's code runs (its edited
+    ``create_train_val_dataloader`` wrapped, not replaced), with d2csr's changes for the D2C run: its checks, and
+    ``--auto_resume`` on the CPU (BasicSR's own load_resume_state needs a GPU) at the exact data position. The
+    checkout is the root, as BasicSR has it."""
+    checkout = basicsr_checkout(tmp_path / 'BasicSR', edit_like_a_fork)
+    opt = tiny_options(photo_data, 'fork_train', total_iter=2, **{'logger:save_checkpoint_freq': 1})
+    del opt['datasets']['val'], opt['val']
+    yml = write_options(opt, tmp_path / 'div.yml')
+    proc = run(['basicsr/train.py', '-opt', yml], site_env(), checkout)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (checkout / 'experiments' / 'script_train' / 'models' / 'net_g_latest.pth').exists()
+    assert 'fork: my train_pipeline' in proc.stdout
+    run_dir = checkout / 'experiments' / 'fork_train'
+    log = next(run_dir.glob('train_*.log')).read_text()
+    assert 'fork: my create_train_val_dataloader' in log and "d2csr: D2C run (its options name d2csr's D2CModel" in log
+    assert (checkout / 'experiments' / '.fork_train.lock').is_file()
+
+    proc = run(['basicsr/train.py', '-opt', yml, '--auto_resume', '--force_yml', 'train:total_iter=3'], site_env(),
+               checkout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f'Resume: using training state {run_dir}/training_states/2.state (iteration 2' in proc.stdout
+    log = sorted(run_dir.glob('train_*.log'))[-1].read_text()
+    assert 'fork: my create_train_val_dataloader' in log and 'Resume: data position epoch' in log
+    assert (run_dir / 'models' / 'net_g_3.pth').is_file() and not list(checkout.glob('experiments/*_archived_*'))
+
+
+def msrresnet_options(name, data, val_hr):
+    """A plain BasicSR run: MSRResNet / SRModel on the photo pairs, validated on HR folders ``val_hr``."""
+    folders = lambda hr, lr, **kw: dict(type='PairedImageDataset', dataroot_gt=str(hr), dataroot_lq=str(lr),  # noqa
+                                        filename_tmpl='{}', io_backend=dict(type='disk'), **kw)
+    return dict(
+        name=name, model_type='SRModel', scale=4, num_gpu=0, manual_seed=0,
+        datasets=dict(train=folders(data / 'train' / 'HR', data / 'train' / 'LR', name='train', gt_size=32,
+                                    use_hflip=True, use_rot=True, num_worker_per_gpu=0, batch_size_per_gpu=2,
+                                    dataset_enlarge_ratio=1),
+                      val=folders(val_hr, data / 'val' / 'LR', name='val')),
+        network_g=dict(type='MSRResNet', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=4),
+        path=dict(pretrain_network_g=None, strict_load_g=True, resume_state=None),
+        train=dict(ema_decay=0, optim_g=dict(type='Adam', lr=1e-3), total_iter=2, warmup_iter=-1,
+                   scheduler=dict(type='MultiStepLR', milestones=[100], gamma=0.5),
+                   pixel_opt=dict(type='L1Loss', loss_weight=1.0)),
+        val=dict(val_freq=100, save_img=True, metrics=dict(psnr=dict(type='calculate_psnr', crop_border=4))),
+        logger=dict(print_freq=1, save_checkpoint_freq=100, use_tb_logger=False))
+
+
+def test_a_plain_basicsr_run_is_basicsr_alone(site_env, photo_data, tmp_path):
+    """A non-D2C run (MSRResNet) whose validation HR is 2 px larger than 4 x LR, through BasicSR's own script:
+    with d2csr installed it runs exactly as BasicSR alone (with only the torchvision shim): BasicSR crops the HR,
+    and the weights, metrics and files are the same. ``-h`` is BasicSR's."""
+    import cv2
+
+    val_hr = tmp_path / 'val_HR_plus_2'
+    val_hr.mkdir()
+    for path in (photo_data / 'val' / 'HR').iterdir():
+        hr = cv2.imread(str(path))
+        cv2.imwrite(str(val_hr / path.name), cv2.copyMakeBorder(hr, 0, 2, 0, 2, cv2.BORDER_REFLECT))
+    yml = write_options(msrresnet_options('plain', photo_data, val_hr), tmp_path / 'plain.yml')
+    shim_only = tmp_path / 'shim_only'  # BasicSR alone: d2csr's hook off, only the torchvision shim
+    shim_only.mkdir()
+    (shim_only / 'sitecustomize.py').write_text(
+        'import importlib.util\n'
+        f'spec = importlib.util.spec_from_file_location("shim", {str(ROOT / "d2csr" / "utils" / "torchvision_shim.py")!r})\n'
+        'spec.loader.exec_module(importlib.util.module_from_spec(spec))\n')
+    alone_env = subprocess_env(D2CSR_BASICSR_HOOK='0')
+    alone_env['PYTHONPATH'] = str(shim_only) + os.pathsep + alone_env['PYTHONPATH']
+    runs = {}
+    for label, env in (('installed', site_env()), ('alone', alone_env)):  # (no 'd2csr' in the paths)
+        checkout = basicsr_checkout(tmp_path / label)
+        proc = run(['basicsr/train.py', '-opt', yml], env, checkout)
+        assert proc.returncode == 0, label + proc.stderr[-4000:]
+        run_dir = checkout / 'experiments' / 'plain'
+        log = next(run_dir.glob('train_*.log')).read_text()
+        files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob('*') if p.is_file() and p.suffix != '.log')
+        weights = torch.load(run_dir / 'models' / 'net_g_latest.pth', weights_only=True)['params']
+        runs[label] = dict(log=log, files=files, weights=weights, psnr=re.findall(r'# psnr: ([\d.]+)', log),
+                           out=proc.stdout, lock=(checkout / 'experiments' / '.plain.lock').exists())
+    ours, alone = runs['installed'], runs['alone']
+    assert ours['psnr'] and ours['psnr'] == alone['psnr']  # validated on the cropped HR, as BasicSR does
+    assert ours['files'] == alone['files'] and 'visualization/chelsea/chelsea_2.png' in ours['files']
+    assert all(torch.equal(ours['weights'][k], alone['weights'][k]) for k in alone['weights'])
+    assert 'd2csr' not in (ours['log'] + ours['out']).replace(str(tmp_path), '') and not ours['lock']  # unused
+    proc = run(['basicsr/train.py', '-h'], site_env(), tmp_path / 'installed')
+    assert proc.returncode == 0 and proc.stdout.startswith('usage: train.py [-h] -opt OPT [--launcher')
+    assert 'D2C' not in proc.stdout
 
 
 @pytest.mark.parametrize('editable', [False, True], ids=['pip install .', 'pip install -e .'])

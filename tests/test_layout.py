@@ -1,5 +1,5 @@
 """How d2csr is wired into BasicSR: a plain ``import d2csr`` makes BasicSR importable on current torchvision and
-registers D2C, but leaves BasicSR's functions alone; the training patches come from one explicit call."""
+registers D2C, but leaves BasicSR's functions alone; d2csr's changes for D2C runs come from one explicit call."""
 import json
 import subprocess
 import sys
@@ -47,9 +47,9 @@ def test_plain_import_leaves_basicsr_untouched_and_the_explicit_call_patches():
     assert result['pipeline_imported'] is False  # the pipeline changes are not even loaded by import d2csr
     assert result['optional'] == []  # nor onnx / onnxruntime / spandrel, even by the integration modules
     assert result['was_applied'] is False
-    # the explicit call replaces each of them and says so
+    # the explicit call replaces each of them, silently (the training log says what d2csr changed, in words)
     assert result['after'] == ['d2csr.pipeline'] * len(PATCHED)
-    assert any('d2csr: BasicSR training patches active' in line for line in lines[:-1])
+    assert lines[:-1] == []
 
 
 def test_apply_training_patches_is_idempotent_in_process():
@@ -57,10 +57,14 @@ def test_apply_training_patches_is_idempotent_in_process():
 
     from d2csr import pipeline
 
+    installed = basicsr.train.load_resume_state
     pipeline.apply_training_patches()  # conftest already applied them: nothing changes, nothing printed
-    assert pipeline.training_patches_applied()
-    assert basicsr.train.load_resume_state is pipeline.checked_load_resume_state
+    assert pipeline.training_patches_applied() and basicsr.train.load_resume_state is installed
     assert basicsr.train.EnlargedSampler is pipeline.ResumableEnlargedSampler
+    # a second install (each d2csr/train.py run makes one) wraps BasicSR's function, never a wrapper
+    pipeline.D2CRun('train').install(vars(basicsr.train))
+    original = basicsr.train.create_train_val_dataloader.__d2csr_wraps__
+    assert original.__module__ == 'basicsr.train' and not hasattr(original, '__d2csr_wraps__')
 
 
 # --- the package's floors: utils at the bottom, no import cycle ---------------------------------------------------

@@ -302,7 +302,8 @@ def test_missing_weight_file_stops_before_anything_is_written(photo_data, tmp_pa
 
     opt = tiny_options(photo_data, name, pretrain=None)
     opt['datasets'] = {'test_1': dict(opt['datasets']['val'])}
-    opt['val'] = {'metrics': {'lpips': dict(LPIPS_METRIC, pretrained=True, pretrained_path=str(tmp_path / 'a.pth'))}}
+    opt['val'] = {'save_img': False,
+                  'metrics': {'lpips': dict(LPIPS_METRIC, pretrained=True, pretrained_path=str(tmp_path / 'a.pth'))}}
     del opt['train']
     proc = run_entry('test', '-opt', write_options(opt, tmp_path / 'test.yml'), check=False)
     assert proc.returncode != 0 and 'val:metrics:lpips:pretrained_path' in proc.stderr

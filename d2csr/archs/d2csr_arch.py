@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from basicsr.archs.arch_util import Upsample
-from basicsr.utils.registry import ARCH_REGISTRY
+from d2csr.utils.registry import ARCH_REGISTRY  # d2csr's names, not BasicSR's table
 
 from .arch_util import check_int
 from .branch_modules import build_branch_module

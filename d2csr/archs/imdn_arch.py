@@ -20,7 +20,7 @@ Shapes: :class:`IMDB` and :class:`IMDNTrunk` map ``(N, F, h, w) -> (N, F, h, w)`
 """
 import torch
 from torch import nn
-from basicsr.utils.registry import ARCH_REGISTRY
+from d2csr.utils.registry import ARCH_REGISTRY  # d2csr's names, not BasicSR's table
 
 from .arch_util import check_int
 

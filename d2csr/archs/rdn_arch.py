@@ -19,7 +19,7 @@ Shapes: :class:`ResidualDenseBlock` and :class:`RDNTrunk` map ``(N, G0, h, w) ->
 """
 import torch
 from torch import nn
-from basicsr.utils.registry import ARCH_REGISTRY
+from d2csr.utils.registry import ARCH_REGISTRY  # d2csr's names, not BasicSR's table
 
 from .arch_util import check_int
 

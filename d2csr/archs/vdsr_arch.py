@@ -12,7 +12,7 @@ Shapes: :class:`ConvReLUStack` maps ``(N, F, H, W) -> (N, F, H, W)``; :class:`VD
 """
 from torch import nn
 from torch.nn import functional as F
-from basicsr.utils.registry import ARCH_REGISTRY
+from d2csr.utils.registry import ARCH_REGISTRY  # d2csr's names, not BasicSR's table
 
 from .arch_util import check_int
 

@@ -32,7 +32,7 @@ from torchvision.transforms.functional import normalize
 
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, bgr2ycbcr, get_root_logger, imfrombytes, img2tensor
-from basicsr.utils.registry import DATASET_REGISTRY
+from d2csr.utils.registry import DATASET_REGISTRY  # d2csr's names, not BasicSR's table
 
 from .pair_align import align_pair, check_lq_at_gt_size, check_pair_sizes
 from .pair_index import (DataError, count_warning, d2crealsr_pairs, drealsr_pairs, folder_pairs, list_pairs,

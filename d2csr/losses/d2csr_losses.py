@@ -6,7 +6,7 @@ Shapes: ``branches`` is a list of ``P`` tensors (or one ``(P, N, C, H, W)`` tens
 import torch
 from torch import nn
 from torch.nn import functional as F
-from basicsr.utils.registry import LOSS_REGISTRY
+from d2csr.utils.registry import LOSS_REGISTRY  # d2csr's names, not BasicSR's table
 
 # BT.601 luma coefficients on [0, 1] RGB (BasicSR's rgb2ycbcr without the offset, which G removes anyway).
 _Y_COEFFS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)

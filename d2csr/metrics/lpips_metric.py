@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import torch
 from basicsr.metrics.metric_util import reorder_image
-from basicsr.utils.registry import METRIC_REGISTRY
+from d2csr.utils.registry import METRIC_REGISTRY  # d2csr's names, not BasicSR's table
 
 from d2csr.utils.pretrained_weights import BACKBONES, load_backbone, lpips_backbone, resolve_weights  # noqa: F401
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from basicsr.metrics.metric_util import reorder_image
-from basicsr.utils.registry import METRIC_REGISTRY
+from d2csr.utils.registry import METRIC_REGISTRY  # d2csr's names, not BasicSR's table
 
 # the authors' coefficients, applied to the channels in their (BGR) order: B, G, R
 AUTHORS_LUMA = (65.738 / 256, 129.057 / 256, 25.064 / 256)

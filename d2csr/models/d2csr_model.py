@@ -44,7 +44,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
-from basicsr.utils.registry import MODEL_REGISTRY
+from d2csr.utils.registry import MODEL_REGISTRY  # d2csr's names, not BasicSR's table
 
 from d2csr.utils.checkpoint import capture_rng_state, load_network_checked, restore_rng_state, save_with_retry
 from d2csr.losses.d2csr_losses import build_divergence_loss

@@ -1,54 +1,8 @@
 """Small helpers shared by the entry points."""
 import math
 import os
-import os.path as osp
 import sys
 from collections import namedtuple
-
-
-def check_options_file(argv=None):
-    """Exit with a clear message when ``-opt`` names a file that does not exist.
-
-    BasicSR's own parser does the real parsing afterwards; this only turns a bare ``FileNotFoundError``
-    deep in BasicSR into a message that names the path.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    for i, arg in enumerate(argv):
-        if arg == '-opt' and i + 1 < len(argv):
-            path = argv[i + 1]
-            if not osp.isfile(path):
-                sys.exit(f'error: options file {path!r} does not exist (-opt expects a YAML file such as '
-                         'options/train_D2C_div_x4.yml).')
-
-
-ENTRY_HELP = {
-    'train': """D2C-SR training (ECCV 2022: a tree of divergent branches, then a convergence net that fuses them)
-through BasicSR's train pipeline, with d2csr's archs (D2CSR), losses (DivergenceLoss, ConvergenceLoss),
-model (D2CModel) and data sets registered.
-
-  python d2csr/train.py -opt options/train_D2C_div_x4.yml    # stage 1: the divergence tree
-  python d2csr/train.py -opt options/train_D2C_conv_x4.yml   # stage 2: the convergence net, tree frozen
-  torchrun --nproc_per_node=4 d2csr/train.py -opt options/train_D2C_div_x4.yml --launcher pytorch
-
-The options file sets everything (train: stage: divergence | convergence | joint); add
---force_yml num_gpu=0 to run on the CPU. Results: experiments/<name>/. The flags are BasicSR's own:""",
-    'test': """D2C-SR testing (ECCV 2022) through BasicSR's test pipeline, with d2csr's D2CSR / D2CModel / data sets
-registered: PSNR / SSIM of the fused output, each branch and the oracle fusion, SR images.
-
-  python d2csr/test.py -opt options/test_D2C_x4.yml
-  python d2csr/test.py -opt options/test_D2C_official_x4.yml --force_yml num_gpu=0   # the authors' model, CPU
-
-Results: results/<name>/. Top-level option tf32: false gives full fp32 convolutions on a GPU. The flags are
-BasicSR's own:""",
-}
-
-
-def print_entry_help(kind, argv=None):
-    """With ``-h`` / ``--help`` in ``argv``: print what ``d2csr/<kind>.py`` does; BasicSR's parser then prints
-    its flags and exits."""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(arg in ('-h', '--help') for arg in argv):
-        print(ENTRY_HELP[kind] + '\n', flush=True)
 
 
 def resolve_device(name):
