@@ -78,7 +78,8 @@ def _check_divergence(train, network, problems):
         if not all(_number(m) and m >= 0 for m in values):
             problems.append(f'train:divergence_opt:margins must be finite numbers >= 0, got {margins!r}.')
     schedule = div.get('alpha_schedule') or {}
-    for key in ('start_iter', 'period', 'on_iters', 'decay_every', 'decay_factor'):
+    for key in ('start_iter', 'period', 'on_iters', 'decay_every', 'decay_factor', 'iters_per_epoch', 'start_epoch',
+                'every_epochs', 'on_epochs', 'decay_epochs'):
         if schedule.get(key) is not None and not (_number(schedule[key]) and schedule[key] >= 0):
             problems.append(f'train:divergence_opt:alpha_schedule:{key} must be a finite number >= 0, got '
                             f'{schedule[key]!r}.')

@@ -18,7 +18,8 @@ def infer_network_options(state):
     """``network_g`` options of the RCAN-backbone D2CSR that a state dict (D2CSR names) belongs to.
 
     Inferred from names and shapes: ``num_in_ch``, ``num_out_ch``, ``num_feat``, ``num_group``,
-    ``num_block``, ``squeeze_factor``, ``upscale``, ``depth``, ``width``, ``deep_residual``, ``fusion_feat``
+    ``num_block``, ``squeeze_factor``, ``upscale``, ``depth``, ``width``, ``deep_residual`` (see
+    :func:`_deep_residual`), ``fusion_feat``
     and ``mean_shift`` (``'learnable'`` when ``sub_mean`` convs are present, else ``'fixed'``: ``'fixed'``
     and ``'none'`` store the same tensors). Options that leave no trace in the weights (``img_range``,
     ``rgb_mean``, ``bicubic_skip``) are not returned: D2CSR's defaults apply unless an options file says
@@ -58,9 +59,18 @@ def infer_network_options(state):
                                     f'{[tuple(w.shape) for w in up_convs]}) fit no scale of 2, 3, 4 or 8')
     return dict(type='D2CSR', num_in_ch=int(num_in_ch), num_out_ch=int(state['tails.0.1.weight'].shape[0]),
                 num_feat=int(num_feat), num_group=num_group, num_block=num_block, squeeze_factor=int(squeeze),
-                upscale=upscale, depth=depth, width=width, deep_residual='res_convs.0.0.weight' in state,
+                upscale=upscale, depth=depth, width=width, deep_residual=_deep_residual(state, depth),
                 mean_shift='learnable' if 'sub_mean.weight' in state else 'fixed',
                 fusion_feat=int(state['fusion.fusion.0.weight'].shape[0]))
+
+
+def _deep_residual(state, depth):
+    """``True`` (a conv per ancestor level), ``False`` (the head's only: the paper's ablation) or ``'no_skip'``
+    (none: d2csr's former ``false``), from leaf 0's ``res_convs``."""
+    levels = _indices(state, r'res_convs\.0\.(\d+)\.weight')
+    if not levels:
+        return 'no_skip'
+    return True if len(levels) == depth else False
 
 
 def build_from_state(state, scale=None, source='checkpoint', strict=True):

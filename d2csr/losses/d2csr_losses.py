@@ -13,36 +13,72 @@ _Y_COEFFS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
 
 
 class DivergenceWeightSchedule:
-    """The weight ``alpha`` of the triplet term over training iterations (authors' ``adjust_diver``).
+    """The weight ``alpha`` of the triplet term over BasicSR's training iterations (``current_iter``, from 1).
 
-    ``alpha(it) = 0`` while ``it <= start_iter``; afterwards ``alpha * decay_factor ** (it // decay_every)``
-    during the first ``on_iters`` iterations of every ``period`` (counted from iteration 0, as the authors
-    count epochs), and 0 in the rest. Leaving ``period`` / ``decay_every`` unset keeps alpha always on /
-    constant. The authors' schedule in epochs (start 200, on for 200 of every 1000, halved every 2000)
-    maps to iterations by multiplying each by the iterations per epoch.
+    Two forms (``alpha_schedule`` in ``divergence_opt``); without either, alpha is constant:
+
+    - **in epochs**, the authors' ``adjust_diver`` iteration for iteration: their loop counts steps from 0
+      (``step = current_iter - 1``) and ``epoch = step // iters_per_epoch``; alpha is 0 while
+      ``epoch <= start_epoch``, then ``alpha * decay_factor ** (epoch // decay_epochs)`` while
+      ``epoch % every_epochs < on_epochs`` and 0 in the rest. Their values (``start_epoch`` 200,
+      ``every_epochs`` 1000, ``on_epochs`` 200, ``decay_epochs`` 2000, ``decay_factor`` 0.5) put the first
+      window at epochs 1000-1199: ``epoch > 200`` and ``epoch % 1000 < 200`` first hold together at 1000.
+      ``iters_per_epoch`` is their ``len(train) // batch`` (459 // 4 = 114 on RealSR x4).
+    - **in iterations** (d2csr's own, simpler): alpha is 0 while ``current_iter <= start_iter``; after it,
+      ``alpha * decay_factor ** (current_iter // decay_every)`` while ``current_iter % period < on_iters``
+      and 0 in the rest.
+
+    Leaving ``every_epochs`` / ``period`` (or ``decay_epochs`` / ``decay_every``) unset keeps alpha on
+    (constant) once it has started.
     """
 
-    def __init__(self, alpha, start_iter=0, period=None, on_iters=None, decay_every=None, decay_factor=0.5):
+    EPOCH_KEYS = ('iters_per_epoch', 'start_epoch', 'every_epochs', 'on_epochs', 'decay_epochs')
+    ITER_KEYS = ('start_iter', 'period', 'on_iters', 'decay_every')
+
+    def __init__(self, alpha, start_iter=0, period=None, on_iters=None, decay_every=None, decay_factor=0.5,
+                 iters_per_epoch=None, start_epoch=None, every_epochs=None, on_epochs=None, decay_epochs=None):
+        epochs = {k: v for k, v in zip(self.EPOCH_KEYS, (iters_per_epoch, start_epoch, every_epochs, on_epochs,
+                                                            decay_epochs)) if v is not None}
+        iters = {k: v for k, v in zip(self.ITER_KEYS, (start_iter, period, on_iters, decay_every))
+                 if v is not None and not (k == 'start_iter' and v == 0)}
+        if epochs and iters:
+            raise ValueError(f'alpha_schedule: give the schedule in epochs ({", ".join(self.EPOCH_KEYS)}) or in '
+                             f'iterations ({", ".join(self.ITER_KEYS)}), not both; got {sorted(epochs)} and '
+                             f'{sorted(iters)}')
+        self.by_epoch = bool(epochs)
+        if self.by_epoch:
+            if iters_per_epoch is None or not (isinstance(iters_per_epoch, int) and iters_per_epoch >= 1):
+                raise ValueError('alpha_schedule: a schedule in epochs needs iters_per_epoch, an integer >= 1 (the '
+                                 f'authors\' len(train) // batch, e.g. 459 // 4 = 114), got {iters_per_epoch!r}')
+            self.unit, start, period, on_iters, decay_every = (iters_per_epoch, start_epoch, every_epochs, on_epochs,
+                                                               decay_epochs)
+            names = ('every_epochs', 'on_epochs', 'decay_epochs')
+        else:
+            self.unit = 1
+            start = start_iter
+            names = ('period', 'on_iters', 'decay_every')
         if period is not None and (on_iters is None or not 0 < on_iters <= period):
-            raise ValueError(f'alpha_schedule:on_iters must be in (0, period={period}], got {on_iters!r}')
+            raise ValueError(f'alpha_schedule:{names[1]} must be in (0, {names[0]}={period}], got {on_iters!r}')
         if decay_every is not None and decay_every <= 0:
-            raise ValueError(f'alpha_schedule:decay_every must be > 0, got {decay_every!r}')
+            raise ValueError(f'alpha_schedule:{names[2]} must be > 0, got {decay_every!r}')
         self.alpha = float(alpha)
-        self.start_iter = start_iter
+        self.start = start
         self.period = period
-        self.on_iters = on_iters
+        self.on = on_iters
         self.decay_every = decay_every
         self.decay_factor = decay_factor
 
     def __call__(self, current_iter):
         if current_iter is None:
             return self.alpha
-        if current_iter <= self.start_iter:
+        # the authors' epoch of BasicSR's iteration; an iteration-form schedule counts iterations as they come
+        t = (current_iter - 1) // self.unit if self.by_epoch else current_iter
+        if self.start is not None and t <= self.start:
             return 0.0
-        if self.period is not None and current_iter % self.period >= self.on_iters:
+        if self.period is not None and t % self.period >= self.on:
             return 0.0
         if self.decay_every is not None:
-            return self.alpha * self.decay_factor**(current_iter // self.decay_every)
+            return self.alpha * self.decay_factor**(t // self.decay_every)
         return self.alpha
 
 

@@ -96,7 +96,10 @@ class D2CModel(SRModel):
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """BasicSR's ``load_network`` (pretrain, test and resume loads) with the checks of
         :func:`d2csr.utils.checkpoint.load_network_checked`: weights-only, finite, shapes before loading."""
-        load_network_checked(self.get_bare_model(net), load_path, strict, param_key, get_root_logger())
+        bare = self.get_bare_model(net)
+        adopt = getattr(bare, 'adopt_legacy_no_skip', None)  # D2CSR: d2csr's former deep_residual: false
+        load_network_checked(bare, load_path, strict, param_key, get_root_logger(),
+                             prepare=(lambda state: adopt(state.keys())) if adopt else None)
 
     # ----------------------------------------------------------------------------------------------
     # training set-up
