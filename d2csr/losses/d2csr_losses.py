@@ -160,11 +160,26 @@ class DivergenceLoss(nn.Module):
         num = stacked.shape[0]
         if num < 2:
             return stacked.new_zeros(())
+        trip = F.relu(self.pair_hinges(stacked, target))
+        return (self.pair_beta * trip).sum() / (num * (num - 1))
+
+    def pair_hinges(self, branches, target):
+        """``(P, P)``: ``d(res_i, 0) - d(res_i, res_j) + margin_ij``, the argument of pair ``(i, j)``'s hinge
+        (anchor ``i``, negative ``j``; eq. 4); the triplet term is its positive part. ``branches``: list of ``P``
+        ``(N, C, H, W)`` or one ``(P, N, C, H, W)`` tensor."""
+        stacked = torch.stack(list(branches)) if isinstance(branches, (list, tuple)) else branches
+        num = stacked.shape[0]
         residuals = (self.normalized_gray(stacked) - self.normalized_gray(target).unsqueeze(0)).abs()
         flat = residuals.reshape(num, -1)
         gram = flat @ flat.t() / flat.shape[1]
-        trip = F.relu(2 * gram - gram.diagonal().unsqueeze(0) + self.pair_margin)
-        return (self.pair_beta * trip).sum() / (num * (num - 1))
+        return 2 * gram - gram.diagonal().unsqueeze(0) + self.pair_margin
+
+    def active_share(self, branches, target):
+        """Share (0-dim tensor) of the ordered pairs ``i != j`` whose hinge is on (argument > 0): where it is
+        off, the pair gives no gradient; while it is 1, the margins change no gradient, only the loss value."""
+        hinges = self.pair_hinges(branches, target)
+        off_diag = ~torch.eye(hinges.shape[0], dtype=torch.bool, device=hinges.device)
+        return (hinges[off_diag] > 0).float().mean()
 
     def terms(self, branches, target, current_iter=None, alpha=None):
         """Dict of ``l_branch`` (sum of per-branch MSE), ``l_triplet`` (``T_D``), ``alpha`` and ``l_div``.
