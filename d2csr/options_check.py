@@ -65,6 +65,9 @@ def _check_datasets(opt, problems):
 
 
 def _check_divergence(train, network, problems):
+    if not isinstance(train.get('log_grad_ratio', True), bool):
+        problems.append(f'train:log_grad_ratio must be true or false (the divergence term\'s gradient ratio at log '
+                        f'lines), got {train["log_grad_ratio"]!r}.')
     div = train.get('divergence_opt')
     if not div:
         return

@@ -8,6 +8,11 @@ from torch import nn
 from torch.nn import functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 
+# alpha: d2csr's measured value (docs/evidence.md, options/train_D2C_div_*.yml); the authors' diver_w, 2e-5, was
+# never trained with a gradient and with one changes nothing.
+DIVERGENCE_ALPHA = 0.02
+AUTHORS_ALPHA = 2e-5
+
 # BT.601 luma coefficients on [0, 1] RGB (BasicSR's rgb2ycbcr without the offset, which G removes anyway).
 _Y_COEFFS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
 
@@ -97,7 +102,8 @@ class DivergenceLoss(nn.Module):
     """``L_D = sum_i MSE(I_i, HR) + alpha * T_D`` (paper eq. 1, 7), with a triplet term that carries gradient.
 
     Args:
-        alpha (float): weight of the triplet term ``T_D`` (authors' ``diver_w``: 2e-5).
+        alpha (float): weight of the triplet term ``T_D``; default d2csr's measured 0.02 (the authors'
+            ``diver_w``, 2e-5, changes nothing once the term has a gradient; see docs/evidence.md).
         margins (float | list[float]): triplet margin per depth of the common parent of two leaves,
             root first (authors, L=2: ``[5e-5, 2e-5]`` for cousins, siblings); one float for all.
         theta (float): ``beta_ij = theta ** (l - 1)``, ``l`` the depth of the common parent (eq. 6).
@@ -111,8 +117,8 @@ class DivergenceLoss(nn.Module):
         loss_weight (float): scales the whole loss.
     """
 
-    def __init__(self, alpha=2e-5, margins=(5e-5, 2e-5), theta=0.8, gray='y', norm='image', depth=2, width=2,
-                 alpha_schedule=None, loss_weight=1.0, eps=1e-8):
+    def __init__(self, alpha=DIVERGENCE_ALPHA, margins=(5e-5, 2e-5), theta=0.8, gray='y', norm='image', depth=2,
+                 width=2, alpha_schedule=None, loss_weight=1.0, eps=1e-8):
         super().__init__()
         if gray not in ('y', 'mean'):
             raise ValueError(f"DivergenceLoss:gray must be 'y' or 'mean', got {gray!r}")
