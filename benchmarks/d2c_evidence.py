@@ -158,7 +158,7 @@ def options(name, stage, net, alpha, iters, data_root, pretrain=None, ckpt_every
     gpu = device == 'cuda'  # on a GPU: data loading in 4 worker processes, long epochs (fewer worker restarts)
     return train_options(name, stage, data_root, net, iters, pretrain=pretrain, num_gpu=1 if gpu else 0,
                          num_workers=4 if gpu else 0, enlarge_ratio=1000 if gpu else 100, alpha=alpha,
-                         validate=False, print_freq=max(iters // 5, 1), checkpoint_freq=ckpt_every,
+                         validate=False, print_freq=max(iters // 5, 3), checkpoint_freq=ckpt_every,
                          overrides=overrides if stage == 'divergence' else None)
 
 
