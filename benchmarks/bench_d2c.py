@@ -534,7 +534,9 @@ def profile_steps(step, device, steps):
 
 
 def run_step_rows(args, device):
-    """Rows: ``optimize_parameters`` of both stages from the option files and the hand-written step, per
+    """Rows: ``optimize_parameters`` of both stages from the option files (stage 1 also at a log line, where it
+    computes ``trip_grad_ratio``: row ``divergence_log_line``, its extra cost in ``grad_ratio_ms`` and, spread over
+    ``logger: print_freq`` iterations, ``grad_ratio_share``) and the hand-written step, per
     training dtype in ``--train-dtype``; each with its time, profile, FLOPs, limit in its dtype, hours for the
     paper's x4 schedule."""
     import tempfile
