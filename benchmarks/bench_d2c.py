@@ -425,7 +425,7 @@ def print_table(res):
 
 # --------------------------------------------------------------------------------------------------
 # training steps as users run them: D2CModel.optimize_parameters from the option files
-PAPER_X4_ITERS = 2.29e6  # the paper's x4 schedule: 20,000 of the authors' epochs of ~115 iterations (batch 4, 96^2)
+PAPER_X4_ITERS = 2.28e6  # the paper's x4 schedule: 20,000 of the authors' epochs of 459 // 4 = 114 iterations (batch 4)
 STEP_OPTION_FILES = {'divergence': 'options/train_D2C_div_x4.yml', 'convergence': 'options/train_D2C_conv_x4.yml'}
 SMOKE_NET = dict(num_feat=16, num_group=1, num_block=1, squeeze_factor=4, fusion_feat=16)
 
@@ -466,19 +466,24 @@ def model_from_options(path, device, workdir, net_opt=None, amp=None, compile_mo
     return build_model(opt)
 
 
-def model_step(model, lq, gt):
-    """One ``optimize_parameters`` per call, iterations counted on from where the triplet term is on."""
+def model_step(model, lq, gt, log_lines=False):
+    """One ``optimize_parameters`` per call, iterations counted on from where the triplet term is on.
+
+    ``log_lines``: every call is an iteration BasicSR logs (a multiple of ``logger: print_freq``), where the
+    divergence stage also computes ``trip_grad_ratio`` (:meth:`D2CModel._triplet_gradient_ratio`); otherwise the
+    iterations avoid those multiples, so the rows time the plain step."""
     schedule = model.cri_div.schedule if model.cri_div is not None else None
-    first = 1
+    freq = model.opt['logger']['print_freq']
+    first = freq if log_lines else 1
     while schedule is not None and schedule(first) == 0 and first < 10**7:  # the triplet term on, as in its windows
-        first += 1
+        first += freq if log_lines else 1
     state = {'iter': first}
     data = {'lq': lq, 'gt': gt}
 
     def step():
         model.feed_data(data)
         model.optimize_parameters(state['iter'])
-        state['iter'] += 1
+        state['iter'] += freq if log_lines else (2 if (state['iter'] + 1) % freq == 0 else 1)
 
     return step
 
@@ -527,7 +532,9 @@ def profile_steps(step, device, steps):
 
 
 def run_step_rows(args, device):
-    """Rows: ``optimize_parameters`` of both stages from the option files and the hand-written step, per
+    """Rows: ``optimize_parameters`` of both stages from the option files (stage 1 also at a log line, where it
+    computes ``trip_grad_ratio``: row ``divergence_log_line``, its extra cost in ``grad_ratio_ms`` and, spread over
+    ``logger: print_freq`` iterations, ``grad_ratio_share``) and the hand-written step, per
     training dtype in ``--train-dtype``; each with its time, profile, FLOPs, limit in its dtype, hours for the
     paper's x4 schedule."""
     import tempfile
@@ -537,6 +544,7 @@ def run_step_rows(args, device):
     lq = torch.rand(batch, 3, patch, patch, device=device)
     gt = torch.rand(batch, 3, patch * scale, patch * scale, device=device)
     rows, limits = {}, {}
+    print_freq = None
     for dtype_name in args.train_dtype.split(','):
         dtype_name = dtype_name.strip()
         dtype = DTYPES[dtype_name]
@@ -549,9 +557,14 @@ def run_step_rows(args, device):
                 model = model_from_options(path, device, Path(workdir) / stage, net_opt, amp, args.train_compile,
                                            args.optim, args.compile_backend)
                 fns[f'{stage}_{label}'] = (model, model_step(model, lq, gt))
+                if stage == 'divergence':  # the same step at a log line, with the trip_grad_ratio pass
+                    model = model_from_options(path, device, Path(workdir) / 'log_line', net_opt, amp,
+                                               args.train_compile, args.optim, args.compile_backend)
+                    fns[f'{stage}_log_line_{label}'] = (model, model_step(model, lq, gt, log_lines=True))
             net = D2CSR(**dict(net_opt, upscale=scale)).to(device).to(memory_format=CL)
             div_loss = DivergenceLoss(alpha=2e-5, margins=[5e-5, 2e-5]).to(device)
             fns[f'hand_written_{label}'] = (net, hand_written_step(net, lq, gt, div_loss, dtype))
+            print_freq = fns[f'divergence_{label}'][0].opt['logger']['print_freq']
             warmup = 1 if args.smoke else max(args.warmup, 3 if args.train_compile else 1)
             times = time_rows({k: f for k, (_, f) in fns.items()}, device, warmup, args.train_repeats)
             for name, (_, fn) in fns.items():
@@ -568,6 +581,12 @@ def run_step_rows(args, device):
                                   paper_x4_hours=best * PAPER_X4_ITERS / 3600)
             del fns
             gc.collect()
+    for label in limits:
+        plain, line = rows.get(f'divergence_{label}'), rows.get(f'divergence_log_line_{label}')
+        if plain and line:  # trip_grad_ratio: its cost at a log line, and spread over logger: print_freq iterations
+            extra = line['wall_ms'] - plain['wall_ms']
+            line['grad_ratio_ms'] = extra
+            line['grad_ratio_share'] = extra / print_freq / plain['wall_ms']
     return dict(setting=dict(train_batch=batch, train_patch=patch, train_dtype=args.train_dtype, optim=args.optim,
                              compile=args.train_compile, option_files=STEP_OPTION_FILES,
                              tf32=device.type == 'cuda' and torch.backends.cuda.matmul.allow_tf32),
@@ -589,6 +608,11 @@ def print_step_table(res):
         print(f"{name:<22}{r['wall_ms']:>9.1f}{r['wall_ms_median']:>9.1f}{kernel:>10}{busy:>6}"
               f"{r['launches_per_step']:>9.0f}{r['gflop_per_step']:>8.1f}{r['gflops']:>9.1f}{r['of_limit']:>7.0%}"
               f"{r['paper_x4_hours']:>11.1f}")
+    for name, r in res['rows'].items():
+        if 'grad_ratio_ms' in r:
+            print(f"{name}: the trip_grad_ratio pass adds {r['grad_ratio_ms']:.1f} ms at a log line, "
+                  f"{r['grad_ratio_share']:.2%} of a step spread over logger: print_freq iterations "
+                  "(train: log_grad_ratio: false: none)")
     print('(launches: GPU kernels per step on CUDA, top-level aten ops on CPU; paper x4 h: '
           f'{PAPER_X4_ITERS / 1e6:.2f} M '
           'iterations at this row\'s best time, meaningful at batch 4 x 96^2)')

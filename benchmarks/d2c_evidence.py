@@ -8,7 +8,10 @@ photographs (10 training photos, 2 held-out ones; blur, downsampling, noise, JPE
    head, residual groups, global skip, upsampler), same data, same number of updates;
 3. the same D2C with the divergence term off (alpha = 0) and with the deep residual structure off
    (paper Table 5);
-4. an alpha sweep (paper Fig. 9): branch diversity and PSNR against alpha;
+4. an alpha sweep (paper Fig. 9): branch diversity, branch / mean / fused / oracle PSNR and the logged gradient
+   ratio |grad(alpha T_D)| / |grad(L2)| against alpha (the authors' 2e-5 and the shipped alpha included), the
+   shipped alpha with 1000x the authors' margins, and the shipped alpha switched on and off like the authors'
+   schedule (its windows scaled to the run's length);
 5. a width / depth sweep (paper Table 4);
 6. what the convergence net adds: stage 2 of the small D2C continued to growing budgets (``--fusion-budgets``,
    multiples of the plan's stage-2 length; one run, its checkpoints), the learned fusion against the plain mean
@@ -22,7 +25,8 @@ diversity and PSNR against alpha, fusion gains against the stage-2 budget, a vis
 ``<out>/evidence/results.json``. ``--out`` may also name the report itself (``docs/evidence_gpu.md``: the
 plots go to ``docs/evidence_gpu/``).
 
-``--plan fusion`` runs only the small D2C and item 6 (for a GPU run with a larger budget);
+``--plan fusion`` runs only the small D2C and item 6 (for a GPU run with a larger budget); ``--plan alpha`` only
+the small D2C and item 4 (``--alphas`` sets the swept values);
 ``--device cuda`` trains and evaluates on the GPU (``num_gpu: 1``, 4 data workers). The GPU plan (estimated at
 3-4 minutes on an H200: four ``d2csr/train.py`` starts of about 10 s, stage 1 of the 32-feature model launch-bound
 at about 25 ms per step, stage 2 about 12 ms; 20x the committed CPU run's stage 1, 16x its fusion study)::
@@ -55,14 +59,16 @@ import d2csr  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
 from d2csr.loading import load_model  # noqa: E402
 from d2csr.data.photo_pairs import build_photo_pairs, photo_pair_paths  # noqa: E402
-from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, evaluate_pairs, read_rgb  # noqa: E402
-from d2csr.options import train_options  # noqa: E402
+from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, diversity_of_pairs, evaluate_pairs, read_rgb  # noqa: E402
+from d2csr.options import AUTHORS_ALPHA, DIVERGENCE_ALPHA, DIVERGENCE_MARGINS, train_options  # noqa: E402
 from d2csr.utils import pythonpath_env, subprocess_device  # noqa: E402
 from d2csr.losses import DivergenceLoss  # noqa: E402
 from basicsr.utils import img2tensor  # noqa: E402
 
 SCALE = 4
-PAPER_ALPHA = 2e-5
+PAPER_ALPHA = AUTHORS_ALPHA  # the authors' diver_w (the paper gives no value)
+SHIPPED_ALPHA = DIVERGENCE_ALPHA  # what options/train_D2C_div_*.yml ship
+MARGIN_FACTOR = 1000  # the margins run: the authors' margins times this
 SMALL = dict(type='D2CSR', num_feat=32, num_group=2, num_block=1, squeeze_factor=8, upscale=SCALE, depth=2, width=2)
 
 
@@ -81,9 +87,10 @@ def rcan_like(target_params, base):
 
 
 class Plan:
-    """Which runs to make. Each run: a tag, its network options, alpha, and whether it has a stage 2."""
+    """Which runs to make. Each run: a tag, its network options, alpha, whether it has a stage 2 and its
+    divergence-option overrides (margins, schedule)."""
 
-    def __init__(self, quick, iters, bicubic_skip, conv_iters=None, fusion_budgets=None, kind='full'):
+    def __init__(self, quick, iters, bicubic_skip, conv_iters=None, fusion_budgets=None, kind='full', alphas=None):
         self.iters = iters
         self.kind = kind
         self.curve_points = 2 if quick else 4
@@ -100,38 +107,74 @@ class Plan:
         ])
         d2c_params = count_params(self.base)
         self.runs = OrderedDict()
-        self.add('d2c', self.base, PAPER_ALPHA)
-        self.alphas, self.trees = [], []
+        self.add('d2c', self.base, SHIPPED_ALPHA)
+        self.alphas, self.trees, self.variants = [], [], []
         if kind == 'fusion':
             return
-        self.add('rcan', rcan_like(d2c_params, self.base), 0.0, stage2=False)
+        if kind == 'full':
+            self.add('rcan', rcan_like(d2c_params, self.base), 0.0, stage2=False)
         self.add('d2c_alpha0', self.base, 0.0)
-        self.add('d2c_no_deep_res', dict(self.base, deep_residual=False), PAPER_ALPHA)
-        self.alphas = [0.0, PAPER_ALPHA, 2e-2] if quick else [0.0, PAPER_ALPHA, 2e-4, 2e-3, 2e-2]
+        if kind == 'full':
+            self.add('d2c_no_deep_res', dict(self.base, deep_residual=False), SHIPPED_ALPHA)
+        default = [] if quick else [2e-4, 2e-3, 5e-3, 1e-2, 5e-2, 1e-1]
+        self.alphas = sorted({0.0, PAPER_ALPHA, SHIPPED_ALPHA, *(default if alphas is None else alphas)})
         for alpha in self.alphas:
-            if alpha not in (0.0, PAPER_ALPHA):
-                self.add(f'alpha_{alpha:g}', self.base, alpha)
+            if alpha not in (0.0, SHIPPED_ALPHA):
+                self.add(self.alpha_tag(alpha), self.base, alpha)
+        # the margins: the authors' times MARGIN_FACTOR; the schedule: on and off as the authors' adjust_diver
+        # (first window at epochs 1000-1199 of 20000, on 200 of every 1000, halved every 2000), scaled to iters
+        margins = [m * MARGIN_FACTOR for m in (DIVERGENCE_MARGINS[0], DIVERGENCE_MARGINS[1])]
+        self.add('d2c_margins_x1000', self.base, SHIPPED_ALPHA,
+                 overrides={'train:divergence_opt:margins': margins})
+        per = lambda epochs: max(round(iters * epochs / 20000), 1)  # noqa: E731
+        self.windows = dict(start_iter=per(200), period=per(1000), on_iters=per(200), decay_every=per(2000),
+                            decay_factor=0.5)
+        self.add('d2c_authors_windows', self.base, SHIPPED_ALPHA,
+                 overrides={'train:divergence_opt:alpha_schedule': dict(self.windows)})
+        self.variants = [('d2c_margins_x1000', f'alpha {SHIPPED_ALPHA:g}, margins x{MARGIN_FACTOR} ({margins[0]:g} / '
+                          f'{margins[1]:g})'),
+                         ('d2c_authors_windows', f'alpha {SHIPPED_ALPHA:g}, on and off like the authors\' schedule '
+                          f'(iterations: start {self.windows["start_iter"]}, on {self.windows["on_iters"]} of every '
+                          f'{self.windows["period"]}, halved every {self.windows["decay_every"]})')]
+        if kind != 'full':
+            return
         self.trees = [(1, 2), (2, 2)] if quick else [(1, 1), (1, 2), (1, 3), (2, 2), (3, 2)]
         for depth, width in self.trees:
             if (depth, width) != (2, 2):
-                self.add(f'tree_L{depth}C{width}', dict(self.base, depth=depth, width=width), PAPER_ALPHA,
+                self.add(f'tree_L{depth}C{width}', dict(self.base, depth=depth, width=width), SHIPPED_ALPHA,
                          stage2=depth * width > 1)
 
-    def add(self, tag, net, alpha, stage2=True):
-        self.runs[tag] = dict(net=net, alpha=alpha, stage2=stage2)
+    def add(self, tag, net, alpha, stage2=True, overrides=None):
+        self.runs[tag] = dict(net=net, alpha=alpha, stage2=stage2, overrides=overrides or {})
 
     def alpha_tag(self, alpha):
-        return {0.0: 'd2c_alpha0', PAPER_ALPHA: 'd2c'}.get(alpha, f'alpha_{alpha:g}')
+        return {0.0: 'd2c_alpha0', SHIPPED_ALPHA: 'd2c'}.get(alpha, f'alpha_{alpha:g}')
 
     def tree_tag(self, depth, width):
         return 'd2c' if (depth, width) == (2, 2) else f'tree_L{depth}C{width}'
 
 
-def options(name, stage, net, alpha, iters, data_root, pretrain=None, ckpt_every=None, device='cpu'):
+def options(name, stage, net, alpha, iters, data_root, pretrain=None, ckpt_every=None, device='cpu', overrides=None):
     gpu = device == 'cuda'  # on a GPU: data loading in 4 worker processes, long epochs (fewer worker restarts)
     return train_options(name, stage, data_root, net, iters, pretrain=pretrain, num_gpu=1 if gpu else 0,
                          num_workers=4 if gpu else 0, enlarge_ratio=1000 if gpu else 100, alpha=alpha,
-                         validate=False, print_freq=max(iters // 5, 1), checkpoint_freq=ckpt_every)
+                         validate=False, print_freq=max(iters // 5, 3), checkpoint_freq=ckpt_every,
+                         overrides=overrides if stage == 'divergence' else None)
+
+
+def logged_means(name, keys=('trip_grad_ratio', 'trip_active')):
+    """Means over the log lines of ``experiments/<name>/train_*.log`` of ``keys`` (absent ones are left out)."""
+    import glob
+    import re
+
+    logs = sorted(glob.glob(osp.join(os.getcwd(), 'experiments', name, 'train_*.log')))
+    text = open(logs[-1]).read() if logs else ''
+    out = {}
+    for key in keys:
+        values = [float(v) for v in re.findall(rf'{key}: ([-+0-9.e]+)', text)]
+        if values:
+            out[key] = float(np.mean(values))
+    return out
 
 
 RUN_DEVICE = {'num_gpu': 0, 'env': {'CUDA_VISIBLE_DEVICES': ''}, 'description': 'CPU'}  # main() sets it (--device)
@@ -160,20 +203,10 @@ def load_net(net_opt, path, device='cpu'):
     return load_model(path, net_opt, param_key='params')[0].to(device)
 
 
-@torch.no_grad()
 def branch_diversity(net, pairs):
-    """Mean over images and branch pairs of ``mean((res_i - res_j)^2)``, ``res = |G(I_i) - G(HR)|`` (eq. 2-3)."""
-    gray = DivergenceLoss(depth=1, width=1, margins=0.0)  # only its normalized_gray (Y channel, per-image statistics)
-    values = []
-    for lr_path, hr_path in pairs:
-        device = next(net.parameters()).device
-        lr = img2tensor(read_rgb(lr_path), bgr2rgb=False).unsqueeze(0).to(device)
-        hr = img2tensor(read_rgb(hr_path), bgr2rgb=False).unsqueeze(0)[..., :lr.shape[-2] * SCALE, :lr.shape[-1] * SCALE]
-        hr = hr.to(device)
-        res = [(gray.normalized_gray(b) - gray.normalized_gray(hr)).abs() for b in net.forward_branches(lr)]
-        pairs_ij = [((res[i] - res[j])**2).mean().item() for i in range(len(res)) for j in range(i + 1, len(res))]
-        values.append(float(np.mean(pairs_ij)) if pairs_ij else 0.0)
-    return float(np.mean(values))
+    """:func:`d2csr.evaluation.diversity_of_pairs`: mean over images and branch pairs of ``mean((res_i - res_j)^2)``,
+    ``res = |G(I_i) - G(HR)|`` (eq. 2-3)."""
+    return diversity_of_pairs(net, pairs, SCALE, next(net.parameters()).device)
 
 
 def mean_branch_psnr(results):
@@ -195,7 +228,8 @@ def run_all(plan, data_root, work, prefix, log):
         for name in (div, conv):
             shutil.rmtree(osp.join(os.getcwd(), 'experiments', name), ignore_errors=True)
         train(options(div, 'divergence', run['net'], run['alpha'], plan.iters, data_root, ckpt_every=ckpt_every,
-                      device=device), opt_dir, log)
+                      device=device, overrides=run['overrides']), opt_dir, log)
+        logged = logged_means(div)
         models = osp.join(os.getcwd(), 'experiments', div, 'models')
         curve = []
         for it in range(ckpt_every, plan.iters + 1, ckpt_every):
@@ -210,10 +244,11 @@ def run_all(plan, data_root, work, prefix, log):
         results = evaluate_pairs(net, pairs, SCALE, device)
         out[tag] = dict(net=run['net'], alpha=run['alpha'], params=sum(p.numel() for p in net.parameters()),
                         results=results, curve=curve, diversity=branch_diversity(net, pairs), weights=weights,
-                        stage1_weights=div_weights)
+                        stage1_weights=div_weights, logged=logged, overrides=run['overrides'])
         log(f'    fused {results["fused"]["psnr"]:.2f} dB, mean of branches {results["mean"]["psnr"]:.2f} dB, '
             f'bicubic {results["bicubic"]["psnr"]:.2f} dB, oracle {results["oracle"]["psnr"]:.2f} dB, '
-            f'diversity {out[tag]["diversity"]:.4f}, weight_mad {results["fused"]["weight_mad"]:.4f}')
+            f'diversity {out[tag]["diversity"]:.4f}, weight_mad {results["fused"]["weight_mad"]:.4f}, '
+            f'trip_grad_ratio {logged.get("trip_grad_ratio", 0):.3g}, trip_active {logged.get("trip_active", 0):.2f}')
     return out, pairs
 
 
@@ -264,13 +299,17 @@ def alpha_plot(plan, out, fig_dir, plt):
     xs = np.arange(len(alphas))
     div = [out[plan.alpha_tag(a)]['diversity'] for a in alphas]
     fused = [out[plan.alpha_tag(a)]['results']['fused']['psnr'] for a in alphas]
-    fig, ax1 = plt.subplots(figsize=(6, 4))
+    mean = [out[plan.alpha_tag(a)]['results']['mean']['psnr'] for a in alphas]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
     ax1.plot(xs, div, marker='o', color='tab:red', label='branch diversity')
     ax1.set_ylabel('branch diversity', color='tab:red')
     ax2 = ax1.twinx()
     ax2.plot(xs, fused, marker='s', color='tab:blue', label='fused PSNR')
-    ax2.set_ylabel('fused PSNR (dB, Y)', color='tab:blue')
-    ax1.set_xticks(xs, [f'{a:g}' for a in alphas])
+    ax2.plot(xs, mean, marker='^', linestyle='--', color='tab:cyan', label='mean-of-branches PSNR')
+    ax2.set_ylabel('PSNR (dB, Y), held-out', color='tab:blue')
+    ax2.legend(fontsize=7, loc='lower left')
+    labels = {PAPER_ALPHA: '\n(authors)', SHIPPED_ALPHA: '\n(shipped)'}
+    ax1.set_xticks(xs, [f'{a:g}{labels.get(a, "")}' for a in alphas])
     ax1.set_xlabel('alpha')
     path = osp.join(fig_dir, 'alpha_sweep.png')
     fig.tight_layout()
@@ -329,7 +368,8 @@ def save_plots(plan, out, pairs, fig_dir, sweeps):
 
     if plan.alphas:
         files['alpha'] = alpha_plot(plan, out, fig_dir, plt)
-    files['fusion'] = fusion_plot(plan, sweeps, fig_dir, plt)
+    if sweeps:
+        files['fusion'] = fusion_plot(plan, sweeps, fig_dir, plt)
 
     net = load_net(out['d2c']['net'], out['d2c']['weights'])
     lr_path, hr_path = pairs[0]
@@ -423,6 +463,69 @@ def fusion_section(plan, out, sweeps, files, rel):
     return lines
 
 
+def alpha_row(out, tag, label):
+    r, logged = out[tag]['results'], out[tag].get('logged', {})
+    base = out['d2c_alpha0']['diversity']
+    return (f'| {label} | {out[tag]["diversity"]:.4f} | {out[tag]["diversity"] / base:.2f}x | '
+            f'{mean_branch_psnr(r):.2f} | {r["mean"]["psnr"]:.2f} | {r["fused"]["psnr"]:.2f} | {r["oracle"]["psnr"]:.2f} | '
+            f'{logged.get("trip_grad_ratio", 0.0):.2g} | '
+            + (f'{logged["trip_active"]:.2f}' if 'trip_active' in logged else '-') + ' |')
+
+
+def alpha_summary(plan, out):
+    """One paragraph: the shipped alpha against alpha 0 and the authors' 2e-5 (diversity, fused PSNR, ratio)."""
+    zero, authors, shipped = (out[plan.alpha_tag(a)] for a in (0.0, PAPER_ALPHA, SHIPPED_ALPHA))
+    fused = lambda r: r['results']['fused']['psnr']  # noqa: E731
+    ratio = lambda r: r.get('logged', {}).get('trip_grad_ratio', 0.0)  # noqa: E731
+    inert = abs(authors['diversity'] / zero['diversity'] - 1) < 0.01 and abs(fused(authors) - fused(zero)) < 0.01
+    return (f'At the authors\' alpha {PAPER_ALPHA:g} the divergence term\'s gradient is {ratio(authors):.2g} of the '
+            f'L2 gradient and the branches are ' + ('those of alpha 0' if inert else 'close to those of alpha 0')
+            + f' (diversity {authors["diversity"]:.4f} vs {zero["diversity"]:.4f}, fused {fused(authors):.2f} vs '
+            f'{fused(zero):.2f} dB)' + (': that is the paper\'s "w/o divergence loss" ablation' if inert else '')
+            + f'. The shipped alpha {SHIPPED_ALPHA:g} (gradient ratio {ratio(shipped):.2g}) gives '
+            f'{shipped["diversity"] / zero["diversity"]:.2f}x the diversity of alpha 0 and a fused PSNR of '
+            f'{fused(shipped):.2f} dB ({fused(shipped) - fused(zero):+.2f} dB)')
+
+
+def alpha_section(plan, out, files, rel):
+    lines = ['## Alpha sweep (paper Fig. 9) and the shipped alpha', '',
+             f'The divergence term, alpha * T_D (eq. 7), with alpha constant as in the paper, on the small D2C above: '
+             f'{plan.iters} stage-1 and {plan.conv_iters} stage-2 iterations per row, the same seed and batches. '
+             '"x alpha 0" is the branch diversity over that of alpha 0; "grad ratio" is the mean over the run\'s log '
+             'lines of `trip_grad_ratio` = |grad(alpha T_D)| / |grad(L2)| over the tree\'s parameters, and "hinge on" '
+             'of `trip_active`, the share of branch pairs whose triplet hinge is on (both logged by `d2csr/train.py` '
+             'beside the losses).', '',
+             '| alpha | branch diversity | x alpha 0 | mean branch PSNR | mean-of-branches PSNR | fused PSNR | '
+             'oracle PSNR | grad ratio | hinge on |', '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for a in plan.alphas:
+        label = f'{a:g}' + (' (authors\')' if a == PAPER_ALPHA else ' (shipped)' if a == SHIPPED_ALPHA else '')
+        lines.append(alpha_row(out, plan.alpha_tag(a), label))
+    for tag, label in plan.variants:
+        lines.append(alpha_row(out, tag, label))
+    lines += ['', '"mean branch PSNR" averages the branches\' PSNRs; "mean-of-branches PSNR" is the PSNR of their '
+              'average image; fused and oracle as above.', '', '**' + alpha_summary(plan, out) + '.**', '']
+    margins, windows, shipped = out['d2c_margins_x1000'], out['d2c_authors_windows'], out['d2c']
+    same = all(margins['results'][k] == shipped['results'][k] for k in shipped['results'])
+    active = [r['logged']['trip_active'] for t, r in out.items() if r['alpha'] > 0 and 'trip_active' in r['logged']]
+    if active and min(active) == 1.0:
+        why = ('the hinge of every branch pair was on at every logged step of every run with alpha > 0 (hinge on 1.00): '
+               'the argument d(res_i, 0) - d(res_i, res_j) stays above the margins, so a margin only adds a constant '
+               'to the loss and changes no gradient')
+    else:
+        why = f'the share of pairs whose hinge is on ranges over {min(active or [0]):.2f}-{max(active or [0]):.2f}'
+    lines += [f'- Margins: {why}. With {MARGIN_FACTOR}x the authors\' margins every figure is '
+              + ('the same, to the last digit.' if same else
+                 f'close (diversity {margins["diversity"]:.4f} vs {shipped["diversity"]:.4f}, fused '
+                 f'{margins["results"]["fused"]["psnr"]:.2f} vs {shipped["results"]["fused"]["psnr"]:.2f} dB).')
+              + ' The shipped files keep the authors\' margins.',
+              f'- Schedule: switched on and off like the authors\' `adjust_diver` (scaled to {plan.iters} iterations), the '
+              f'shipped alpha gives diversity {windows["diversity"]:.4f} ({windows["diversity"] / out["d2c_alpha0"]["diversity"]:.2f}x '
+              f'alpha 0) and fused {windows["results"]["fused"]["psnr"]:.2f} dB, against {shipped["diversity"]:.4f} and '
+              f'{shipped["results"]["fused"]["psnr"]:.2f} dB with alpha on throughout (the paper\'s eq. 7).', '',
+              f'![alpha sweep]({rel(files["alpha"])})', '']
+    return lines
+
+
 def write_report(plan, out, files, md_path, args, minutes, sweeps):
     fused = {t: r['results']['fused']['psnr'] for t, r in out.items()}
     rel = lambda p: osp.relpath(p, osp.dirname(md_path))  # noqa: E731
@@ -433,9 +536,13 @@ def write_report(plan, out, files, md_path, args, minutes, sweeps):
                f'and its oracle fusion is {d2c["oracle"]["psnr"] - fused["d2c"]:+.2f} dB above the fused output')
     if full:
         summary += (f'; it is {fused["d2c"] - fused["rcan"]:+.2f} dB against a single-branch RCAN with at least as many '
-                    f'parameters; the divergence term raises branch diversity from {out["d2c_alpha0"]["diversity"]:.4f} '
-                    f'(alpha 0) to {out[plan.alpha_tag(max(plan.alphas))]["diversity"]:.4f} (alpha {max(plan.alphas):g})')
-    summary += '. ' + fusion_summary(plan, sweeps)
+                    'parameters')
+    if plan.alphas:
+        summary += '. ' + alpha_summary(plan, out)
+    if sweeps:
+        summary += '. ' + fusion_summary(plan, sweeps)
+    else:
+        summary += '.'
     command = ' '.join(['python benchmarks/d2c_evidence.py'] + args.argv)
     budgets = ','.join(str(b) for b in plan.fusion_budgets)
     lines = [
@@ -448,9 +555,11 @@ def write_report(plan, out, files, md_path, args, minutes, sweeps):
         'degraded with blur, bicubic downsampling, noise and JPEG (`d2csr/data/photo_pairs.py`, fixed seeds).',
         f'- Training: BasicSR pipeline (`d2csr/train.py`), {RUN_DEVICE["description"]}, batch 4 of 32x32 LR patches, Adam 5e-4 '
         f'halved at 70%; stage 1: {plan.iters} iterations, stage 2 (convergence net, tree frozen): {plan.conv_iters} '
-        f'iterations; the fusion study continues stage 2 to {budgets} times that.',
-        f'- Small D2C: 32 features, G=2, B=1 (the paper\'s small Table 4 baseline), alpha {PAPER_ALPHA:g} (paper), '
-        f'margins 5e-5 / 2e-5, theta 0.8. Bicubic skip: {"on" if plan.base.get("bicubic_skip") else "off"}.']
+        'iterations' + (f'; the fusion study continues stage 2 to {budgets} times that.' if sweeps else '.'),
+        f'- Small D2C: 32 features, G=2, B=1 (the paper\'s small Table 4 baseline), the shipped divergence term: alpha '
+        f'{SHIPPED_ALPHA:g} (constant; the authors\' {PAPER_ALPHA:g} in the sweep), margins '
+        f'{DIVERGENCE_MARGINS[0]:g} / {DIVERGENCE_MARGINS[1]:g}, theta 0.8. Bicubic skip: '
+        f'{"on" if plan.base.get("bicubic_skip") else "off"}.']
     if full:
         lines.append(f'- Single-branch RCAN: the same blocks in one branch (L=1, C=1, G=4, B={out["rcan"]["net"]["num_block"]}), '
                      f'{out["rcan"]["params"]:,d} parameters vs {out["d2c"]["params"]:,d}; same data and number of updates.')
@@ -459,28 +568,24 @@ def write_report(plan, out, files, md_path, args, minutes, sweeps):
         f'validation log, the demo and the visualizer); "{BICUBIC_LABEL}" is BasicSR\'s MATLAB-style `imresize`; '
         f'"{MEAN_LABEL}" is the plain average of the branch images (uniform weights 1/P); "oracle" picks per pixel '
         'the branch closest to HR; "mean |W - 1/P|" is how far the convergence weights are from uniform.',
-        '- Branch diversity: mean over branch pairs of mean((res_i - res_j)^2), res = |G(I_i) - G(HR)| (eq. 2-3).', '']
-    tags = ['d2c', 'rcan', 'd2c_alpha0', 'd2c_no_deep_res'] if full else ['d2c']
+        '- Branch diversity: mean over held-out images and branch pairs of mean((res_i - res_j)^2), '
+        'res = |G(I_i) - G(HR)| (eq. 2-3).', '']
+    tags = ['d2c', 'rcan', 'd2c_alpha0', 'd2c_no_deep_res'] if full else [t for t in ('d2c', 'd2c_alpha0') if t in out]
     lines += ['## Models (PSNR / SSIM on the held-out photos)', '', results_table(out, tags), '']
     if full:
         lines += [
             '- ' + verdict(fused['d2c'], fused['rcan'], 'D2C fused vs single-branch RCAN'),
             '- ' + verdict(fused['d2c'], fused['d2c_alpha0'], 'D2C vs D2C without divergence term (paper Table 5)'),
-            '- ' + verdict(fused['d2c'], fused['d2c_no_deep_res'], 'D2C vs D2C without deep residual (paper Table 5)'),
+            '- ' + verdict(fused['d2c'], fused['d2c_no_deep_res'], 'D2C vs D2C without the multi-branch deep residual '
+                           '(paper Table 5: the intermediate residuals removed, the head-to-leaf skip kept)'),
             '']
     lines += [f'![PSNR over iterations]({rel(files["curves"])})', '']
-    lines += fusion_section(plan, out, sweeps, files, rel)
+    if sweeps:
+        lines += fusion_section(plan, out, sweeps, files, rel)
+    if plan.alphas:
+        lines += alpha_section(plan, out, files, rel)
     if full:
-        lines += ['## Alpha sweep (paper Fig. 9)', '',
-                  '| alpha | branch diversity | mean branch PSNR | mean-of-branches PSNR | fused PSNR | oracle PSNR |',
-                  '| ---: | ---: | ---: | ---: | ---: | ---: |']
-        for a in plan.alphas:
-            r = out[plan.alpha_tag(a)]['results']
-            lines.append(f'| {a:g} | {out[plan.alpha_tag(a)]["diversity"]:.4f} | {mean_branch_psnr(r):.2f} | '
-                         f'{r["mean"]["psnr"]:.2f} | {r["fused"]["psnr"]:.2f} | {r["oracle"]["psnr"]:.2f} |')
-        lines += ['', '"mean branch PSNR" averages the branches\' PSNRs; "mean-of-branches PSNR" is the PSNR of their '
-                  'average image.', '', f'![alpha sweep]({rel(files["alpha"])})', '',
-                  '## Width and depth (paper Table 4)', '',
+        lines += ['## Width and depth (paper Table 4)', '',
                   '| L | C | P | parameters | mean-of-branches PSNR | fused PSNR | oracle PSNR |',
                   '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
         for depth, width in plan.trees:
@@ -494,10 +599,22 @@ def write_report(plan, out, files, md_path, args, minutes, sweeps):
               '- These are minutes of training of networks 7x smaller than the paper\'s; the paper trains for days on '
               'RealSR. Differences of a few hundredths of a dB between runs are within run-to-run noise here.',
               '- Where a comparison above disagrees with the paper, that is what this budget gives; it is not evidence '
-              'against the paper at full scale, and agreement is not proof of it either.']
+              'against the paper at full scale, and agreement is not proof of it either.',
+              '- The alpha that acts depends on the setting (data, network size, patch and batch size): the ratio '
+              '`trip_grad_ratio` in the training log tells, for any run, whether the divergence term acts.']
     with open(md_path, 'w') as f:
         f.write('\n'.join(lines) + '\n')
     return summary
+
+
+def parse_alphas(text):
+    try:
+        alphas = sorted({float(a) for a in text.split(',') if a.strip()})
+    except ValueError:
+        alphas = [-1.0]
+    if any(not math.isfinite(a) or a < 0 for a in alphas):
+        raise argparse.ArgumentTypeError(f'--alphas: comma-separated numbers >= 0 (e.g. 2e-3,5e-2), got {text!r}')
+    return alphas
 
 
 def parse_budgets(text):
@@ -513,8 +630,12 @@ def parse_budgets(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true', help='reduced plan (a few minutes)')
-    parser.add_argument('--plan', choices=('full', 'fusion'), default='full',
-                        help='full: every study; fusion: only the small D2C and the fusion-budget study')
+    parser.add_argument('--plan', choices=('full', 'fusion', 'alpha'), default='full',
+                        help='full: every study; fusion: only the small D2C and the fusion-budget study; alpha: only '
+                             'the small D2C and the alpha sweep')
+    parser.add_argument('--alphas', type=parse_alphas, default=None,
+                        help='alphas of the sweep besides 0, the authors\' 2e-5 and the shipped one (comma-separated; '
+                             'default none with --quick, else 2e-4,2e-3,5e-3,1e-2,5e-2,1e-1)')
     parser.add_argument('--iters', type=int, default=None, help='stage-1 iterations (default 400, quick 40)')
     parser.add_argument('--conv-iters', type=int, default=None, help='stage-2 iterations (default iters / 4)')
     parser.add_argument('--fusion-budgets', type=parse_budgets, default=None,
@@ -539,7 +660,7 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
 
-    plan = Plan(args.quick, iters, args.bicubic_skip, args.conv_iters, args.fusion_budgets, args.plan)
+    plan = Plan(args.quick, iters, args.bicubic_skip, args.conv_iters, args.fusion_budgets, args.plan, args.alphas)
     plan.device = where.device.type  # 'cuda': data workers and evaluation on the GPU
     if args.out.endswith('.md'):
         md_path, fig_dir = args.out, args.out[:-len('.md')]
@@ -547,12 +668,13 @@ def main(argv=None):
         md_path, fig_dir = osp.join(args.out, 'evidence.md'), osp.join(args.out, 'evidence')
     work = osp.join(fig_dir, 'work')
     os.makedirs(fig_dir, exist_ok=True)
-    log(f'Building the data set and {len(plan.runs)} runs of {iters} (+{plan.conv_iters}) iterations, then the fusion '
-        f'study (stage 2 up to {plan.fusion_budgets[-1] * plan.conv_iters} iterations, 2 runs) on {where.description}...')
+    log(f'Building the data set and {len(plan.runs)} runs of {iters} (+{plan.conv_iters}) iterations'
+        + (f', then the fusion study (stage 2 up to {plan.fusion_budgets[-1] * plan.conv_iters} iterations, 2 runs)'
+           if plan.kind != 'alpha' else '') + f' on {where.description}...')
     data_root = osp.join(work, 'data')
     build_photo_pairs(data_root, SCALE, max_side=plan.max_side, val_max_side=plan.val_max_side)
     out, pairs = run_all(plan, data_root, work, args.prefix, log)
-    sweeps = run_fusion_budgets(plan, out, data_root, work, args.prefix, log)
+    sweeps = run_fusion_budgets(plan, out, data_root, work, args.prefix, log) if plan.kind != 'alpha' else {}
     files = save_plots(plan, out, pairs, fig_dir, sweeps)
     files['dir'] = fig_dir
     minutes = (time.time() - start) / 60
@@ -560,7 +682,8 @@ def main(argv=None):
     with open(osp.join(fig_dir, 'results.json'), 'w') as f:
         json.dump({'iters': iters, 'conv_iters': plan.conv_iters, 'alphas': plan.alphas, 'trees': plan.trees,
                    'plan': plan.kind, 'device': RUN_DEVICE['description'], 'minutes': minutes,
-                   'fusion_budgets': plan.fusion_budgets,
+                   'fusion_budgets': plan.fusion_budgets, 'shipped_alpha': SHIPPED_ALPHA, 'authors_alpha': PAPER_ALPHA,
+                   'variants': plan.variants,
                    'fusion': {k: dict(label=plan.fusion_variants[k]['label'], points=v) for k, v in sweeps.items()},
                    'runs': {t: {k: v for k, v in r.items() if k not in ('weights', 'stage1_weights')}
                             for t, r in out.items()}}, f, indent=1)

@@ -28,6 +28,7 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from basicsr.utils.matlab_functions import imresize
 
+from d2csr.losses import DivergenceLoss
 from d2csr.utils.atomic import atomic_write
 
 BICUBIC_LABEL = 'bicubic (MATLAB imresize)'
@@ -172,6 +173,37 @@ def evaluate_pairs(net, pairs, scale, device='cpu'):
     results = OrderedDict((row, {k: v / count for k, v in entry.items()}) for row, entry in sums.items())
     results['fused']['weight_mad'] = mad / count
     return results
+
+
+def branch_diversity(branches, target):
+    """How different the branches' errors are: the mean over branch pairs ``i < j`` of ``mean((res_i - res_j)^2)``,
+    ``res = |G(I_i) - G(HR)|`` (paper eq. 2-3: Y channel, each image's own mean and std), a float.
+
+    ``branches``: list of ``P`` tensors ``(N, 3, H, W)``; ``target``: ``(N, 3, H, W)``. 0 when all branches err
+    alike; the divergence term (eq. 5) pushes it up. One branch gives 0.
+    """
+    gray = DivergenceLoss(depth=1, width=1, margins=0.0).to(target.device)  # only its normalized_gray
+    with torch.no_grad():
+        res = [(gray.normalized_gray(b.float()) - gray.normalized_gray(target.float())).abs() for b in branches]
+        pairs = [((res[i] - res[j])**2).mean().item() for i in range(len(res)) for j in range(i + 1, len(res))]
+    return float(np.mean(pairs)) if pairs else 0.0
+
+
+def diversity_of_pairs(net, pairs, scale, device='cpu'):
+    """:func:`branch_diversity` of ``net`` (a :class:`~d2csr.archs.D2CSR`) averaged over image ``pairs``
+    (``(lr_path, hr_path)``; HR cropped to ``scale x`` LR size, as :func:`evaluate_pairs` does)."""
+    net.eval()
+    values = []
+    for lr_path, hr_path in pairs:
+        lr, hr = read_rgb(lr_path), read_rgb(hr_path)
+        hr = hr[:lr.shape[0] * scale, :lr.shape[1] * scale]
+        lr_t = img2tensor(lr, bgr2rgb=False).unsqueeze(0).to(device)
+        hr_t = img2tensor(hr, bgr2rgb=False).unsqueeze(0).to(device)
+        with torch.no_grad():
+            values.append(branch_diversity(net.forward_branches(lr_t), hr_t))
+    if not values:
+        raise ValueError('diversity_of_pairs: no image pairs given')
+    return float(np.mean(values))
 
 
 def row_label(row):

@@ -11,7 +11,11 @@ are the files in ``options/``; these dicts follow their structure::
 import copy
 import os.path as osp
 
-DIVERGENCE_MARGINS = (5e-5, 2e-5)  # the paper's margins: root level first, then 2e-5 for every deeper level
+from d2csr.losses.d2csr_losses import AUTHORS_ALPHA, DIVERGENCE_ALPHA  # noqa: F401  (re-exported)
+
+# The divergence term as options/train_D2C_div_*.yml ship it (tests/test_divergence_acts.py checks that they agree):
+# alpha chosen by the sweep in docs/evidence.md (d2csr.losses), the authors' margins.
+DIVERGENCE_MARGINS = (5e-5, 2e-5)  # the authors' margins: root level (cousins) first, then 2e-5 for deeper levels
 
 
 def set_option(opt, key, value):
@@ -35,8 +39,9 @@ def y_channel_metrics(scale):
                 ssim=dict(type='calculate_ssim', crop_border=scale, test_y_channel=True))
 
 
-def divergence_loss(network, alpha):
-    """The paper's ``DivergenceLoss`` for the tree ``network`` (margins per level, theta 0.8, Y, per image)."""
+def divergence_loss(network, alpha=DIVERGENCE_ALPHA):
+    """The shipped ``DivergenceLoss`` for the tree ``network`` (the authors' margins per level, theta 0.8, Y, per
+    image; alpha constant)."""
     depth, width = network.get('depth', 2), network.get('width', 2)
     margins = [DIVERGENCE_MARGINS[0]] + [DIVERGENCE_MARGINS[1]] * (depth - 1)
     return dict(type='DivergenceLoss', alpha=alpha, margins=margins, theta=0.8, gray='y', norm='image', depth=depth,
@@ -44,8 +49,8 @@ def divergence_loss(network, alpha):
 
 
 def train_options(name, stage, data_root, network, total_iter, *, pretrain=None, num_gpu=0, gt_size=128,
-                  batch_size=4, enlarge_ratio=100, num_workers=0, lr=5e-4, milestones=None, alpha=2e-5, amp=None,
-                  validate=True, val_freq=None, print_freq=None, checkpoint_freq=None, overrides=None):
+                  batch_size=4, enlarge_ratio=100, num_workers=0, lr=5e-4, milestones=None, alpha=DIVERGENCE_ALPHA,
+                  amp=None, validate=True, val_freq=None, print_freq=None, checkpoint_freq=None, overrides=None):
     """Options of one training stage (``'divergence'``, ``'convergence'`` or ``'joint'``) of a D2CModel.
 
     Args:
@@ -55,7 +60,7 @@ def train_options(name, stage, data_root, network, total_iter, *, pretrain=None,
         pretrain: weights to start from (stage 2: the stage-1 tree).
         gt_size, batch_size, enlarge_ratio, num_workers: the training data loader's settings.
         lr, milestones: Adam's learning rate, halved at ``milestones`` (default: at 70% of ``total_iter``).
-        alpha: the divergence term's weight (stages ``divergence`` / ``joint``).
+        alpha: the divergence term's weight (stages ``divergence`` / ``joint``); default the shipped one.
         amp: ``'bf16'`` / ``'fp16'`` / ``None`` for training and validation.
         val_freq, print_freq, checkpoint_freq: default half, a tenth and all of ``total_iter``.
         overrides: ``{'a:b': value}`` set last (:func:`set_option`).

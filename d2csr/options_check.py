@@ -97,7 +97,8 @@ def _check_divergence(train, problems):
         if any(_bad_number(m) for m in values):
             problems.append(f'train:divergence_opt:margins must be finite numbers >= 0, got {margins!r}.')
     schedule = div.get('alpha_schedule')
-    for key in ('start_iter', 'period', 'on_iters', 'decay_every', 'decay_factor'):
+    for key in ('start_iter', 'period', 'on_iters', 'decay_every', 'decay_factor', 'iters_per_epoch', 'start_epoch',
+                'every_epochs', 'on_epochs', 'decay_epochs'):
         if isinstance(schedule, dict) and _bad_number(schedule.get(key)):
             problems.append(f'train:divergence_opt:alpha_schedule:{key} must be a finite number >= 0, got '
                             f'{schedule[key]!r}.')

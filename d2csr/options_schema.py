@@ -153,6 +153,7 @@ TRAIN = {
         amp=key(('str', 'bool', 'none'), note='bf16, fp16 or ~ (fp32)'),  # values: d2csr.options_check
         compile=key(('str', 'bool', 'none')),
         compile_backend=key('str'),
+        log_grad_ratio=key('bool', note='stage 1: log the triplet term\'s gradient ratio at log lines (default true)'),
         optim_c=key(('dict', 'none'), note='stage joint: the convergence net\'s optimizer (default: optim_g)'),
         divergence_opt=key(('dict', 'none'), note='the divergence loss (stages divergence and joint)'),
         convergence_opt=key(('dict', 'none'), note='the convergence loss (stages convergence and joint)')),

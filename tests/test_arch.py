@@ -67,11 +67,51 @@ def test_leaf_order_is_depth_first_left_to_right():
     assert changed == [True, True, False, False]
 
 
-def test_deep_residual_switch_removes_res_convs():
-    on = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
-    off = D2CSR(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2, deep_residual=False)
-    assert count(on.parameters()) - count(off.parameters()) == 4 * 2 * (8 * 8 * 9 + 8)
-    assert off(torch.rand(1, 3, 4, 4)).shape == (1, 3, 8, 8)
+def test_deep_residual_false_is_the_papers_ablation_head_skip_kept():
+    """Paper Table 5 "w/o Multi Deep Res" removes the residuals from intermediate branches to their
+    sub-branches and keeps the one from the head features to the end branches: one conv per leaf
+    (``res_convs.i.1``, named as in the full structure), and the leaf adds the head feature."""
+    small = dict(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    on, off, none = (D2CSR(**small), D2CSR(**small, deep_residual=False), D2CSR(**small, deep_residual='no_skip'))
+    conv = 8 * 8 * 9 + 8
+    assert count(on.parameters()) - count(off.parameters()) == 4 * 1 * conv  # the parents' convs only
+    assert count(on.parameters()) - count(none.parameters()) == 4 * 2 * conv
+    assert sorted(k for k in off.state_dict() if k.startswith('res_convs.0.')) == ['res_convs.0.1.bias',
+                                                                                  'res_convs.0.1.weight']
+    off.load_state_dict(on.state_dict(), strict=False)  # the kept convs have the full structure's names
+    x = torch.rand(1, 3, 4, 4)
+    with torch.no_grad():
+        for leaf in range(4):  # leaf = res_conv(node(parent)) + head: zero the conv and the node's output ...
+            off.res_convs[leaf]['1'].weight.zero_()
+            off.res_convs[leaf]['1'].bias.zero_()
+        head = off.head(off._sub_mean(x))
+        features = off.leaf_features(x)
+    for feature in features:  # ... and the head feature reaches the leaf unchanged
+        torch.testing.assert_close(feature, head)
+    assert off(x).shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match='deep_residual'):
+        D2CSR(**small, deep_residual='yes')
+
+
+def test_checkpoints_of_the_former_deep_residual_false_still_load(tmp_path):
+    """d2csr's former ``false`` had no res_convs at all (now ``'no_skip'``): such weights loaded into a
+    ``false`` network switch it to ``'no_skip'`` (with a warning) and compute what they computed; options
+    inferred from them say ``'no_skip'``; the paper's ablation infers as ``false``."""
+    from d2csr.archs.infer_options import infer_network_options
+
+    small = dict(num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    torch.manual_seed(0)
+    legacy = D2CSR(**small, deep_residual='no_skip').eval()
+    x = torch.rand(1, 3, 5, 4)
+    net = D2CSR(**small, deep_residual=False).eval()
+    with pytest.warns(UserWarning, match='no_skip'):
+        net.load_state_dict(legacy.state_dict(), strict=True)
+    assert net.deep_residual == 'no_skip'
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), legacy(x), rtol=0, atol=0)
+    assert infer_network_options(legacy.state_dict())['deep_residual'] == 'no_skip'
+    assert infer_network_options(D2CSR(**small, deep_residual=False).state_dict())['deep_residual'] is False
+    assert infer_network_options(D2CSR(**small).state_dict())['deep_residual'] is True
 
 
 def test_learnable_mean_shift_starts_as_the_fixed_shift():

@@ -38,11 +38,11 @@ def train(tmp_path, stem, datasets, scale=4, total_iter=2):
 
 
 def validated(log, name):
-    """The PSNR BasicSR logged for the validation set ``name``."""
+    """The PSNR BasicSR logged for the validation set ``name`` (stage 1: of the mean of the branches)."""
     marker = f'Validation {name}\n'
     assert marker in log, f'{name} was not validated:\n{log[-3000:]}'
-    line = next(line for line in log.split(marker, 1)[1].splitlines() if '# psnr:' in line)
-    return float(line.split('# psnr:')[1].split()[0])
+    line = next(line for line in log.split(marker, 1)[1].splitlines() if '# psnr_mean_of_branches:' in line)
+    return float(line.split('# psnr_mean_of_branches:')[1].split()[0])
 
 
 def test_train_on_the_raw_layouts_and_validate_on_each(trees, tmp_path):

@@ -1,5 +1,7 @@
-"""The evidence script's quick mode: every table and plot comes from the run, and alpha > 0 diversifies; the
-mean of the branches is reported beside the fused output, and the fusion-budget study has its rows and plot.
+"""The evidence script's quick mode: every table and plot comes from the run, and the shipped alpha diversifies
+(the alpha sweep has the authors' 2e-5, the shipped alpha, their logged gradient ratios, the margins and
+schedule variants); the mean of the branches is reported beside the fused output, and the fusion-budget study
+has its rows and plot.
 
 The script runs in this process, and each of its trainings runs ``d2csr/train.py`` in this process too
 (:func:`conftest.run_script`) instead of a fresh interpreter per run: the same files, options and pipeline,
@@ -11,6 +13,7 @@ import re
 import cv2
 
 from conftest import ROOT, RUN_ID, WORK, load_script, run_script
+from d2csr.options import DIVERGENCE_ALPHA
 
 
 def test_quick_evidence_run_produces_its_report(tmp_path, monkeypatch, capsys):
@@ -31,9 +34,20 @@ def test_quick_evidence_run_produces_its_report(tmp_path, monkeypatch, capsys):
     d2c = runs['d2c']['results']
     assert f'{d2c["fused"]["psnr"]:.2f} / {d2c["fused"]["ssim"]:.4f}' in md
     assert f'{runs["rcan"]["results"]["fused"]["psnr"]:.2f} / ' in md
+    # the alpha sweep: alpha 0, the authors' 2e-5 and the shipped alpha, with the logged gradient ratio
+    assert data['authors_alpha'] == 2e-5 and data['shipped_alpha'] == DIVERGENCE_ALPHA
+    assert {0.0, 2e-5, DIVERGENCE_ALPHA} <= set(data['alphas'])
     for alpha in data['alphas']:
-        tag = {0.0: 'd2c_alpha0', 2e-5: 'd2c'}.get(alpha, f'alpha_{alpha:g}')
-        assert re.search(rf'\| {alpha:g} \| {runs[tag]["diversity"]:.4f} \|', md)
+        tag = {0.0: 'd2c_alpha0', DIVERGENCE_ALPHA: 'd2c'}.get(alpha, f'alpha_{alpha:g}')
+        ratio = runs[tag]['logged'].get('trip_grad_ratio', 0.0)
+        assert (ratio > 0) == (alpha > 0)
+        assert re.search(rf'\| {alpha:g}[^|]* \| {runs[tag]["diversity"]:.4f} \| '
+                         rf'{runs[tag]["diversity"] / runs["d2c_alpha0"]["diversity"]:.2f}x \|.* \| {ratio:.2g} \|', md)
+    assert runs['d2c']['logged']['trip_grad_ratio'] > 100 * runs['alpha_2e-05']['logged']['trip_grad_ratio']
+    # margins 1000x the authors': the hinge is on for every pair, so the run is the shipped one, to the bit
+    assert runs['d2c_margins_x1000']['results'] == runs['d2c']['results']
+    assert 'every figure is the same, to the last digit' in md
+    assert {'d2c_authors_windows'} <= set(runs) and 'like the authors\' schedule' in md
     assert runs['rcan']['params'] >= runs['d2c']['params']
     assert len(runs['d2c']['curve']) == 2 and runs['d2c']['curve'][-1][0] == 6
     # the mean of the branches and the weights' deviation from uniform beside every fused output
@@ -62,7 +76,7 @@ def test_quick_evidence_run_produces_its_report(tmp_path, monkeypatch, capsys):
         img = cv2.imread(str(tmp_path / 'evidence' / name))
         assert img is not None and img.shape[0] > 100 and img.shape[1] > 100
         assert f'evidence/{name}' in md
-    # the divergence term makes the branches more diverse than no divergence term
-    assert runs[f'alpha_{max(data["alphas"]):g}']['diversity'] > runs['d2c_alpha0']['diversity']
+    # the shipped divergence term makes the branches more diverse than no divergence term
+    assert runs['d2c']['diversity'] > runs['d2c_alpha0']['diversity']
     # nothing left behind in experiments/
     assert not list((WORK / 'experiments').glob(f'{prefix}*'))

@@ -89,22 +89,35 @@ def test_pair_depths():
     assert common.tolist() == [[2, 2, 1, 1], [2, 2, 1, 1], [1, 1, 2, 2], [1, 1, 2, 2]]
 
 
-def test_schedule_maps_the_authors_epochs():
-    """Authors: off until epoch 200, on when epoch % 1000 < 200, halved every 2000 (here: 1 epoch = 10 iters)."""
-    sched = DivergenceWeightSchedule(2e-5, start_iter=2000, period=10000, on_iters=2000, decay_every=20000)
+def authors_adjust_diver(step, steps_per_epoch, diver_w=2e-5, start=200, every=1000, epochs=200, decay_epoch=2000,
+                         rate=0.5):
+    """The authors' ``train.py``: ``adjust_diver(step // steps_per_epoch, ...)`` for their steps 0, 1, ... (numpy)."""
+    epoch = step // steps_per_epoch
+    return np.where((epoch > start) & (epoch % every < epochs), diver_w * rate**(epoch // decay_epoch), 0.0)
 
-    def authors(epoch):
-        if epoch <= 200:
-            return 0.0
-        w = 2e-5 * 0.5**(epoch // 2000)
-        return w if epoch % 1000 < 200 else 0.0
 
-    for it in [0, 1990, 2000, 2010, 5000, 10000, 11990, 12000, 20000, 20500, 30000, 41000]:
-        assert sched(it) == pytest.approx(authors(it // 10), abs=0)
-    assert sched(2000) == 0.0 and sched(10000) == pytest.approx(2e-5) and sched(12000) == 0.0
-    assert sched(20000) == pytest.approx(1e-5) and sched(40000) == pytest.approx(5e-6)
+def test_schedule_in_epochs_is_the_authors_adjust_diver_iteration_for_iteration():
+    """The whole x4 schedule (20000 epochs of 459 // 4 = 114 steps): BasicSR's iteration ``i`` is the authors'
+    step ``i - 1``; every one of the 2,280,000 values is theirs. The first window is epochs 1000-1199."""
+    sched = DivergenceWeightSchedule(2e-5, iters_per_epoch=114, start_epoch=200, every_epochs=1000, on_epochs=200,
+                                     decay_epochs=2000, decay_factor=0.5)
+    total = 20000 * 114
+    ours = np.array([sched(it) for it in range(1, total + 1)])
+    theirs = authors_adjust_diver(np.arange(total), 114)
+    assert np.array_equal(ours, theirs)
+    first = int(np.argmax(ours > 0)) + 1
+    assert first == 1000 * 114 + 1 and sched(first - 1) == 0.0  # iteration 114001: step 114000, epoch 1000
+    assert sched(1200 * 114) > 0 and sched(1200 * 114 + 1) == 0.0  # last iteration of epoch 1199, then off
+    assert sched(2000 * 114 + 1) == pytest.approx(1e-5)  # halved from epoch 2000
+    # the iteration form (d2csr's own): off while current_iter <= start_iter, on for on_iters of every period
+    it_sched = DivergenceWeightSchedule(1.0, start_iter=5, period=10, on_iters=3, decay_every=20)
+    assert [it_sched(i) for i in range(1, 24)] == [0.0] * 9 + [1, 1, 1] + [0.0] * 7 + [0.5, 0.5, 0.5, 0.0]
     loss = DivergenceLoss(alpha=1.0, alpha_schedule=dict(start_iter=5))
     assert loss.terms([torch.rand(1, 3, 4, 4)] * 4, torch.rand(1, 3, 4, 4), current_iter=3)['alpha'] == 0.0
+    with pytest.raises(ValueError, match='not both'):
+        DivergenceWeightSchedule(1.0, start_iter=5, iters_per_epoch=10, start_epoch=2)
+    with pytest.raises(ValueError, match='iters_per_epoch'):
+        DivergenceWeightSchedule(1.0, start_epoch=2)
 
 
 def test_convergence_loss_is_mse():

@@ -213,9 +213,10 @@ def test_percep_option_files_are_the_plain_ones_plus_the_vgg_loss_and_lpips(scal
 # ------------------------------------------------------------------------------------------------------
 # through the entry points
 def lpips_values(log):
-    """``[(value, best, best_iter)]`` of the validation lines of ``log`` for the ``lpips`` metric."""
-    return [(float(v), float(b), int(i))
-            for v, b, i in re.findall(r'# lpips: ([\d.]+)\s+Best: ([\d.]+) @ (\d+) iter', log)]
+    """``[(value, best, best_iter)]`` of the validation lines of ``log`` for the ``lpips`` metric (stage 1: of the
+    mean of the branches, ``lpips_mean_of_branches``)."""
+    return [(float(v), float(b), int(i)) for v, b, i in
+            re.findall(r'# lpips(?:_mean_of_branches)?: ([\d.]+)\s+Best: ([\d.]+) @ (\d+) iter', log)]
 
 
 @pytest.fixture(scope='module')
@@ -264,7 +265,7 @@ def test_best_lpips_is_tracked_as_the_minimum(percep_runs):
             assert seen[best_iter - 1] == best, values
         else:  # a tie at the final validation moves "Best" to it
             assert n == 4 and seen[3] == best, values
-    psnr = re.findall(r'# psnr: ([\d.]+)\s+Best: ([\d.]+) @', train_log(percep_runs['div']))
+    psnr = re.findall(r'# psnr_mean_of_branches: ([\d.]+)\s+Best: ([\d.]+) @', train_log(percep_runs['div']))
     assert float(psnr[-1][1]) == max(float(v) for v, _ in psnr)  # PSNR still tracked as the maximum
 
 

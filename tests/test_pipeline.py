@@ -37,6 +37,12 @@ def test_divergence_stage_trains_tree_only(two_stage):
     log = next(experiment_dir(two_stage['div']).glob('train_*.log')).read_text()
     assert 'l_triplet' in log and 'psnr_oracle' in log and 'psnr_branch4' in log
     assert 'psnr_mean' in log and 'weight_mad' in log and 'psnr_bicubic' in log
+    # stage 1's headline metrics score what it trains, the branches (their mean), named so, with "Best"
+    headline = re.findall(r'# psnr_mean_of_branches: ([0-9.]+)\s+Best: ([0-9.]+) @ (\d+) iter', log)
+    rows = re.findall(r'# psnr_mean: ([0-9.]+)', log)
+    assert headline and len(headline) == len(rows) and '# psnr:' not in log and '# ssim_mean_of_branches:' in log
+    assert [v for v, _, _ in headline] == rows  # the PSNR of the mean image, as the branch rows compute it
+    assert float(headline[-1][1]) == max(float(v) for v, _, _ in headline)
 
 
 def test_ema_is_kept_and_saved_as_in_srmodel(two_stage):
@@ -47,7 +53,8 @@ def test_ema_is_kept_and_saved_as_in_srmodel(two_stage):
 
 
 def test_convergence_stage_freezes_tree_bit_exactly(two_stage):
-    before = load_params(two_stage['div_ckpt'])
+    """Stage 2 freezes the tree that stage 1's validation scored: stage 1 ran with EMA, so its ``params_ema``."""
+    before = torch.load(two_stage['div_ckpt'], map_location='cpu', weights_only=True)['params_ema']
     after = load_params(two_stage['conv_ckpt'])
     tree_keys = [k for k in before if not k.startswith('fusion.')]
     assert tree_keys and all(torch.equal(before[k], after[k]) for k in tree_keys)

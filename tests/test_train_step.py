@@ -366,14 +366,19 @@ def test_benchmark_step_rows_from_the_option_files(capsys):
     out = capsys.readouterr().out
     assert 'D2CModel.optimize_parameters from options/train_D2C_div_x4.yml' in out
     steps = res['steps']
-    assert set(steps['rows']) == {f'{kind}_{dtype}' for kind in ('divergence', 'convergence', 'hand_written')
-                                  for dtype in ('fp32', 'bf16')}
+    assert set(steps['rows']) == {f'{kind}_{dtype}' for kind in ('divergence', 'divergence_log_line', 'convergence',
+                                                                 'hand_written') for dtype in ('fp32', 'bf16')}
     assert set(steps['limits_gflops']) == {'fp32', 'bf16'} and min(steps['limits_gflops'].values()) > 0
     for name, row in steps['rows'].items():
         assert row['dtype'] == name.rsplit('_', 1)[1] and (row['batch'], row['patch']) == (2, 8)
         assert row['wall_ms'] > 0 and row['launches_per_step'] > 10 and row['gflop_per_step'] > 0
         assert row['kernel_ms'] is None and row['gpu_busy'] is None  # CPU: no kernel timeline
         assert row['of_limit'] == pytest.approx(row['gflops'] / steps['limits_gflops'][row['dtype']])
-        assert row['paper_x4_hours'] == pytest.approx(row['wall_ms'] / 1e3 * 2.29e6 / 3600)
+        assert row['paper_x4_hours'] == pytest.approx(row['wall_ms'] / 1e3 * 2.28e6 / 3600)  # 20000 x (459 // 4)
     # the stage-1 step trains the tree (more FLOPs than the convergence step, whose tree is frozen)
     assert steps['rows']['divergence_fp32']['gflop_per_step'] > steps['rows']['convergence_fp32']['gflop_per_step']
+    # at a log line the step also computes trip_grad_ratio (one forward, two backward passes more)
+    line, plain = steps['rows']['divergence_log_line_fp32'], steps['rows']['divergence_fp32']
+    assert line['gflop_per_step'] > 1.5 * plain['gflop_per_step']
+    assert line['grad_ratio_ms'] == pytest.approx(line['wall_ms'] - plain['wall_ms'])
+    assert 'the trip_grad_ratio pass adds' in out

@@ -10,7 +10,7 @@ Parameter layout (used by checkpoints and by :mod:`d2csr.convert`):
 - ``nodes.k``: the tree's branch modules in breadth-first order (level 1 left to right, then level 2, ...);
   node ``k`` of level ``l`` (0-based within the level) is fed by node ``k // width`` of level ``l - 1``;
 - ``res_convs.i.j``: leaf ``i``'s multi-branch deep residual convs; ``j = 0`` adds the leaf's parent,
-  ``j = depth - 1`` adds the head feature;
+  ``j = depth - 1`` adds the head feature (``deep_residual: false`` keeps only that one, under the same name);
 - ``tails.i``: leaf ``i``'s upsampler and output conv;
 - ``fusion``: the :class:`ConvergenceNet`.
 
@@ -18,6 +18,8 @@ Speed: the weights and every feature map are channels-last (NHWC, :meth:`D2CSR.s
 RCAN blocks add in place (:class:`~d2csr.archs.branch_modules.RCABlock`) and the leaves' HR tails run one
 after the other. There is one forward: ``torch.autocast``, ``torch.compile`` and CUDA graphs all see it.
 """
+import warnings
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -178,8 +180,14 @@ class D2CSR(nn.Module):
         upscale (int): 2, 3, 4 or 8. Default: 4.
         depth (int): tree depth ``L`` >= 1. Default: 2.
         width (int): children per node ``C`` >= 1. Default: 2.
-        deep_residual (bool): multi-branch deep residual structure (paper Sec. 3.2); off for the
-            Table 5 ablation, where a leaf's feature goes to its tail unchanged. Default: True.
+        deep_residual (bool | str): the multi-branch deep residual structure (paper Sec. 3.2). ``True``: a
+            leaf adds, through one conv each, its parent's, grandparent's ... and the head's feature.
+            ``False``: the paper's Table 5 ablation "w/o Multi Deep Res", which removes the residuals from
+            intermediate branches to their sub-branches and keeps the one from the input (head) features to
+            the end branches: one conv + the head feature per leaf (for ``depth`` 1 the same as ``True``).
+            ``'no_skip'``: no residual at the leaves at all (what ``False`` meant in d2csr before; its
+            checkpoints, which have no ``res_convs``, load into a ``False`` network as ``'no_skip'``, with a
+            warning). Default: True.
         img_range (float): image range the network works in. Default: 1.0.
         rgb_mean (sequence): mean subtracted at the input and added at the output.
         mean_shift (str): ``'fixed'`` (BasicSR's RCAN: ``(x - mean) * img_range``), ``'learnable'``
@@ -248,6 +256,9 @@ class D2CSR(nn.Module):
         self.depth = depth
         self.width = width
         self.num_branches = width**depth
+        if not (isinstance(deep_residual, bool) or deep_residual == 'no_skip'):
+            raise ValueError(f'network_g:deep_residual must be true, false (the paper\'s ablation: the head skip '
+                             f'only) or \'no_skip\', got {deep_residual!r}')
         self.deep_residual = deep_residual
         self.img_range = img_range
         self.mean_shift = mean_shift
@@ -273,16 +284,54 @@ class D2CSR(nn.Module):
             self.head = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         num_nodes = sum(width**level for level in range(1, depth + 1))
         self.nodes = nn.ModuleList(build_branch_module(backbone, num_feat, **branch_opt) for _ in range(num_nodes))
-        if deep_residual:
-            self.res_convs = nn.ModuleList(
-                nn.ModuleList(nn.Conv2d(num_feat, num_feat, 3, 1, 1) for _ in range(depth))
-                for _ in range(self.num_branches))
+        self._build_res_convs(num_feat)
         self.tails = nn.ModuleList(
             make_tail(upsampler, upscale, num_feat, num_out_ch) for _ in range(self.num_branches))
         if not isinstance(fusion_last_relu, bool):
             raise ValueError(f'network_g:fusion_last_relu must be true or false, got {fusion_last_relu!r}')
         self.fusion = ConvergenceNet(self.num_branches, num_out_ch, fusion_feat, last_relu=fusion_last_relu)
         self.set_memory_format(torch.channels_last)
+
+    # ----------------------------------------------------------------------------------------------
+    # multi-branch deep residual structure
+    def _build_res_convs(self, num_feat):
+        """``res_convs.i.j`` for the levels ``j`` that ``deep_residual`` keeps (``self.res_levels``): all
+        (``True``), the head's, ``depth - 1`` (``False``), none (``'no_skip'``). A ``ModuleDict`` per leaf keyed
+        by ``str(j)``, so a kept conv has the same parameter name in every variant."""
+        if self.deep_residual is True:
+            self.res_levels = tuple(range(self.depth))
+        elif self.deep_residual is False:
+            self.res_levels = (self.depth - 1, )
+        else:
+            self.res_levels = ()
+        if hasattr(self, 'res_convs'):
+            del self.res_convs
+        if self.res_levels:
+            self.res_convs = nn.ModuleList(
+                nn.ModuleDict({str(j): nn.Conv2d(num_feat, num_feat, 3, 1, 1) for j in self.res_levels})
+                for _ in range(self.num_branches))
+
+    def adopt_legacy_no_skip(self, keys, prefix=''):
+        """Weights without any ``res_convs`` (``keys``: their names) for a ``deep_residual: false`` network come
+        from d2csr's former ``false``, now ``'no_skip'``: switch this network to ``'no_skip'`` (a warning says
+        so) and return True, so that those checkpoints keep loading and computing what they were trained for.
+        Called by ``load_state_dict`` and by :class:`~d2csr.models.D2CModel` before it compares shapes."""
+        keys = list(keys)
+        if not (self.deep_residual is False and self.res_levels
+                and any(k.startswith(prefix + 'tails.') for k in keys)
+                and not any(k.startswith(prefix + 'res_convs.') for k in keys)):
+            return False
+        warnings.warn('D2CSR: these weights have no res_convs: they come from d2csr\'s former `deep_residual: false` '
+                      '(no skip at the leaves) and are loaded as `deep_residual: no_skip`, which computes what they '
+                      'were trained for. Set network_g:deep_residual: no_skip to silence this; `false` is now the '
+                      'paper\'s ablation (the head skip kept).', stacklevel=3)
+        self.deep_residual = 'no_skip'
+        self._build_res_convs(0)
+        return True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.adopt_legacy_no_skip(state_dict.keys(), prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------------------------------------
     # tree structure helpers
@@ -353,9 +402,8 @@ class D2CSR(nn.Module):
                 for child in range(self.width):
                     descend(level + 1, index * self.width + child, path + [y])
                 return
-            if self.deep_residual:
-                for j in range(self.depth):
-                    y = self.res_convs[index][j](y).add_(path[-1 - j])
+            for j in self.res_levels:
+                y = self.res_convs[index][str(j)](y).add_(path[-1 - j])
             features.append(y)
 
         for child in range(self.width):

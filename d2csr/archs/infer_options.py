@@ -194,12 +194,21 @@ def infer_network_options(state):
         mean_shift = 'learnable'
     else:  # 'fixed' or 'none': no trace; 'fixed' (the default) needs one rgb_mean value per channel
         mean_shift = 'fixed' if num_in_ch == num_out_ch == 3 else 'none'
-    opts.update(upscale=upscale, depth=depth, width=width, deep_residual='res_convs.0.0.weight' in state,
+    opts.update(upscale=upscale, depth=depth, width=width, deep_residual=_deep_residual(state, depth),
                 mean_shift=mean_shift, backbone=backbone)
     if backbone != 'rcan':
         opts['backbone_opt'] = backbone_opt
     opts.update(upsampler=upsampler, fusion_feat=fusion_feat)
     return opts
+
+
+def _deep_residual(state, depth):
+    """``True`` (a conv per ancestor level), ``False`` (the head's only: the paper's ablation) or ``'no_skip'``
+    (none: d2csr's former ``false``), from leaf 0's ``res_convs``."""
+    levels = _indices(state, r'res_convs\.0\.(\d+)\.weight')
+    if not levels:
+        return 'no_skip'
+    return True if len(levels) == depth else False
 
 
 def build_from_state(state, scale=None, source='checkpoint', strict=True):

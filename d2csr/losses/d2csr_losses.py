@@ -8,41 +8,82 @@ from torch import nn
 from torch.nn import functional as F
 from d2csr.utils.registry import LOSS_REGISTRY  # d2csr's names, not BasicSR's table
 
+# alpha: d2csr's measured value (docs/evidence.md, options/train_D2C_div_*.yml); the authors' diver_w, 2e-5, was
+# never trained with a gradient and with one changes nothing.
+DIVERGENCE_ALPHA = 0.02
+AUTHORS_ALPHA = 2e-5
+
 # BT.601 luma coefficients on [0, 1] RGB (BasicSR's rgb2ycbcr without the offset, which G removes anyway).
 _Y_COEFFS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
 
 
 class DivergenceWeightSchedule:
-    """The weight ``alpha`` of the triplet term over training iterations (authors' ``adjust_diver``).
+    """The weight ``alpha`` of the triplet term over BasicSR's training iterations (``current_iter``, from 1).
 
-    ``alpha(it) = 0`` while ``it <= start_iter``; afterwards ``alpha * decay_factor ** (it // decay_every)``
-    during the first ``on_iters`` iterations of every ``period`` (counted from iteration 0, as the authors
-    count epochs), and 0 in the rest. Leaving ``period`` / ``decay_every`` unset keeps alpha always on /
-    constant. The authors' schedule in epochs (start 200, on for 200 of every 1000, halved every 2000)
-    maps to iterations by multiplying each by the iterations per epoch.
+    Two forms (``alpha_schedule`` in ``divergence_opt``); without either, alpha is constant:
+
+    - **in epochs**, the authors' ``adjust_diver`` iteration for iteration: their loop counts steps from 0
+      (``step = current_iter - 1``) and ``epoch = step // iters_per_epoch``; alpha is 0 while
+      ``epoch <= start_epoch``, then ``alpha * decay_factor ** (epoch // decay_epochs)`` while
+      ``epoch % every_epochs < on_epochs`` and 0 in the rest. Their values (``start_epoch`` 200,
+      ``every_epochs`` 1000, ``on_epochs`` 200, ``decay_epochs`` 2000, ``decay_factor`` 0.5) put the first
+      window at epochs 1000-1199: ``epoch > 200`` and ``epoch % 1000 < 200`` first hold together at 1000.
+      ``iters_per_epoch`` is their ``len(train) // batch`` (459 // 4 = 114 on RealSR x4).
+    - **in iterations** (d2csr's own, simpler): alpha is 0 while ``current_iter <= start_iter``; after it,
+      ``alpha * decay_factor ** (current_iter // decay_every)`` while ``current_iter % period < on_iters``
+      and 0 in the rest.
+
+    Leaving ``every_epochs`` / ``period`` (or ``decay_epochs`` / ``decay_every``) unset keeps alpha on
+    (constant) once it has started.
     """
 
-    def __init__(self, alpha, start_iter=0, period=None, on_iters=None, decay_every=None, decay_factor=0.5):
+    EPOCH_KEYS = ('iters_per_epoch', 'start_epoch', 'every_epochs', 'on_epochs', 'decay_epochs')
+    ITER_KEYS = ('start_iter', 'period', 'on_iters', 'decay_every')
+
+    def __init__(self, alpha, start_iter=0, period=None, on_iters=None, decay_every=None, decay_factor=0.5,
+                 iters_per_epoch=None, start_epoch=None, every_epochs=None, on_epochs=None, decay_epochs=None):
+        epochs = {k: v for k, v in zip(self.EPOCH_KEYS, (iters_per_epoch, start_epoch, every_epochs, on_epochs,
+                                                            decay_epochs)) if v is not None}
+        iters = {k: v for k, v in zip(self.ITER_KEYS, (start_iter, period, on_iters, decay_every))
+                 if v is not None and not (k == 'start_iter' and v == 0)}
+        if epochs and iters:
+            raise ValueError(f'alpha_schedule: give the schedule in epochs ({", ".join(self.EPOCH_KEYS)}) or in '
+                             f'iterations ({", ".join(self.ITER_KEYS)}), not both; got {sorted(epochs)} and '
+                             f'{sorted(iters)}')
+        self.by_epoch = bool(epochs)
+        if self.by_epoch:
+            if iters_per_epoch is None or not (isinstance(iters_per_epoch, int) and iters_per_epoch >= 1):
+                raise ValueError('alpha_schedule: a schedule in epochs needs iters_per_epoch, an integer >= 1 (the '
+                                 f'authors\' len(train) // batch, e.g. 459 // 4 = 114), got {iters_per_epoch!r}')
+            self.unit, start, period, on_iters, decay_every = (iters_per_epoch, start_epoch, every_epochs, on_epochs,
+                                                               decay_epochs)
+            names = ('every_epochs', 'on_epochs', 'decay_epochs')
+        else:
+            self.unit = 1
+            start = start_iter
+            names = ('period', 'on_iters', 'decay_every')
         if period is not None and (on_iters is None or not 0 < on_iters <= period):
-            raise ValueError(f'alpha_schedule:on_iters must be in (0, period={period}], got {on_iters!r}')
+            raise ValueError(f'alpha_schedule:{names[1]} must be in (0, {names[0]}={period}], got {on_iters!r}')
         if decay_every is not None and decay_every <= 0:
-            raise ValueError(f'alpha_schedule:decay_every must be > 0, got {decay_every!r}')
+            raise ValueError(f'alpha_schedule:{names[2]} must be > 0, got {decay_every!r}')
         self.alpha = float(alpha)
-        self.start_iter = start_iter
+        self.start = start
         self.period = period
-        self.on_iters = on_iters
+        self.on = on_iters
         self.decay_every = decay_every
         self.decay_factor = decay_factor
 
     def __call__(self, current_iter):
         if current_iter is None:
             return self.alpha
-        if current_iter <= self.start_iter:
+        # the authors' epoch of BasicSR's iteration; an iteration-form schedule counts iterations as they come
+        t = (current_iter - 1) // self.unit if self.by_epoch else current_iter
+        if self.start is not None and t <= self.start:
             return 0.0
-        if self.period is not None and current_iter % self.period >= self.on_iters:
+        if self.period is not None and t % self.period >= self.on:
             return 0.0
         if self.decay_every is not None:
-            return self.alpha * self.decay_factor**(current_iter // self.decay_every)
+            return self.alpha * self.decay_factor**(t // self.decay_every)
         return self.alpha
 
 
@@ -61,7 +102,8 @@ class DivergenceLoss(nn.Module):
     """``L_D = sum_i MSE(I_i, HR) + alpha * T_D`` (paper eq. 1, 7), with a triplet term that carries gradient.
 
     Args:
-        alpha (float): weight of the triplet term ``T_D`` (authors' ``diver_w``: 2e-5).
+        alpha (float): weight of the triplet term ``T_D``; default d2csr's measured 0.02 (the authors'
+            ``diver_w``, 2e-5, changes nothing once the term has a gradient; see docs/evidence.md).
         margins (float | list[float]): triplet margin per depth of the common parent of two leaves,
             root first (authors, L=2: ``[5e-5, 2e-5]`` for cousins, siblings); one float for all.
         theta (float): ``beta_ij = theta ** (l - 1)``, ``l`` the depth of the common parent (eq. 6).
@@ -75,8 +117,8 @@ class DivergenceLoss(nn.Module):
         loss_weight (float): scales the whole loss.
     """
 
-    def __init__(self, alpha=2e-5, margins=(5e-5, 2e-5), theta=0.8, gray='y', norm='image', depth=2, width=2,
-                 alpha_schedule=None, loss_weight=1.0, eps=1e-8):
+    def __init__(self, alpha=DIVERGENCE_ALPHA, margins=(5e-5, 2e-5), theta=0.8, gray='y', norm='image', depth=2,
+                 width=2, alpha_schedule=None, loss_weight=1.0, eps=1e-8):
         super().__init__()
         if gray not in ('y', 'mean'):
             raise ValueError(f"DivergenceLoss:gray must be 'y' or 'mean', got {gray!r}")
@@ -124,11 +166,26 @@ class DivergenceLoss(nn.Module):
         num = stacked.shape[0]
         if num < 2:
             return stacked.new_zeros(())
+        trip = F.relu(self.pair_hinges(stacked, target))
+        return (self.pair_beta * trip).sum() / (num * (num - 1))
+
+    def pair_hinges(self, branches, target):
+        """``(P, P)``: ``d(res_i, 0) - d(res_i, res_j) + margin_ij``, the argument of pair ``(i, j)``'s hinge
+        (anchor ``i``, negative ``j``; eq. 4); the triplet term is its positive part. ``branches``: list of ``P``
+        ``(N, C, H, W)`` or one ``(P, N, C, H, W)`` tensor."""
+        stacked = torch.stack(list(branches)) if isinstance(branches, (list, tuple)) else branches
+        num = stacked.shape[0]
         residuals = (self.normalized_gray(stacked) - self.normalized_gray(target).unsqueeze(0)).abs()
         flat = residuals.reshape(num, -1)
         gram = flat @ flat.t() / flat.shape[1]
-        trip = F.relu(2 * gram - gram.diagonal().unsqueeze(0) + self.pair_margin)
-        return (self.pair_beta * trip).sum() / (num * (num - 1))
+        return 2 * gram - gram.diagonal().unsqueeze(0) + self.pair_margin
+
+    def active_share(self, branches, target):
+        """Share (0-dim tensor) of the ordered pairs ``i != j`` whose hinge is on (argument > 0): where it is
+        off, the pair gives no gradient; while it is 1, the margins change no gradient, only the loss value."""
+        hinges = self.pair_hinges(branches, target)
+        off_diag = ~torch.eye(hinges.shape[0], dtype=torch.bool, device=hinges.device)
+        return (hinges[off_diag] > 0).float().mean()
 
     def terms(self, branches, target, current_iter=None, alpha=None):
         """Dict of ``l_branch`` (sum of per-branch MSE), ``l_triplet`` (``T_D``), ``alpha`` and ``l_div``.

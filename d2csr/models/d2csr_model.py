@@ -28,8 +28,13 @@ is read at log lines, checkpoints and validation), loss values kept on the devic
 :meth:`D2CModel.get_current_log`, and ``train: compile: <mode>`` (``torch.compile`` of forward + losses,
 falling back to eager with a log line).
 
-Validation reports BasicSR's metrics on the fused output and also logs each branch's PSNR and the PSNR of
-the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6). ``val: amp:
+Validation reports BasicSR's metrics on the fused output (while training stage 1, whose convergence net is
+untrained, on the mean of the branches, logged as ``psnr_mean_of_branches`` etc.) and also logs each branch's
+PSNR and the PSNR of the oracle fusion (per pixel, the branch closest to HR: the paper's upper bound, Sec. 4.6).
+With ``train: ema_decay > 0`` validation scores ``net_g_ema``, which averages only what the stage trains; stage 2
+starts from the stage-1 weights that stage 1's validation scored (``params_ema`` when it had EMA). At log lines the
+divergence stage also logs ``trip_grad_ratio`` = |grad(alpha T_D)| / |grad(L2)| and ``trip_active``
+(``train: log_grad_ratio``). ``val: amp:
 bf16 | fp16 | ~`` runs validation and ``d2csr/test.py`` under ``torch.autocast`` (weights stay fp32).
 """
 import hashlib
@@ -54,10 +59,12 @@ from d2csr.options_check import validate_options
 from d2csr.utils.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
 from d2csr.convert import check_channel_order
+from d2csr.evaluation import (fusion_metrics, mean_fusion, oracle_fusion,  # noqa: F401  (oracle_fusion: old path)
+                              weight_mad)
 from d2csr.metrics.paper_metrics import float_outputs, float_outputs_for_metrics
-from d2csr.evaluation import fusion_metrics, oracle_fusion, weight_mad  # noqa: F401  (oracle_fusion: old import path)
 
 STAGES = ('divergence', 'convergence', 'joint')
+MEAN_SUFFIX = '_mean_of_branches'  # stage 1's validation metrics: they score the mean of the branches
 NAN_POLICIES = ('stop', 'skip')
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
@@ -90,17 +97,32 @@ class D2CModel(SRModel):
             path = opt['path'].get(key)
             if path and not osp.isfile(path):
                 raise FileNotFoundError(f'path:{key} {path!r} does not exist; check the path in your options file.')
+        self._set_stage2_param_key(opt)
         if opt.get('tf32') is not None:  # top-level option; false: full fp32 convolutions on the GPU
             set_tf32(opt['tf32'])
         self.val_amp = amp_dtype((opt.get('val') or {}).get('amp'), 'val:amp')
         super().__init__(opt)
+
+    @staticmethod
+    def _set_stage2_param_key(opt):
+        """Stage 2 starts from the stage-1 weights that stage 1's validation scored: ``params_ema`` when stage 1
+        ran with ``ema_decay > 0`` (BasicSR validates ``net_g_ema`` then), else ``params`` (the loader falls back
+        to it). Applies to ``stage: convergence`` starting from ``pretrain_network_g`` without ``param_key_g``;
+        a resumed run loads its own ``params`` (BasicSR's ``check_resume``)."""
+        path = opt.get('path') or {}
+        if (opt.get('is_train') and (opt.get('train') or {}).get('stage') == 'convergence'
+                and path.get('pretrain_network_g') and not path.get('resume_state') and 'param_key_g' not in path):
+            path['param_key_g'] = 'params_ema'
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """BasicSR's ``load_network`` (pretrain, test and resume loads) with the checks of
         :func:`d2csr.utils.checkpoint.load_network_checked`: weights-only, finite, shapes before loading; the
         authors' BGR weights from an older converter are refused with the command that converts them again."""
         check_channel_order(load_path)
-        load_network_checked(self.get_bare_model(net), load_path, strict, param_key, get_root_logger())
+        bare = self.get_bare_model(net)
+        adopt = getattr(bare, 'adopt_legacy_no_skip', None)  # D2CSR: d2csr's former deep_residual: false
+        load_network_checked(bare, load_path, strict, param_key, get_root_logger(),
+                             prepare=(lambda state: adopt(state.keys())) if adopt else None)
 
     # ----------------------------------------------------------------------------------------------
     # training set-up
@@ -154,16 +176,8 @@ class D2CModel(SRModel):
             p.requires_grad_(False)
         self.set_train_mode()
 
-        self.ema_decay = train_opt.get('ema_decay', 0)
-        if self.ema_decay > 0:
-            get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
-            self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
-            load_path = self.opt['path'].get('pretrain_network_g')
-            if load_path is not None:
-                self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
-            else:
-                self.model_ema(0)
-            self.net_g_ema.eval()
+        self._setup_ema(train_opt)
+        self.log_grad_ratio = train_opt.get('log_grad_ratio', True)
 
         self.cri_div = self.cri_conv = None
         if self.stage in ('divergence', 'joint'):
@@ -180,6 +194,46 @@ class D2CModel(SRModel):
         self.setup_optimizers(trained)
         self.setup_schedulers()
         self._setup_fast_step(train_opt)
+
+    def _setup_ema(self, train_opt):
+        """``train: ema_decay > 0``: ``net_g_ema``, the copy that validation scores and that checkpoints save as
+        ``params_ema`` (what ``d2csr/test.py``'s option files and the inference scripts load).
+
+        It starts as a copy of ``net_g``, the weights this run starts from (stage 2: the stage-1 tree it froze);
+        a resumed run reloads its own ``params_ema``. :meth:`model_ema` blends only the parameters the stage
+        trains; the frozen ones are ``net_g``'s, bit for bit, so that both copies hold the same tree in stage 2.
+        """
+        self.ema_decay = train_opt.get('ema_decay', 0)
+        if self.ema_decay <= 0:
+            return
+        get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay} (only what stage '
+                               f'"{self.stage}" trains is averaged)')
+        net = self.get_bare_model(self.net_g)
+        self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
+        load_path = self.opt['path'].get('pretrain_network_g')
+        if load_path is not None and self.opt['path'].get('resume_state'):
+            self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True), 'params_ema')
+            with torch.no_grad():  # the frozen part is net_g's (older runs let the EMA drift there)
+                ema = dict(self.net_g_ema.named_parameters())
+                for name, p in net.named_parameters():
+                    if not p.requires_grad:
+                        ema[name].copy_(p)
+        else:
+            self.net_g_ema.load_state_dict(net.state_dict())
+        for p in self.net_g_ema.parameters():
+            p.requires_grad_(False)
+        self.net_g_ema.eval()
+        pairs = [(dict(self.net_g_ema.named_parameters())[n], p) for n, p in net.named_parameters() if p.requires_grad]
+        self._ema_pairs = ([e for e, _ in pairs], [p for _, p in pairs])
+
+    @torch.no_grad()
+    def model_ema(self, decay=0.999):
+        """BasicSR's EMA update (``ema = decay * ema + (1 - decay) * param``) on the parameters this stage trains
+        only (BasicSR's blends every parameter, also a frozen tree, which then drifts by rounding)."""
+        ema, params = self._ema_pairs
+        if ema:
+            torch._foreach_mul_(ema, decay)
+            torch._foreach_add_(ema, params, alpha=1 - decay)
 
     def set_train_mode(self):
         """``train()`` for what this stage trains; a frozen tree stays in eval mode."""
@@ -310,14 +364,16 @@ class D2CModel(SRModel):
             torch.compiler.cudagraph_mark_step_begin()
         log = OrderedDict()
         if self.stage in ('divergence', 'joint'):
-            self.optimizer_g.zero_grad(set_to_none=True)
             alpha = self.cri_div.alpha_tensor(current_iter, self._alpha)
+            probe = self._triplet_gradient_ratio(current_iter, alpha)  # at log lines: before the step, same batch
+            self.optimizer_g.zero_grad(set_to_none=True)
             values = self._forward_backward('divergence', self.optimizer_g, self.lq, self.gt, alpha)
             names = ('l_branch', 'l_triplet', 'l_div', *self._perceptual_names())
             self.guard.step(self.optimizer_g, names, values, self.scaler, sync=not takes_found_inf(self.optimizer_g))
             log['l_branch'], log['l_triplet'] = values[0], values[1]
             log.update(zip(names[3:], values[3:]))
             log['alpha'] = alpha
+            log.update(probe)
         if self.stage in ('convergence', 'joint'):
             optimizer = self.optimizer_c if self.stage == 'joint' else self.optimizer_g
             optimizer.zero_grad(set_to_none=True)
@@ -325,9 +381,47 @@ class D2CModel(SRModel):
             names = ('l_conv', *self._perceptual_names(self._fused_suffix()))
             self.guard.step(optimizer, names, values, self.scaler, sync=not takes_found_inf(optimizer))
             log.update(zip(names, values))
+        if self.scaler is not None:  # once per iteration, after every optimizer's step (PyTorch's recipe)
+            self.scaler.update()
         self.log_dict = log
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _triplet_gradient_ratio(self, current_iter, alpha):
+        """How much the divergence term acts, logged beside the losses at BasicSR's log lines (``logger:
+        print_freq``) while ``train: log_grad_ratio`` is on (default); other iterations cost nothing.
+
+        Returns ``{'trip_grad_ratio': |grad(alpha * T_D)| / |grad(L2)|, 'trip_active': share of the pairs whose
+        triplet hinge is on}`` as 0-dim device tensors (``{}`` at other iterations): gradient norms over the
+        tree parameters this stage trains, for this batch and these weights (before the step). ``L2`` is the
+        branches' MSE sum (eq. 1). A ratio of 1e-4 means the term changes nothing; ``trip_active`` 1 means the
+        margins change no gradient. Computed by a separate eager forward of the bare network and two
+        ``autograd.grad`` calls (about two steps' work once per ``print_freq``); the step itself is untouched.
+        """
+        freq = (self.opt.get('logger') or {}).get('print_freq')
+        if not self.log_grad_ratio or not freq or current_iter % freq:
+            return {}
+        if self.cri_div.schedule(current_iter) == 0:
+            return {'trip_grad_ratio': torch.zeros((), device=self.device)}
+        net = self.get_bare_model(self.net_g)
+        params = [p for p in net.divergence_parameters() if p.requires_grad]
+        with self._autocast():
+            branches = net(self.lq, mode='branches')
+        branches = [b.float() for b in branches]
+        terms = self.cri_div.terms(branches, self.gt, alpha=alpha)
+        scale = self.scaler.get_scale() if self.scaler is not None else 1.0  # keeps fp16 gradients from underflowing
+        g_l2 = torch.autograd.grad(terms['l_branch'] * scale, params, retain_graph=True, allow_unused=True)
+        g_trip = torch.autograd.grad(terms['l_triplet'] * (alpha * scale), params, allow_unused=True)
+
+        def norm(grads):
+            grads = [g for g in grads if g is not None]
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else \
+                torch.zeros((), device=self.device)
+
+        with torch.no_grad():
+            ratio = norm(g_trip) / norm(g_l2).clamp_min(torch.finfo(torch.float32).tiny)
+            active = self.cri_div.active_share([b.detach() for b in branches], self.gt)
+        return {'trip_grad_ratio': ratio, 'trip_active': active}
 
     def _fused_suffix(self):
         """In ``joint`` the fused output's perceptual terms are logged apart from the branches' (``_fused``)."""
@@ -570,20 +664,36 @@ class D2CModel(SRModel):
         stats['weight_mad'] += weight_mad(self.weights)
         stats['count'] += 1
 
+    def scores_mean_of_branches(self):
+        """Whether validation's metrics score the mean of the branches instead of the fused output: while training
+        stage 1 (``stage: divergence``), which trains the branches and leaves the convergence net untrained.
+        The metrics are then logged as ``<name>_mean_of_branches`` (``psnr_mean_of_branches``, with BasicSR's
+        "Best" tracking), and ``save_img`` saves that image."""
+        return bool(self.is_train and getattr(self, 'stage', None) == 'divergence')
+
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        """BasicSR's validation (metrics on the fused output), then a log of the other rows, averaged over
-        the images: ``psnr_bicubic``, ``psnr_branch1..P``, ``psnr_mean`` (mean of the branches), ``psnr_oracle``
-        and ``weight_mad`` (mean ``|W - 1/P|`` of the convergence weights; 0: the fused output is the mean)."""
+        """BasicSR's validation (metrics on the fused output; in stage 1 on the mean of the branches, see
+        :meth:`scores_mean_of_branches`), then a log of the other rows, averaged over the images:
+        ``psnr_bicubic``, ``psnr_branch1..P``, ``psnr_mean`` (mean of the branches), ``psnr_fused``,
+        ``psnr_oracle`` and ``weight_mad`` (mean ``|W - 1/P|`` of the convergence weights; 0: the fused output is
+        the mean)."""
         self._branch_stats = dict(weight_mad=0.0, count=0)
         from d2csr.data.eval_check import check_eval_dataset
 
         check_eval_dataset(dataloader.dataset, self.opt.get('scale', 4))  # before the network runs
+        metrics = (self.opt.get('val') or {}).get('metrics')
+        self._score_mean = bool(metrics) and self.scores_mean_of_branches()
+        if self._score_mean:  # BasicSR's loop, metrics and best-metric tracking, under names that say what they score
+            self.opt['val']['metrics'] = OrderedDict((k + MEAN_SUFFIX, v) for k, v in metrics.items())
         try:
             with float_outputs_for_metrics(self):  # the paper's PSNR / SSIM on the float output, as the authors'
                 super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
         finally:
             stats, self._branch_stats = self._branch_stats, None
             self.metric_floats = None
+            if self._score_mean:
+                self.opt['val']['metrics'] = metrics
+            self._score_mean = False
         if (self.opt.get('val') or {}).get('save_panels'):
             self.save_panels(dataloader, current_iter)
         count = stats.pop('count')
@@ -609,6 +719,8 @@ class D2CModel(SRModel):
 
     def get_current_visuals(self):
         out_dict = super().get_current_visuals()
+        if getattr(self, '_score_mean', False):  # stage-1 validation scores (and saves) the mean of the branches
+            out_dict['result'] = mean_fusion(self.branches).detach().cpu()
         if hasattr(self, 'branches'):
             out_dict['branches'] = [b.detach().cpu() for b in self.branches]
             out_dict['weights'] = self.weights.detach().cpu()

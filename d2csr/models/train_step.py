@@ -9,7 +9,8 @@
   before the bad step until the error is raised. With another optimizer the guard reads its flag right
   away (one host sync per step) and steps only when finite.
 - fp16: a ``torch.amp.GradScaler`` unscales the gradients before the guard; a step it skips for inf
-  gradients (overflow of the scaled gradients) is the scaler's business, not an error and not a skip.
+  gradients (overflow of the scaled gradients) is the scaler's business, not an error and not a skip. The
+  caller updates the scaler once per iteration, after every optimizer's step (``scaler.update()``).
 """
 import torch
 import torch.distributed as dist
@@ -130,8 +131,6 @@ class StepGuard:
                 optimizer.step()
             finally:
                 optimizer.found_inf = None
-        if scaler is not None:
-            scaler.update()
 
     def pending(self):
         """``(new bad steps, first bad iteration, (bad loss, bad grad), {names: values})`` since the last

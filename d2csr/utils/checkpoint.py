@@ -357,11 +357,15 @@ def read_network_weights(load_path, param_key='params', logger=None):
     return state, param_key
 
 
-def load_network_checked(net, load_path, strict=True, param_key='params', logger=None):
+def load_network_checked(net, load_path, strict=True, param_key='params', logger=None, prepare=None):
     """BasicSR's ``load_network`` with every check: :func:`read_network_weights`, then the shapes compared
     with ``net`` (the check resuming uses) before ``load_state_dict``, so that weights of another network
-    give one line naming the first differing tensor instead of a page of ``load_state_dict`` errors."""
+    give one line naming the first differing tensor instead of a page of ``load_state_dict`` errors.
+    ``prepare(state)``, when given, is called with the state dict first (a network that adapts its modules
+    to the weights it is given does it there)."""
     state, param_key = read_network_weights(load_path, param_key, logger)
+    if prepare is not None:
+        prepare(state)
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     problems = state_differences(expected, {k: tuple(v.shape) for k, v in state.items()}, strict)
     if problems:
