@@ -138,13 +138,22 @@ def results_dir(name):
 def _one_thread():
     """The suite's networks are tiny: one intra-op thread here and in the entry points it starts
     (``subprocess_env``). With two OpenMP threads on a busy machine each tiny op can wait tens of ms at
-    the thread barrier; with one it takes a fraction of a millisecond."""
+    the thread barrier; with one it takes a fraction of a millisecond.
+
+    ``OMP_NUM_THREADS=1`` too, so that an entry point run in this process keeps that one thread: without it
+    ``d2csr/train.py`` chooses the CPUs free now (``choose_cpu_threads``), which depends on the machine's load,
+    and two trainings that must agree to the bit (the evidence test) could sum in different orders."""
     import torch
 
-    threads = torch.get_num_threads()
+    threads, omp = torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS')
     torch.set_num_threads(1)
+    os.environ['OMP_NUM_THREADS'] = '1'
     yield
     torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop('OMP_NUM_THREADS', None)
+    else:
+        os.environ['OMP_NUM_THREADS'] = omp
 
 
 # --- the checkout is the user's: the suite must leave it as it found it ----------------------------------------
