@@ -96,6 +96,8 @@ FLOORS = [
     ('d2csr.archs', 2), ('d2csr.losses', 2), ('d2csr.data', 2), ('d2csr.metrics', 2),   # the method's parts
     ('d2csr.convert', 3), ('d2csr.loading', 3), ('d2csr.tiling', 3), ('d2csr.evaluation', 3), ('d2csr.visualize', 3),
     ('d2csr.options_check', 3), ('d2csr.options', 3),                  # on a built network / options
+    ('d2csr.banded', 3), ('d2csr.bounded', 3), ('d2csr.memory', 3),    # large images (used by tiling, upscaler)
+    ('d2csr.upscaler', 3),                                             # the Python API
     ('d2csr.pipeline', 3),                                             # BasicSR pipeline changes for d2csr's runs
     ('d2csr.models', 4),                                               # training and validation logic
 ]

@@ -292,6 +292,17 @@ class D2CSR(nn.Module):
         """Node indices within each level of ``leaf``'s ancestors, from its parent up to the head (level 0)."""
         return [leaf // self.width**(self.depth - level) for level in range(self.depth - 1, -1, -1)]
 
+    def residual_steps(self, leaf):
+        """The multi-branch deep residual structure of ``leaf`` (paper Sec. 3.2) as ``[(conv, ancestor), ...]``:
+        applied in order to the leaf's branch-module output ``y`` as ``y = conv(y) + features[ancestor]``
+        (``conv`` ``None``: the add alone), where ``features[0]`` is the head feature and
+        ``features[depth - 1]`` the leaf's parent. :meth:`leaf_features` and the banded inference of
+        :mod:`d2csr.banded` both read the structure from here. Empty when ``deep_residual`` is off.
+        """
+        if not self.deep_residual:
+            return []
+        return [(self.res_convs[leaf][j], self.depth - 1 - j) for j in range(self.depth)]
+
     def divergence_parameters(self):
         """Parameters of the divergence tree (everything except the convergence net)."""
         return [p for name, p in self.named_parameters() if not name.startswith('fusion.')]
@@ -351,9 +362,8 @@ class D2CSR(nn.Module):
                 for child in range(self.width):
                     descend(level + 1, index * self.width + child, path + [y])
                 return
-            if self.deep_residual:
-                for j in range(self.depth):
-                    y = self.res_convs[index][j](y).add_(path[-1 - j])
+            for conv, ancestor in self.residual_steps(index):
+                y = (y if conv is None else conv(y)).add_(path[ancestor])
             features.append(y)
 
         for child in range(self.width):
