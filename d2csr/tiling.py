@@ -124,6 +124,7 @@ class _HRHalf:
             self.boxes = [_largest(self.boxes, pad, self.h, self.w)]
         self.keep_predictions = keep_predictions
         self.kept = [None] * net.num_branches
+        self.channels = net.fusion.fusion[0].in_channels // net.num_branches  # of a prediction and the output
 
     def buffer(self, channels):
         """An output-side ``(N, channels, s*h, s*w)`` fp32 buffer (``None`` in a plan that leaves them out)."""
@@ -153,12 +154,10 @@ class _HRHalf:
         if not self.keep_predictions:
             self.kept[leaf] = feature
             return
-        pred = None
+        pred = self.buffer(self.channels)  # before the first tile, as the plan of one tile must see it
         for box in self.boxes:
             crop, src, dst = self.regions(box)
             out = self.predict(leaf, feature, crop)
-            if pred is None:
-                pred = self.buffer(out.shape[1])
             if pred is not None:
                 pred[dst] = out[src].to(self.device, torch.float32)
             del out
@@ -169,14 +168,17 @@ class _HRHalf:
         """The kept predictions' crops on the compute device."""
         cy0, cy1, cx0, cx1 = crop
         s, x = self.net.upscale, self.x
-        channels = self.net.fusion.fusion[0].in_channels // self.net.num_branches
-        return [torch.empty(x.shape[0], channels, (cy1 - cy0) * s, (cx1 - cx0) * s, device=x.device)
+        return [torch.empty(x.shape[0], self.channels, (cy1 - cy0) * s, (cx1 - cx0) * s, device=x.device)
                 if p is None else p[..., cy0 * s:cy1 * s, cx0 * s:cx1 * s].to(x.device)  # None: a plan without them
                 for p in self.kept]
 
     def fuse(self, return_branches, return_weights):
         net = self.net
-        sr = weights = branches = None
+        sr = self.buffer(self.channels)  # before the first tile, as the plan of one tile must see them
+        weights = self.buffer(net.num_branches) if return_weights else None
+        branches = None
+        if return_branches and not self.keep_predictions:
+            branches = [self.buffer(self.channels) for _ in range(net.num_branches)]
         for box in self.boxes:
             crop, src, dst = self.regions(box)
             if self.keep_predictions:
@@ -184,17 +186,13 @@ class _HRHalf:
             else:
                 preds = [self.predict(i, f, crop) for i, f in enumerate(self.kept)]
             sr_tile, w_tile = net.fuse(preds)
-            if sr is None:
-                sr = self.buffer(sr_tile.shape[1])
-                weights = self.buffer(len(preds)) if return_weights else None
-                if return_branches and not self.keep_predictions:
-                    branches = [self.buffer(sr_tile.shape[1]) for _ in preds]
             if sr is not None:
                 sr[dst] = sr_tile[src].to(self.device, torch.float32)
                 if weights is not None:
                     weights[dst] = w_tile[src].to(self.device, torch.float32)
                 for full, pred in zip(branches or [], preds):
-                    full[dst] = pred[src].to(self.device, torch.float32)
+                    if full is not None:
+                        full[dst] = pred[src].to(self.device, torch.float32)
             del preds, sr_tile, w_tile
             self.tick()
         if return_branches and self.keep_predictions:
@@ -354,24 +352,24 @@ def bounded_forward(net, x, tile=BOUNDED_TILE, tile_pad=None, passes=2, hr_tile=
                 net.leaf_features(x[..., cy0:cy1, cx0:cx1])
         stats.end_pass()
 
-    outputs = None
+    def full(channels):  # allocated before the first tile, as the plan of one tile must see them
+        if plan and not plan_outputs:
+            return None
+        return torch.empty(n, channels, h * s, w * s, dtype=torch.float32, device=device)
+
+    channels = net.fusion.fusion[0].in_channels // net.num_branches
+    outputs = TiledOutput(full(channels), [full(channels) for _ in range(net.num_branches)] if return_branches
+                          else None, full(net.num_branches) if return_weights else None)
     for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1), centre in tiles():
         with stats.tile(centre, (cy1 - cy0, cx1 - cx0), record=False):
             part = tiled_forward(net, x[..., cy0:cy1, cx0:cx1], hr_tile, return_branches=return_branches,
                                  return_weights=return_weights, output_device=device, lr='whole', plan=plan,
                                  plan_outputs=plan_outputs)
-        if part.sr is None:  # a plan without the outputs
-            continue
         src = (..., slice((y0 - cy0) * s, (y1 - cy0) * s), slice((x0 - cx0) * s, (x1 - cx0) * s))
         dst = (..., slice(y0 * s, y1 * s), slice(x0 * s, x1 * s))
-        if outputs is None:
-            def full(t):
-                return torch.empty(n, t.shape[1], h * s, w * s, dtype=torch.float32, device=device)
-            outputs = TiledOutput(full(part.sr), [full(b) for b in part.branches] if return_branches else None,
-                                  full(part.weights) if return_weights else None)
         for whole, piece in zip([outputs.sr] + (outputs.branches or []) + [outputs.weights],
                                 [part.sr] + (part.branches or []) + [part.weights]):
-            if whole is not None:
+            if whole is not None and piece is not None:
                 whole[dst] = piece[src]
         del part
-    return outputs if outputs is not None else TiledOutput(None, None, None)
+    return outputs

@@ -58,7 +58,8 @@ class FewOutputConv2d(nn.Conv2d):
 
     def _use_taps(self, x):
         k = self.kernel_size[0]
-        return (x.device.type == 'cpu' and x.dtype == torch.float32 and not torch.is_grad_enabled()
+        # 'meta': a plan of a CPU run (d2csr.memory) takes the same path, so it sees the same buffers
+        return (x.device.type in ('cpu', 'meta') and x.dtype == torch.float32 and not torch.is_grad_enabled()
                 and not torch.is_autocast_enabled('cpu') and x.is_contiguous(memory_format=torch.channels_last)
                 and self.out_channels <= 8 and self.groups == 1 and self.kernel_size == (k, k) and k % 2 == 1
                 and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding == (k // 2, k // 2)
@@ -355,20 +356,22 @@ class D2CSR(nn.Module):
         x = x.contiguous(memory_format=self.memory_format)
         head = self.head(self._sub_mean(x))
         features = []
-
-        def descend(level, index, path):  # path: features of the ancestors, head first
-            y = self.nodes[self.level_offset(level) + index](path[-1])
-            if level < self.depth:
-                for child in range(self.width):
-                    descend(level + 1, index * self.width + child, path + [y])
-                return
-            for conv, ancestor in self.residual_steps(index):
-                y = (y if conv is None else conv(y)).add_(path[ancestor])
-            features.append(y)
-
         for child in range(self.width):
-            descend(1, child, [head])
+            self._descend(1, child, [head], features)
         return features
+
+    def _descend(self, level, index, path, features):
+        """Node ``index`` of ``level`` on the ancestors' features ``path`` (head first); leaves go to ``features``.
+        (A method, not a closure: a recursive closure is a reference cycle that would keep every feature map of
+        a call alive until Python's cycle collector runs.)"""
+        y = self.nodes[self.level_offset(level) + index](path[-1])
+        if level < self.depth:
+            for child in range(self.width):
+                self._descend(level + 1, index * self.width + child, path + [y], features)
+            return
+        for conv, ancestor in self.residual_steps(index):
+            y = (y if conv is None else conv(y)).add_(path[ancestor])
+        features.append(y)
 
     def leaf_prediction(self, leaf, feature, x, skip=None):
         """HR half of :meth:`forward_branches` for one leaf: ``(N, F, h, w)`` -> ``(N, C, s*h, s*w)``.
