@@ -86,10 +86,12 @@ def image_bytes(height, width, scale, channels=3, itemsize=1):
 
 
 def plan_run(net, shape, mode='exact', tile=128, tile_pad=None, amp=None, return_branches=False,
-             return_weights=False, bounded_tile=BOUNDED_TILE, passes=2, band_rows=None, plan_outputs=True):
+             return_weights=False, bounded_tile=BOUNDED_TILE, passes=2, band_rows=None, plan_outputs=True, lr='banded'):
     """Peak tensor bytes and steps of one inference call on an input of ``shape`` ``(N, C, h, w)``, from a plan
-    on the ``meta`` device. ``amp``: ``None``, ``'bf16'`` or ``'fp16'`` (the maps then take 2 bytes a value);
-    ``plan_outputs=False``: without the output-side buffers, as for a GPU run whose outputs go to the host."""
+    on the ``meta`` device. ``mode``: ``'exact'`` (:func:`~d2csr.tiling.tiled_forward` with ``lr``, ``band_rows``),
+    ``'bounded'`` or ``'whole'`` (the plain forward); ``amp``: ``None``, ``'bf16'`` or ``'fp16'`` (the maps then
+    take 2 bytes a value); ``plan_outputs=False``: without the output-side buffers, as for a GPU run whose
+    outputs go to the host."""
     meta = meta_copy(net)
     if amp is not None:
         meta = meta.to({'bf16': torch.bfloat16, 'fp16': torch.float16}[amp])
@@ -98,7 +100,7 @@ def plan_run(net, shape, mode='exact', tile=128, tile_pad=None, amp=None, return
     with torch.no_grad(), LiveBytes(external=[x, *meta.parameters(), *meta.buffers()]) as live:
         if mode == 'exact':
             _, steps = tiled_run(meta, x, tile, check_pad(meta, tile_pad), return_branches, return_weights,
-                                 x.device, plan=True, plan_outputs=plan_outputs,
+                                 x.device, lr, band_rows, plan=True, plan_outputs=plan_outputs,
                                  keep_predictions=True if not plan_outputs else None)
         elif mode == 'bounded':
             bounded_forward(meta, x, bounded_tile, tile_pad, passes, tile, return_branches, return_weights,

@@ -22,10 +22,12 @@ def owners():
     return [getattr(importlib.import_module(m), a).__module__ for m, a in patched]
 before = owners()
 pipeline_imported = 'd2csr.pipeline' in sys.modules
+api_imported = 'd2csr.upscaler' in sys.modules  # the Python API loads on first use (d2csr.Upscaler)
 from d2csr.pipeline import apply_training_patches, training_patches_applied
 was = training_patches_applied()
 apply_training_patches()
-print(json.dumps({'arch': arch, 'before': before, 'pipeline_imported': pipeline_imported, 'was_applied': was,
+print(json.dumps({'arch': arch, 'before': before, 'pipeline_imported': pipeline_imported, 'api': api_imported,
+                  'was_applied': was,
                   'after': owners()}))
 '''
 
@@ -41,6 +43,7 @@ def test_plain_import_leaves_basicsr_untouched_and_the_explicit_call_patches():
     for (module, attribute), owner in zip(PATCHED, result['before']):
         assert owner.startswith('basicsr.'), f'{module}.{attribute} is {owner}\'s after a plain import d2csr'
     assert result['pipeline_imported'] is False  # the pipeline changes are not even loaded by import d2csr
+    assert result['api'] is False
     assert result['was_applied'] is False
     # the explicit call replaces each of them and says so
     assert result['after'] == ['d2csr.pipeline'] * len(PATCHED)

@@ -58,9 +58,11 @@ class FewOutputConv2d(nn.Conv2d):
 
     def _use_taps(self, x):
         k = self.kernel_size[0]
-        # 'meta': a plan of a CPU run (d2csr.memory) takes the same path, so it sees the same buffers
-        return (x.device.type in ('cpu', 'meta') and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled('cpu') and x.is_contiguous(memory_format=torch.channels_last)
+        # 'meta': a plan of a CPU run (d2csr.memory) takes the same path, so it sees the same buffers (meta
+        # kernels do not keep channels-last everywhere the CPU's do: the layout is not asked of them)
+        meta = x.device.type == 'meta'
+        return ((x.device.type == 'cpu' or meta) and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled('cpu') and (meta or x.is_contiguous(memory_format=torch.channels_last))
                 and self.out_channels <= 8 and self.groups == 1 and self.kernel_size == (k, k) and k % 2 == 1
                 and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding == (k // 2, k // 2)
                 and self.padding_mode == 'zeros')
