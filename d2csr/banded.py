@@ -47,9 +47,10 @@ MIN_ROWS = 32  # ... but at least this many rows, so that the halo rows stay a s
 LOCAL_MODULES = (nn.Conv2d, ResidualBlockNoBN, RRDB, RRDBDenseBlock, ResidualDenseBlock, RDNTrunk)
 POINTWISE_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Sigmoid, nn.Identity)
 
-Band = namedtuple('Band', ['top', 'rows', 'start', 'height'])
+Band = namedtuple('Band', ['top', 'rows', 'start', 'height', 'out'])
 Band.__doc__ = """One band of rows: its rows start ``top`` rows into the widened part handed to the band's
-function, there are ``rows`` of them, starting at row ``start`` of an image of ``height`` rows."""
+function, there are ``rows`` of them, starting at row ``start`` of an image of ``height`` rows; ``out``: where
+they go in the result (a view the function may write into and return, saving a copy), or ``None``."""
 
 
 def core(tensor, band, factor=1):
@@ -117,17 +118,20 @@ class BandRunner:
         edges = list(range(0, height, rows)) + [height]
         return list(zip(edges[:-1], edges[1:]))
 
-    def map(self, fn, radius, sources, target=None, add=False, factor=1):
+    def map(self, fn, radius, sources, target=None, add=False, factor=1, channels=None):
         """``target[band] = fn(*widened bands of sources, band)`` (``+=`` with ``add``) for every band.
 
         ``fn`` gets each source's rows widened by ``radius`` (clipped at the image's edges, where the zero
         padding of the whole image applies) and returns the band's own rows of the result (:func:`core`), or
-        ``None`` (a pass that only gathers statistics). ``target``: ``None`` allocates the result at the first
-        band (``factor`` times the sources' size); a source given as ``target`` is overwritten in place.
-        Returns ``target``.
+        ``None`` (a pass that only gathers statistics). ``target``: ``None`` allocates the result (``factor``
+        times the sources' size) before the first band when ``channels`` is given, else at the first band; a
+        source given as ``target`` is overwritten in place. Returns ``target``.
         """
         n, _, height, width = sources[0].shape
         radius = int(math.ceil(radius))
+        if target is None and channels is not None:
+            target = torch.empty((n, channels, height * factor, width * factor), dtype=sources[0].dtype,
+                                 device=sources[0].device, memory_format=torch.channels_last)
         in_place = [i for i, s in enumerate(sources) if target is not None and s is target]
         saved = dict.fromkeys(in_place)
         bands = self.bands(height, width)
@@ -145,25 +149,25 @@ class BandRunner:
                                             src[..., start:hi, :]], dim=2))
                 else:
                     parts.append(src[..., lo:hi, :])
-            out = fn(*parts, Band(start - lo, stop - start, start, height))
+            for i in in_place:  # keep the last `radius` original rows for the next band's top, before writing
+                if radius:
+                    keep = sources[i][..., max(stop - radius, start):stop, :]
+                    if saved[i] is not None and stop - start < radius:  # bands thinner than the radius
+                        keep = torch.cat([saved[i], keep], dim=2)[..., -radius:, :]
+                    saved[i] = keep.clone()
+                    del keep
+            dst = None if target is None or add else target[..., start * factor:stop * factor, :]
+            out = fn(*parts, Band(start - lo, stop - start, start, height, dst))
             del parts
             if out is not None:
                 if target is None:
                     target = torch.empty((n, out.shape[1], height * factor, width * factor), dtype=out.dtype,
                                          device=out.device, memory_format=torch.channels_last)
-                for i in in_place:  # keep the last `radius` original rows for the next band's top
-                    if radius:
-                        keep = sources[i][..., max(stop - radius, start):stop, :]
-                        if saved[i] is not None and stop - start < radius:  # bands thinner than the radius
-                            keep = torch.cat([saved[i], keep], dim=2)[..., -radius:, :]
-                        saved[i] = keep.clone()
-                        del keep
-                dst = target[..., start * factor:stop * factor, :]
                 if add:
-                    dst.add_(out)
-                else:
-                    dst.copy_(out)
-                del out
+                    target[..., start * factor:stop * factor, :].add_(out)
+                elif out is not dst:
+                    target[..., start * factor:stop * factor, :].copy_(out)
+                del out, dst
             if self.progress is not None:
                 self.progress()
         return target
@@ -207,7 +211,8 @@ class BandRunner:
         radius = conv_radius(m.conv)[0]
         if owned:
             return self.map(lambda xb, band: core(m.conv(xb), band), radius, [x], target=g, add=True)
-        return self.map(lambda xb, gb, band: core(m.conv(xb), band).add_(core(gb, band)), radius, [x, g], target=x)
+        return self.map(lambda xb, gb, band: _add(core(m.conv(xb), band), core(gb, band), band.out), radius, [x, g],
+                        target=x)
 
     def rcab(self, block, x, target):
         """RCAB ``x + res_scale * CA(y) * y`` in two passes: the whole map's mean of ``y``, then the block."""
@@ -216,9 +221,12 @@ class BandRunner:
         radius = conv_radius(block.rcab[:3])[0]
 
         def apply(xb, band):
-            return torch.addcmul(core(xb, band), core(block.residual(xb), band), scale, value=block.res_scale)
+            y = core(block.residual(xb), band)
+            if _writable(band.out, y):
+                return torch.addcmul(core(xb, band), y, scale, value=block.res_scale, out=band.out)
+            return torch.addcmul(core(xb, band), y, scale, value=block.res_scale)
 
-        return self.map(apply, radius, [x], target=target)
+        return self.map(apply, radius, [x], target=target, channels=x.shape[1])
 
     def rcab_mean(self, block, x):
         """``block.residual(x).mean((2, 3))`` (float64 ``(N, F)``) without holding the residual."""
@@ -278,9 +286,19 @@ class BandRunner:
         def fn(yb, *ab):
             band = ab[-1]
             out = core(F.conv2d(yb, conv.weight, b, conv.stride, conv.padding, conv.dilation, conv.groups), band)
-            return out.add_(core(ab[0], band)) if len(ab) == 2 else out
+            return _add(out, core(ab[0], band), band.out) if len(ab) == 2 else out
 
         return self.map(fn, conv_radius(conv)[0], [y] if add is None else [y, add], target=y)
+
+
+def _writable(out, like):
+    """Whether a result like ``like`` may be written straight into ``out`` (the band's place in the result)."""
+    return out is not None and out.shape == like.shape and out.dtype == like.dtype
+
+
+def _add(a, b, out):
+    """``a + b``, into ``out`` when it can take it (see :func:`_writable`)."""
+    return torch.add(a, b, out=out) if _writable(out, a) else a.add_(b)
 
 
 def _keeps_channels(m, x):
@@ -300,15 +318,15 @@ class BorderSums:
         self.corner = {key: zeros() for key in ('00', '01', '10', '11')}  # (first/last row, first/last column)
 
     def add(self, z, band):
-        z = z.double()
-        self.total.add_(z.sum((2, 3)))
-        self.col0.add_(z[..., 0].sum(2))
-        self.col1.add_(z[..., -1].sum(2))
+        f64 = torch.float64
+        self.total.add_(z.sum((2, 3), dtype=f64))
+        self.col0.add_(z[..., 0].sum(2, dtype=f64))
+        self.col1.add_(z[..., -1].sum(2, dtype=f64))
         for row, index in (('0', 0), ('1', -1)):
             if (band.start == 0) if row == '0' else (band.start + band.rows == band.height):
-                getattr(self, f'row{row}').add_(z[..., index, :].sum(2))
-                self.corner[row + '0'].add_(z[..., index, 0])
-                self.corner[row + '1'].add_(z[..., index, -1])
+                getattr(self, f'row{row}').add_(z[..., index, :].sum(2, dtype=f64))
+                self.corner[row + '0'].add_(z[..., index, 0].double())
+                self.corner[row + '1'].add_(z[..., index, -1].double())
 
 
 def _mean_of_conv3x3(conv, sums, h, w):

@@ -218,20 +218,25 @@ class OutOfMemory(MemoryError):
     to do."""
 
 
-def whole_bytes_per_pixel(net, amp=None):
-    """Tensor bytes per LR pixel of the plain (untiled) forward, from a plan at 64 x 64: an upper bound of every
-    mode's growth with the image, for a quick check that spares small images a plan of their own."""
-    peak, _ = plan_run(net, (1, net.head.in_channels, 64, 64), mode='whole', amp=amp)
-    return peak / (64 * 64)
+QUICK_SIDE = 256  # the plan behind the quick check: a 256 x 256 image
+
+
+def bytes_per_pixel(net, amp=None, **kwargs):
+    """Tensor bytes per LR pixel of one call (:func:`plan_run` ``kwargs``; default: the plain untiled forward)
+    planned at 256 x 256: an upper bound of that call's growth with the image (its fixed part, tile buffers, is
+    spread over the pixels), for a quick check that spares most images a plan of their own."""
+    kwargs.setdefault('mode', 'whole')
+    peak, _ = plan_run(net, (1, net.head.in_channels, QUICK_SIDE, QUICK_SIDE), amp=amp, **kwargs)
+    return peak / QUICK_SIDE**2
 
 
 def surely_fits(per_pixel, height, width, scale, device='cpu'):
-    """Whether an image surely fits without planning it: the plain forward's growth (``per_pixel`` from
-    :func:`whole_bytes_per_pixel`) at the image's size, or at a 136-pixel tile's if larger, with room to spare."""
+    """Whether an image surely fits without planning it: ``per_pixel`` (:func:`bytes_per_pixel`) times its size
+    (at least the 256 x 256 of that plan), with half of what is available to spare."""
     room = available_memory(device)
     if room is None:
         return True
-    need = per_pixel * max(height * width, 136 * 136) * 1.5 + image_bytes(height, width, scale, 4, 2) + OVERHEAD
+    need = per_pixel * max(height * width, QUICK_SIDE**2) * MARGIN + image_bytes(height, width, scale, 4, 2) + OVERHEAD
     return need <= room / 2
 
 

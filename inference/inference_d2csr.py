@@ -172,7 +172,8 @@ def main(argv=None):
             steps.update(done - steps.n)
 
         try:
-            sr, branches = upscaler.upscale_image(image, args.save_branches, progress, what=path)
+            sr, branches = upscaler.upscale_image(image, args.save_branches, progress if interactive else None,
+                                                  what=path)
         except (MemoryRefused, OutOfMemory) as err:
             skip(path, str(err))
             continue

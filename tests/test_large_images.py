@@ -198,3 +198,15 @@ def test_validation_tile_auto_follows_the_memory_available(monkeypatch):
     assert model.validation_tile(net) == 0
     monkeypatch.setattr(memory, 'available_memory', lambda device='cpu': GIB // 4)
     assert model.validation_tile(net) == 128
+
+
+def test_the_lr_half_runs_in_one_piece_only_where_that_surely_fits(tmp_path, monkeypatch):
+    _, model = tiny_model(tmp_path)
+    upscaler = Upscaler(str(model), device='cpu')
+    img = np.random.default_rng(0).integers(0, 256, (30, 26, 3), dtype=np.uint8)
+    monkeypatch.setattr(memory, 'available_memory', lambda device='cpu': 64 * GIB)
+    assert upscaler.lr_half(30, 26) == 'whole'  # faster, and there is room
+    fast = upscaler.enhance(img)
+    monkeypatch.setattr(memory, 'available_memory', lambda device='cpu': 256 * 2**20)
+    assert upscaler.lr_half(30, 26) == 'banded'
+    assert np.array_equal(upscaler.enhance(img), fast)  # the same result either way

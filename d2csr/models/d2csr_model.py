@@ -55,7 +55,7 @@ from d2csr.losses.d2csr_losses import build_divergence_loss
 from d2csr.losses.perceptual import build_perceptual_loss, perceptual_terms
 from d2csr.models.train_step import StepGuard, takes_found_inf
 from d2csr.options_check import validate_options
-from d2csr.memory import surely_fits, whole_bytes_per_pixel
+from d2csr.memory import bytes_per_pixel, surely_fits
 from d2csr.tiling import tiled_forward
 from d2csr.utils.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
@@ -539,7 +539,7 @@ class D2CModel(SRModel):
         if self.val_tile != 'auto':
             return self.val_tile
         if self._whole_per_pixel is None:
-            self._whole_per_pixel = whole_bytes_per_pixel(bare, {torch.bfloat16: 'bf16', torch.float16: 'fp16'}.get(
+            self._whole_per_pixel = bytes_per_pixel(bare, {torch.bfloat16: 'bf16', torch.float16: 'fp16'}.get(
                 self.val_amp))
         h, w = self.lq.shape[-2:]
         return 0 if surely_fits(self._whole_per_pixel * self.lq.shape[0], h, w, bare.upscale, self.lq.device) else 128
