@@ -69,8 +69,8 @@ def worker(args):
     x = torch.rand(1, 3, args.height, args.width, device=device)
     mode = {'exact': 'exact', 'whole-lr': 'exact', 'bounded': 'bounded', 'untiled': 'whole'}[args.mode]
     amp = 'fp16' if device.type == 'cuda' else None
-    planned, _ = plan_run(net, (1, 3, args.height, args.width), mode=mode, amp=amp,
-                          plan_outputs=device.type == 'cpu')  # the tensors the call holds at its peak
+    planned, _ = plan_run(net, (1, 3, args.height, args.width), mode=mode, amp=amp, plan_outputs=device.type == 'cpu',
+                          lr='whole' if args.mode == 'whole-lr' else 'banded')  # the tensors the call holds at its peak
     out_device = 'cpu'
 
     def call():
