@@ -241,7 +241,7 @@ def surely_fits(per_pixel, height, width, scale, device='cpu'):
 
 
 def _gb(n):
-    return f'{n / 2**30:.2f} GB'
+    return f'{n / 2**30:.2f} GiB'
 
 
 def largest_fitting(predict, height, width, room):

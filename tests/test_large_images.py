@@ -113,8 +113,8 @@ def test_inference_refuses_an_image_that_would_not_fit_and_says_what_does(tmp_pa
     assert (out / 'a_small_D2CSR.png').is_file() and not (out / 'b_large_D2CSR.png').exists()
     assert '1 of 2 images written' in stdout
     reason = stdout.split('skipped:')[1]
-    assert f'b_large.png (160x120 LR pixels) needs about {large / GIB:.2f} GB' in reason
-    assert f'only {room / GIB:.2f} GB is available' in reason and '--memory bounded' in reason
+    assert f'b_large.png (160x120 LR pixels) needs about {large / GIB:.2f} GiB' in reason
+    assert f'only {room / GIB:.2f} GiB is available' in reason and '--memory bounded' in reason
     w, h = map(int, re.search(r'largest image of this shape that fits is about (\d+)x(\d+)', reason).groups())
     assert upscaler.predict(h, w).device_bytes <= room < upscaler.predict(round(h * 1.2), round(w * 1.2)).device_bytes
     assert abs(w / h - 160 / 120) < 0.1

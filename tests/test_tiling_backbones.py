@@ -42,18 +42,20 @@ def test_tiled_equals_untiled_for_every_backbone_and_upsampler(backbone, upsampl
     assert sr.shape == (1, 3, 11 * upscale, 9 * upscale)
     # LR half in bands of 2 rows (6 bands: every channel attention pools over bands it never holds at once) or 100
     # (one band), or in one piece; HR half in one piece or in tiles
-    for lr, band_rows, tile in (('banded', 2, 0), ('banded', 2, 4), ('banded', 100, 4), ('whole', None, 4)):
+    for lr, band_rows, tile in (('banded', 2, 4), ('whole', None, 0)):
         case = (lr, band_rows, tile)
         out = tiled_forward(net, x, tile=tile, return_branches=True, return_weights=True, lr=lr, band_rows=band_rows)
         assert out.sr.shape == sr.shape
         assert (out.sr - sr).abs().max() <= 1e-4, case
         assert (out.weights - weights).abs().max() <= 1e-4, case
         assert max((a - b).abs().max() for a, b in zip(out.branches, branches)) <= 1e-4, case
-        assert (tiled_forward(net, x, tile=tile, lr=lr, band_rows=band_rows).sr - sr).abs().max() <= 1e-4, case
+    # without the branches, leaves whose feature is smaller than their prediction (x3) keep the feature
+    assert (tiled_forward(net, x, tile=4, band_rows=3).sr - sr).abs().max() <= 1e-4
     # the bounded mode (tiles of the whole network widened by its radius): exact where the backbone has no
     # channel attention, close where its statistics come from the first pass (on tiles smaller than the image)
     x = torch.rand(1, 3, 40, 36)
-    if 6 + 2 * network_radius(net) < 36 and (upsampler != 'bicubic_input' or backbone == 'rcan'):  # (time)
+    if 6 + 2 * network_radius(net) < 36 and (upsampler == 'pixelshuffledirect' or (backbone, upsampler) == (
+            'rcan', 'bicubic_input')):  # (the suite's time: one upsampler each, and channel attention at HR)
         with torch.no_grad():
             sr = net(x)
         deviation = (bounded_forward(net, x, tile=6).sr - sr).abs().max()
