@@ -27,7 +27,7 @@ from d2csr.banded import meta_copy
 from d2csr.tiling import BOUNDED_TILE, bounded_forward, check_pad, tiled_run
 
 MODES = ('exact', 'bounded', 'whole')  # exact: banded LR half + HR tiles; whole: the plain forward (no tiling)
-MARGIN = 1.10  # measured RSS / predicted tensor memory stayed below 1.06 (CPU fp32, bench_inference.py)
+MARGIN = 1.10  # measured resident growth / planned tensor bytes: 1.00-1.01 at 1 LR megapixel (bench_inference.py)
 OVERHEAD = 64 * 2**20  # per call: the allocator's slack, oneDNN scratchpads, Python objects
 
 Prediction = namedtuple('Prediction', ['device_bytes', 'host_bytes', 'steps'])
@@ -80,7 +80,7 @@ class LiveBytes(TorchDispatchMode):
 def image_bytes(height, width, scale, channels=3, itemsize=1):
     """What the caller holds for one image besides the network's run: the decoded file, its float RGB copy
     and the input tensor; then the output's conversion back to the file's kind (one float and one integer
-    copy of the result, done in row strips by :func:`d2csr.utils.image_io.rgb_to_array`) and its encoding."""
+    copy of the result, done in row strips by :func:`d2csr.utils.image_io.array_from_rgb`) and its encoding."""
     lr, hr = height * width, height * width * scale * scale
     return lr * (channels * itemsize + 12 + 12) + hr * channels * (itemsize * 2)
 
@@ -205,10 +205,6 @@ def available_memory(device='cpu'):
     return min(rooms) if rooms else None
 
 
-def host_available():
-    return available_memory('cpu')
-
-
 class MemoryRefused(MemoryError):
     """An image whose predicted peak memory exceeds what is available; the message says what to do."""
 
@@ -270,7 +266,7 @@ def check_fits(prediction, device, height, width, predict=None, what='this image
     device = torch.device(device)
     checks = [(prediction.device_bytes, available_memory(device), device)]
     if device.type != 'cpu':
-        checks.append((prediction.host_bytes, host_available(), torch.device('cpu')))
+        checks.append((prediction.host_bytes, available_memory('cpu'), torch.device('cpu')))
     for need, room, where in checks:
         if room is None or need <= room:
             continue
