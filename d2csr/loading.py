@@ -23,6 +23,14 @@ from d2csr.utils.yaml_io import UnsafeOptionsError, load_options
 PARAM_KEYS = ('params_ema', 'params')  # preferred first: an EMA-trained checkpoint gives its EMA weights
 
 
+class MissingEntry(CheckpointFormatError):
+    """``param_key`` names no entry of the checkpoint (the message lists the ones it has)."""
+
+
+def _is_state_dict(value):
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def _select_params(ckpt, path, param_key=None):
     """``(state dict, key)`` of a BasicSR checkpoint: ``param_key`` if given, else ``params_ema`` when present
     (what BasicSR saves with ``ema_decay > 0``: the weights its validation measured; Real-ESRGAN's
@@ -30,9 +38,16 @@ def _select_params(ckpt, path, param_key=None):
     if not isinstance(ckpt, dict):
         raise CheckpointFormatError(f'{path} holds a {type(ckpt).__name__}, not a state dict')
     if param_key is not None:
+        if _is_state_dict(ckpt):
+            raise MissingEntry(f'{path} is a bare state dict (the weights themselves, no entries such as "params" '
+                               f'or "params_ema"), so --param_key {param_key!r} names nothing in it; leave '
+                               '--param_key out.')
         if param_key not in ckpt:
-            raise CheckpointFormatError(f'{path} has no {param_key!r} entry (it has {sorted(map(str, ckpt))}); '
-                                        'pass one of those as --param_key')
+            weights = sorted(str(k) for k, v in ckpt.items() if _is_state_dict(v))
+            others = sorted(str(k) for k, v in ckpt.items() if not _is_state_dict(v))
+            raise MissingEntry(f'{path} has no {param_key!r} entry (it has {weights or "no weight entries"}'
+                               + (f'; other entries: {others}' if others else '')
+                               + (f'); pass one of {weights} as --param_key' if weights else ')'))
         return ckpt[param_key], param_key
     for key in PARAM_KEYS:
         if key in ckpt:
@@ -50,8 +65,12 @@ def read_network_options(path):
     opt = load_options(path, require_mapping=False)  # data only: refuses !!python tags, alias bombs (ValueError)
     network = opt.get('network_g', opt) if isinstance(opt, dict) else None
     if not isinstance(network, dict) or 'type' not in network:
-        raise ValueError(f'options file {path!r} has no network_g section with a type')
+        raise NotNetworkOptions(f'options file {path!r} has no network_g section with a type')
     return network
+
+
+class NotNetworkOptions(ValueError):
+    """A readable YAML file without a ``network_g`` (not an options file for a network)."""
 
 
 
@@ -60,10 +79,11 @@ def _network_key(network):
     return repr(sorted((str(k), repr(v)) for k, v in network.items()))
 
 
-def saved_network_options(path):
+def saved_network_options(path, unreadable=None):
     """``[(network_g, yml path), ...]`` of the options files BasicSR saved in the run folder of a training
-    checkpoint ``experiments/<name>/models/<file>`` (sorted by name; files that are not options are passed
-    over); ``[]`` for a checkpoint outside a ``models`` folder."""
+    checkpoint ``experiments/<name>/models/<file>`` (sorted by name; YAML files without ``network_g`` are passed
+    over; files that cannot be read as YAML too, each added to the list ``unreadable`` as ``(path, reason)``);
+    ``[]`` for a checkpoint outside a ``models`` folder."""
     folder = osp.dirname(osp.abspath(path))
     if osp.basename(folder) != 'models':
         return []
@@ -74,8 +94,11 @@ def saved_network_options(path):
                 found.append((read_network_options(osp.join(parent, name)), osp.join(parent, name)))
             except UnsafeOptionsError:
                 raise  # a python tag or an alias bomb beside a checkpoint is refused, not passed over
-            except Exception:  # noqa: BLE001  (not an options file)
+            except NotNetworkOptions:
                 continue
+            except Exception as err:  # noqa: BLE001  (a corrupt file: reported by options_beside when it matters)
+                if unreadable is not None:
+                    unreadable.append((osp.join(parent, name), str(err).splitlines()[0][:300]))
     return found
 
 
@@ -87,9 +110,14 @@ def options_beside(path):
     leave no trace in the weights, such as ``bicubic_skip``) one folder up. Several ``.yml`` there (e.g. after
     resuming under another options name) are used when their D2CSR ``network_g`` are identical (the first by
     name is reported); when they differ, nothing is guessed: ``ValueError`` names the files and the
-    differing options and asks for ``-opt``.
+    differing options and asks for ``-opt``; so it does when the only ``.yml`` files there cannot be read.
     """
-    found = [(n, yml) for n, yml in saved_network_options(path) if n.get('type') == 'D2CSR']
+    unreadable = []
+    found = [(n, yml) for n, yml in saved_network_options(path, unreadable) if n.get('type') == 'D2CSR']
+    if not found and unreadable:  # the only candidates cannot be read: say so rather than guess from the weights
+        raise ValueError('the options file BasicSR saved beside the checkpoint cannot be read: '
+                         + '; '.join(f'{p} ({reason})' for p, reason in unreadable)
+                         + '. Repair it, or pass the options that trained the model with -opt.')
     if not found:
         return None
     parent = osp.dirname(found[0][1])
@@ -121,6 +149,9 @@ def load_model(path, network_opt=None, scale=None, param_key=None):
     with open(path, 'rb') as f:
         is_zip = is_zip_checkpoint(f.read(4))
     if not is_zip:
+        if param_key is not None:
+            raise MissingEntry(f'{path} is the authors\' MegEngine pickle (entries state_dict_D, state_dict_C), not a '
+                               f'BasicSR checkpoint: --param_key {param_key!r} does not apply; leave it out.')
         net = load_official(path, scale)
         net.param_key = None
         return net, net.network_options
@@ -177,6 +208,8 @@ def load_network(model_path, opt_path=None, scale=None, param_key=None):
     if beside is not None:
         try:
             net, opts = load_model(model_path, beside[0], scale, param_key)
+        except MissingEntry:
+            raise
         except CheckpointFormatError as err:  # the saved options do not build these weights: no silent guess
             raise CheckpointFormatError(f'{err}\nThe options file {beside[1]} saved beside the checkpoint does not '
                                         'fit its weights; pass the options that trained them with -opt.') from None

@@ -5,31 +5,31 @@
 ``--model_path`` takes a BasicSR checkpoint (``net_g_*.pth``) or the authors' MegEngine pickle. The network
 configuration comes from ``-opt`` (an options file with ``network_g``), else from the options file BasicSR saved
 beside a training checkpoint (``experiments/<name>/*.yml``), else it is inferred from the weights.
-8-bit / 16-bit, gray / colour / colour + alpha images come out in the same kind as ``<name>_<suffix>.<ext>``.
-The HR part runs in exact tiles (``--tile``, in LR pixels; ``0`` disables tiling), so large images fit in a few
-GB. Unreadable images are skipped and named; the exit status is 1 when anything was skipped.
+8-bit / 16-bit, gray / colour / colour + alpha images come out in the same kind as ``<name>_<suffix>.<ext>``;
+a photo's EXIF orientation is applied on reading (the result is stored upright, as viewers show the photo).
+Unreadable images (a JPEG cut short included) are skipped and named; the exit status is 1 when anything was
+skipped. Every output file appears whole or not at all.
+
+Memory: by default (``--memory exact``) the result equals the untiled network's up to float rounding, with the LR
+half in bands and the HR half in tiles of ``--tile`` LR pixels (``0``: no tiling at all): about 1.3 GB per LR
+megapixel on the CPU in fp32 with the default x4 network. Before each image the peak memory is predicted; an image
+that would not fit in what is free is skipped with the prediction, what is free and the largest size that fits.
+``--memory bounded`` runs the whole network on overlapping tiles (``--bounded_tile``) with channel attention's
+whole-image statistics from a first pass: memory independent of the image's size beyond the output itself, and
+an approximation of the exact result (its measured deviation is in the inference docs).
 
 Precision (Real-ESRGAN's convention): on a GPU the network runs in half precision (fp16 under
 ``torch.autocast``) unless ``--fp32`` is given; on the CPU it runs in fp32 unless ``--amp bf16`` is given
 (fast on CPUs with AVX512-BF16 or AMX). ``--amp bf16|fp16`` picks the half type on either device. The weights
 stay fp32 (one autocast context per image, no copy of the model); the output is computed in fp32 from
 the network's fp32 result.
+
+The work is done by :class:`d2csr.Upscaler` (the Python API); this script reads and writes the files.
 """
 import argparse
 import os
 import os.path as osp
 import sys
-
-import torch
-from tqdm import tqdm
-
-import d2csr  # noqa: F401  (compatibility shims and registries)
-from d2csr.utils import resolve_device, set_tf32
-from d2csr.convert import UnsafeCheckpointError
-from d2csr.loading import describe_param_key, load_network
-from d2csr.utils.precision import amp_name, autocast
-from d2csr.utils.image_io import UnreadableImage, image_to_tensor, list_images, read_image, tensor_to_rgb, write_image
-from d2csr.tiling import tiled_forward
 
 
 def parse_args(argv=None):
@@ -46,6 +46,13 @@ def parse_args(argv=None):
     parser.add_argument('--tile', type=int, default=128, help='tile size in LR pixels for the HR part; 0: no tiling')
     parser.add_argument('--tile_pad', type=int, default=None,
                         help='context around each tile in LR pixels (default and minimum: the exact radius)')
+    parser.add_argument('--memory', type=str, default='exact', choices=['exact', 'bounded'],
+                        help='exact (default): equal to the untiled network, about 1.3 GB per LR megapixel; bounded: '
+                             'memory independent of the image size, approximate (see the inference docs)')
+    parser.add_argument('--bounded_tile', type=int, default=512,
+                        help='--memory bounded: tile size in LR pixels of the whole network')
+    parser.add_argument('--passes', type=int, default=2,
+                        help='--memory bounded: passes over the tiles (1: per-tile statistics, as Real-ESRGAN tiles)')
     parser.add_argument('--save_branches', action='store_true', help='also write each divergent branch')
     parser.add_argument('--suffix', type=str, default='D2CSR', help='suffix of the output names')
     parser.add_argument('--ext', type=str, default='auto', choices=['auto', 'png'],
@@ -59,7 +66,12 @@ def parse_args(argv=None):
     parser.add_argument('--no_tf32', action='store_true',
                         help='no TF32 in fp32 convolutions on a GPU (PyTorch\'s default TF32: about 1e-3 relative error); '
                              'with --fp32 the result matches the CPU to about 1e-6')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.passes < 1:
+        parser.error('--passes must be at least 1')
+    if args.bounded_tile < 1:
+        parser.error('--bounded_tile must be at least 1')
+    return args
 
 
 def plan_outputs(paths, args, num_branches=None):
@@ -94,40 +106,52 @@ def plan_outputs(paths, args, num_branches=None):
 
 def inference_precision(args, device):
     """``None`` (fp32), ``'bf16'`` or ``'fp16'`` from ``--amp`` / ``--fp32`` / ``--fp16`` and the device."""
+    from d2csr.upscaler import default_amp
+
     if args.fp32:
         return None
     if args.amp or args.fp16:
         return args.amp or 'fp16'
-    return 'fp16' if device.type == 'cuda' else None
+    return default_amp(device, 'auto')
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_args(argv)  # before torch is imported: --help and argument errors are quick
+    from tqdm import tqdm
+
+    import d2csr  # noqa: F401  (compatibility shims and registries)
+    from d2csr.convert import UnsafeCheckpointError
+    from d2csr.memory import MemoryRefused, OutOfMemory
+    from d2csr.upscaler import Upscaler
+    from d2csr.utils import resolve_device, set_tf32
+    from d2csr.utils.image_io import UnreadableImage, list_images, read_image, write_image
+
     device = resolve_device(args.device)
     if args.no_tf32:
         set_tf32(False)
     try:
-        net, opts, source = load_network(args.model_path, args.opt, args.scale, args.param_key)
+        upscaler = Upscaler(args.model_path, args.opt, device, args.param_key, args.scale, args.tile, args.tile_pad,
+                            memory=args.memory, bounded_tile=args.bounded_tile, passes=args.passes,
+                            amp=inference_precision(args, device))
     except (UnsafeCheckpointError, ValueError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
-    if net.head.in_channels != 3:
-        sys.exit(f'error: the model takes {net.head.in_channels} input channels; this script feeds RGB (3)')
-    amp = inference_precision(args, device)
-    net = net.to(device)
-    print(f'D2CSR x{net.upscale} from {args.model_path}{describe_param_key(net)}, network_g {source}: '
-          + ', '.join(f'{k}={v}' for k, v in opts.items() if k != 'type'))
-    print(f'device {device}, precision {amp_name(amp)}' + (' (torch.autocast, weights fp32)' if amp else ''))
+    print(upscaler.describe())
 
     paths = list_images(args.input)
     if not paths:
         sys.exit(f'error: no images found in {args.input!r}')
-    outputs = plan_outputs(paths, args, net.num_branches)
+    outputs = plan_outputs(paths, args, upscaler.net.num_branches)
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as err:
         sys.exit(f'error: cannot create the output folder {args.output!r} ({err.strerror or err}); choose another '
                  '-o (a folder, not a file).')
     skipped = []
+
+    def skip(path, reason):
+        skipped.append((path, reason))
+        tqdm.write(f'skipped {path}: {reason}')
+
     # progress bars only on a terminal; piped or logged output gets one plain line per image instead
     interactive = sys.stderr.isatty()
     bar = tqdm(paths, unit='img', disable=not interactive)
@@ -137,35 +161,36 @@ def main(argv=None):
         try:
             image = read_image(path)
         except UnreadableImage as err:
-            skipped.append((path, str(err)))
-            tqdm.write(f'skipped {path}: {err}')
+            skip(path, str(err))
             continue
-        x = image_to_tensor(image).to(device)
-        tiles = tqdm(total=0, unit='tile', leave=False, disable=args.tile <= 0 or not interactive)
+        if image.note:
+            tqdm.write(f'{path}: {image.note}')
+        steps = tqdm(total=0, unit='step', leave=False, disable=not interactive)
 
-        def progress(done, total, tiles=tiles):
-            tiles.total = total
-            tiles.update(done - tiles.n)
+        def progress(done, total, steps=steps):
+            steps.total = total
+            steps.update(done - steps.n)
 
         try:
-            with torch.no_grad(), autocast(device, amp):
-                out = tiled_forward(net, x, tile=args.tile, tile_pad=args.tile_pad,
-                                    return_branches=args.save_branches, output_device='cpu', progress=progress)
+            sr, branches = upscaler.upscale_image(image, args.save_branches, progress if interactive else None,
+                                                  what=path)
+        except (MemoryRefused, OutOfMemory) as err:
+            skip(path, str(err))
+            continue
         except ValueError as err:
             sys.exit(f'error: {err}')
         finally:
-            tiles.close()
+            steps.close()
         try:
-            write_image(sr_path, tensor_to_rgb(out.sr), image)
-            for branch_path, branch in zip(branch_paths, out.branches or []):
-                write_image(branch_path, tensor_to_rgb(branch), image)
+            write_image(sr_path, sr, image)
+            for branch_path, branch in zip(branch_paths, branches or []):
+                write_image(branch_path, branch, image)
         except OSError as err:
-            skipped.append((path, str(err)))
-            tqdm.write(f'skipped {path}: {err}')
+            skip(path, str(err))
         else:
             if not interactive:
                 print(f'[{index}/{len(paths)}] {path} -> {osp.basename(sr_path)}', flush=True)
-        del out, x
+        del sr, branches, image
 
     done = len(paths) - len(skipped)
     print(f'{done} of {len(paths)} images written to {args.output}')

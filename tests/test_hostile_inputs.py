@@ -896,3 +896,113 @@ def test_prepare_writes_through_a_symlinked_out_and_keeps_its_permissions(tmp_pa
     finally:
         os.umask(umask)
     assert stat.S_IMODE(os.stat(tmp_path / 'fresh').st_mode) == 0o755
+
+
+# ==================================================================================================
+# Round 3, inference (issue 21): a truncated JPEG, a phone's EXIF orientation, outputs whole or not at all, a corrupt
+# options file beside a checkpoint, a wrong --param_key. (Memory refusals and out-of-memory: test_large_images.py.)
+def test_r3_inference_skips_a_truncated_jpeg(tmp_path, script, capsys):
+    model = tmp_path / 'net.pth'
+    save_basicsr_checkpoint(tiny_d2c(), model)
+    folder = tmp_path / 'in'
+    write_png(folder / 'good.png', (6, 7, 3))
+    photo = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8), (5, 5), 0)
+    ok, buf = cv2.imencode('.jpg', photo, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    (folder / 'photo.jpg').write_bytes(buf.tobytes()[:len(buf) // 2])  # header intact, half the data
+    assert cv2.imread(str(folder / 'photo.jpg')) is not None  # OpenCV alone would fill the rest with grey
+    with pytest.raises(UnreadableImage, match='truncated JPEG'):
+        read_image(str(folder / 'photo.jpg'))
+    assert script.main(['-i', str(folder), '-o', str(tmp_path / 'out'), '--model_path', str(model)]) == 1
+    stdout = capsys.readouterr().out
+    assert '1 of 2 images written' in stdout and 'photo.jpg: a truncated JPEG' in stdout.split('skipped:')[1]
+    assert sorted(os.listdir(tmp_path / 'out')) == ['good_D2CSR.png']
+
+
+def test_r3_exif_orientation_is_applied_on_reading_and_said(tmp_path, script, capsys):
+    from PIL import Image as PILImage, ImageOps
+
+    base = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    for orientation in range(1, 9):  # every orientation, against Pillow's own exif_transpose (lossless PNGs)
+        path = tmp_path / f'o{orientation}.png'
+        img = PILImage.fromarray(base)
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        img.save(path, exif=exif)
+        with PILImage.open(path) as opened:
+            expected = np.asarray(ImageOps.exif_transpose(opened))
+        got = read_image(str(path))
+        assert np.array_equal(np.rint(got.rgb * 255).astype(np.uint8), expected), orientation
+        assert (f'EXIF orientation {orientation} applied' in got.note) == (orientation != 1)
+    # a phone's photo: a JPEG stored landscape with orientation 6 (shown portrait) comes out portrait
+    model = tmp_path / 'net.pth'
+    save_basicsr_checkpoint(tiny_d2c(), model)
+    phone = tmp_path / 'phone'
+    phone.mkdir()
+    img = PILImage.fromarray(np.repeat(np.linspace(0, 255, 24, dtype=np.uint8)[None, :, None], 16, 0).repeat(3, 2))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(phone / 'IMG_0001.jpg', exif=exif, quality=95)
+    assert script.main(['-i', str(phone), '-o', str(tmp_path / 'out'), '--model_path', str(model)]) == 0
+    assert cv2.imread(str(tmp_path / 'out' / 'IMG_0001_D2CSR.jpg')).shape == (48, 32, 3)  # 24 x 16 upright, x2
+    assert 'IMG_0001.jpg: EXIF orientation 6 applied (rotated 90 degrees clockwise' in capsys.readouterr().out
+
+
+def test_r3_sr_images_appear_whole_or_not_at_all(tmp_path, script, monkeypatch, capsys):
+    import errno
+
+    import d2csr.utils.atomic as atomic
+
+    model = tmp_path / 'net.pth'
+    save_basicsr_checkpoint(tiny_d2c(), model)
+    image = write_png(tmp_path / 'in' / 'a.png', (6, 7, 3), 10)
+    out = tmp_path / 'out'
+    assert script.main(['-i', str(image), '-o', str(out), '--model_path', str(model)]) == 0
+    before = snapshot(out)
+    write_png(image, (6, 7, 3), 200)  # a new input: a new result, which the full disk will not let through
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(atomic.os, 'fsync', full_disk)
+    assert script.main(['-i', str(image), '-o', str(out), '--model_path', str(model)]) == 1
+    reason = capsys.readouterr().out.split('skipped:')[1]
+    assert 'a_D2CSR.png' in reason and 'No space left on device' in reason
+    assert snapshot(out) == before  # the previous result, whole; no partial file, no temporary left
+
+
+def test_r3_a_corrupt_options_file_beside_the_checkpoint_is_named(tmp_path, script):
+    network = dict(type='D2CSR', num_feat=8, num_group=1, num_block=1, squeeze_factor=4, upscale=2)
+    ckpt = _run_folder(tmp_path, tiny_d2c(), {'train_D2C.yml': network})
+    saved = ckpt.parent.parent / 'train_D2C.yml'
+    saved.write_text('name: run\nnetwork_g:\n  type: D2CSR\n   num_feat: [8\n')
+    with pytest.raises(ValueError, match=r'train_D2C.yml \(.*not valid YAML.*Repair it, or pass .* with -opt'):
+        load_network(str(ckpt))
+    img = write_png(tmp_path / 'a.png', (6, 7, 3))
+    with pytest.raises(SystemExit, match='train_D2C.yml'):
+        script.main(['-i', str(img), '-o', str(tmp_path / 'o'), '--model_path', str(ckpt)])
+    saved.write_text('name: run\nnote: no network here\n')  # a readable YAML without network_g: not a candidate
+    assert load_network(str(ckpt))[2].startswith('inferred from the weights')
+
+
+def test_r3_a_wrong_param_key_lists_the_entries_present(tmp_path, script):
+    net = tiny_d2c()
+    img = write_png(tmp_path / 'a.png', (6, 7, 3))
+
+    def run(model, key):
+        with pytest.raises(SystemExit) as exit_:
+            script.main(['-i', str(img), '-o', str(tmp_path / 'o'), '--model_path', str(model), '--param_key', key])
+        return str(exit_.value.code)
+
+    torch.save({'params': net.state_dict(), 'params_ema': net.state_dict(), 'iter': 4}, tmp_path / 'ckpt.pth')
+    message = run(tmp_path / 'ckpt.pth', 'ema')
+    assert "has no 'ema' entry (it has ['params', 'params_ema']; other entries: ['iter'])" in message
+    torch.save(net.state_dict(), tmp_path / 'bare.pth')
+    message = run(tmp_path / 'bare.pth', 'params')
+    assert 'is a bare state dict' in message and 'leave --param_key out' in message and 'head.weight' not in message
+    (tmp_path / 'official.pkl').write_bytes(pickle.dumps(d2csr_to_official(tiny_d2c(mean_shift='learnable'))))
+    assert "the authors' MegEngine pickle (entries state_dict_D, state_dict_C)" in run(tmp_path / 'official.pkl', 'x')
+    # beside a training run's options: the entries, not a misleading "the options do not fit"
+    ckpt = _run_folder(tmp_path / 'exp', net, {'train.yml': dict(type='D2CSR', num_feat=8, num_group=1, num_block=1,
+                                                                  squeeze_factor=4, upscale=2)})
+    message = run(ckpt, 'params_ema')
+    assert "has no 'params_ema' entry (it has ['params'])" in message and 'does not fit' not in message

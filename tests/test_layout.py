@@ -26,11 +26,12 @@ def owners():
     return [getattr(importlib.import_module(m), a).__module__ for m, a in patched]
 before = owners()
 pipeline_imported = 'd2csr.pipeline' in sys.modules
+api_imported = 'd2csr.upscaler' in sys.modules  # the Python API loads on first use (d2csr.Upscaler)
 from d2csr.pipeline import apply_training_patches, training_patches_applied
 was = training_patches_applied()
 apply_training_patches()
-print(json.dumps({'arch': arch, 'before': before, 'pipeline_imported': pipeline_imported, 'was_applied': was,
-                  'after': owners(), 'optional': optional_after_import + optional_after_integrations}))
+print(json.dumps({'arch': arch, 'before': before, 'pipeline_imported': pipeline_imported, 'api': api_imported,
+                  'was_applied': was, 'after': owners(), 'optional': optional_after_import + optional_after_integrations}))
 '''
 
 
@@ -46,6 +47,7 @@ def test_plain_import_leaves_basicsr_untouched_and_the_explicit_call_patches():
         assert owner.startswith('basicsr.'), f'{module}.{attribute} is {owner}\'s after a plain import d2csr'
     assert result['pipeline_imported'] is False  # the pipeline changes are not even loaded by import d2csr
     assert result['optional'] == []  # nor onnx / onnxruntime / spandrel, even by the integration modules
+    assert result['api'] is False
     assert result['was_applied'] is False
     # the explicit call replaces each of them, silently (the training log says what d2csr changed, in words)
     assert result['after'] == ['d2csr.pipeline'] * len(PATCHED)
@@ -105,6 +107,8 @@ FLOORS = [
     ('d2csr.archs', 2), ('d2csr.losses', 2), ('d2csr.data', 2), ('d2csr.metrics', 2),   # the method's parts
     ('d2csr.convert', 3), ('d2csr.loading', 3), ('d2csr.tiling', 3), ('d2csr.evaluation', 3), ('d2csr.visualize', 3),
     ('d2csr.options_check', 3), ('d2csr.options_schema', 3), ('d2csr.options', 3),  # on a built network / options
+    ('d2csr.banded', 3), ('d2csr.bounded', 3), ('d2csr.memory', 3),    # large images (used by tiling, upscaler)
+    ('d2csr.upscaler', 3),                                             # the Python API
     ('d2csr.pipeline', 3),                                             # BasicSR pipeline changes for d2csr's runs
     ('d2csr.models', 4),                                               # training and validation logic
     ('d2csr.integrations', 4),                                         # ONNX export, spandrel (optional extras)

@@ -89,15 +89,25 @@ class RCABlock(RCAB):
     over the feature map (``x * s``, ``* res_scale``, ``+ x``), written into ``y`` when no gradient is
     recorded; channel attention's 1x1 convs on the pooled ``(N, F)`` vector run as two small matmuls. Traced
     (``torch.jit.trace``, ONNX export) it is the plain ``x + y * s * res_scale``, which exports in any precision.
+    The two parts are also methods (:meth:`residual`, :meth:`attention_scale`), so that the exact banded
+    inference of :mod:`d2csr.banded` can pool ``y`` over a whole image it never holds at once.
     Shapes: ``(N, F, h, w) -> (N, F, h, w)``, in the input's memory format.
     """
 
+    def residual(self, x):
+        """``y = conv(relu(conv(x)))``: ``(N, F, h, w) -> (N, F, h, w)`` (local: two 3x3 convs)."""
+        conv1, act, conv2, _ = self.rcab
+        return conv2(act(conv1(x)))
+
+    def attention_scale(self, pooled):
+        """Channel attention's scale ``(N, F, 1, 1)`` from ``y``'s spatial mean ``pooled`` ``(N, F)``."""
+        _, down, _, up, _ = self.rcab[3].attention  # pool, 1x1 conv, ReLU, 1x1 conv, sigmoid on (N, F)
+        s = F.linear(pooled, down.weight.flatten(1), down.bias).relu_()
+        return torch.sigmoid(F.linear(s, up.weight.flatten(1), up.bias))[:, :, None, None]
+
     def forward(self, x):
-        conv1, act, conv2, attention = self.rcab
-        y = conv2(act(conv1(x)))
-        _, down, _, up, _ = attention.attention  # pool, 1x1 conv, ReLU, 1x1 conv, sigmoid on (N, F)
-        s = F.linear(y.mean((2, 3)), down.weight.flatten(1), down.bias).relu_()
-        scale = torch.sigmoid(F.linear(s, up.weight.flatten(1), up.bias))[:, :, None, None]
+        y = self.residual(x)
+        scale = self.attention_scale(y.mean((2, 3)))
         if torch.jit.is_tracing():  # ONNX export: its addcmul computes fp16 inputs in fp32; out= does not export
             return x + y * scale * self.res_scale
         if torch.is_grad_enabled():

@@ -61,9 +61,12 @@ class FewOutputConv2d(nn.Conv2d):
 
     def _use_taps(self, x):
         k = self.kernel_size[0]
-        return (x.device.type == 'cpu' and x.dtype == torch.float32 and not torch.is_grad_enabled()
+        # 'meta': a plan of a CPU run (d2csr.memory) takes the same path, so it sees the same buffers (meta
+        # kernels do not keep channels-last everywhere the CPU's do: the layout is not asked of them)
+        meta = x.device.type == 'meta'
+        return ((x.device.type == 'cpu' or meta) and x.dtype == torch.float32 and not torch.is_grad_enabled()
                 and not torch.jit.is_tracing()
-                and not torch.is_autocast_enabled('cpu') and x.is_contiguous(memory_format=torch.channels_last)
+                and not torch.is_autocast_enabled('cpu') and (meta or x.is_contiguous(memory_format=torch.channels_last))
                 and self.out_channels <= 8 and self.groups == 1 and self.kernel_size == (k, k) and k % 2 == 1
                 and self.stride == (1, 1) and self.dilation == (1, 1) and self.padding == (k // 2, k // 2)
                 and self.padding_mode == 'zeros')
@@ -343,6 +346,16 @@ class D2CSR(nn.Module):
         """Node indices within each level of ``leaf``'s ancestors, from its parent up to the head (level 0)."""
         return [leaf // self.width**(self.depth - level) for level in range(self.depth - 1, -1, -1)]
 
+    def residual_steps(self, leaf):
+        """The multi-branch deep residual structure of ``leaf`` (paper Sec. 3.2) as ``[(conv, ancestor), ...]``:
+        applied in order to the leaf's branch-module output ``y`` as ``y = conv(y) + features[ancestor]``
+        (``conv`` ``None``: the add alone), where ``features[0]`` is the head feature and
+        ``features[depth - 1]`` the leaf's parent. :meth:`leaf_features` and the banded inference of
+        :mod:`d2csr.banded` both read the structure from here. One step per level that ``deep_residual`` keeps
+        (``self.res_levels``): all, the head's alone (``False``), none (``'no_skip'``).
+        """
+        return [(self.res_convs[leaf][str(j)], self.depth - 1 - j) for j in self.res_levels]
+
     def divergence_parameters(self):
         """Parameters of the divergence tree (everything except the convergence net)."""
         return [p for name, p in self.named_parameters() if not name.startswith('fusion.')]
@@ -395,20 +408,22 @@ class D2CSR(nn.Module):
         x = x.contiguous(memory_format=self.memory_format)
         head = self.head(self._sub_mean(x))
         features = []
-
-        def descend(level, index, path):  # path: features of the ancestors, head first
-            y = self.nodes[self.level_offset(level) + index](path[-1])
-            if level < self.depth:
-                for child in range(self.width):
-                    descend(level + 1, index * self.width + child, path + [y])
-                return
-            for j in self.res_levels:
-                y = self.res_convs[index][str(j)](y).add_(path[-1 - j])
-            features.append(y)
-
         for child in range(self.width):
-            descend(1, child, [head])
+            self._descend(1, child, [head], features)
         return features
+
+    def _descend(self, level, index, path, features):
+        """Node ``index`` of ``level`` on the ancestors' features ``path`` (head first); leaves go to ``features``.
+        (A method, not a closure: a recursive closure is a reference cycle that would keep every feature map of
+        a call alive until Python's cycle collector runs.)"""
+        y = self.nodes[self.level_offset(level) + index](path[-1])
+        if level < self.depth:
+            for child in range(self.width):
+                self._descend(level + 1, index * self.width + child, path + [y], features)
+            return
+        for conv, ancestor in self.residual_steps(index):
+            y = (y if conv is None else conv(y)).add_(path[ancestor])
+        features.append(y)
 
     def leaf_prediction(self, leaf, feature, x, skip=None):
         """HR half of :meth:`forward_branches` for one leaf: ``(N, F, h, w)`` -> ``(N, C, s*h, s*w)``.

@@ -42,11 +42,14 @@ class ContrastChannelAttention(nn.Module):
             nn.Conv2d(num_feat, num_feat // reduction, 1), nn.ReLU(inplace=True),
             nn.Conv2d(num_feat // reduction, num_feat, 1), nn.Sigmoid())
 
+    def scale(self, mean, var):
+        """The attention ``(N, C, 1, 1)`` from the per-channel spatial ``mean`` and population variance ``var``
+        (both ``(N, C, 1, 1)``); the floor keeps the gradient finite on constant feature maps."""
+        return self.attention(var.clamp_min(1e-12).sqrt() + mean)
+
     def forward(self, x):
         mean = x.mean(dim=(2, 3), keepdim=True)
-        # population std; the floor keeps the gradient finite on constant feature maps
-        std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).clamp_min(1e-12).sqrt()
-        return x * self.attention(std + mean)
+        return x * self.scale(mean, (x - mean).pow(2).mean(dim=(2, 3), keepdim=True))
 
 
 class IMDB(nn.Module):
@@ -79,13 +82,17 @@ class IMDB(nn.Module):
         self.cca = ContrastChannelAttention(4 * self.distilled)
         self.c5 = nn.Conv2d(4 * self.distilled, num_feat, 1)
 
-    def forward(self, x):
+    def distill(self, x):
+        """The concatenated distilled parts ``(N, 4d, h, w)`` (local: a chain of four 3x3 convs)."""
         split = (self.distilled, self.remaining)
         d1, r1 = torch.split(self.act(self.c1(x)), split, dim=1)
         d2, r2 = torch.split(self.act(self.c2(r1)), split, dim=1)
         d3, r3 = torch.split(self.act(self.c3(r2)), split, dim=1)
         d4 = self.c4(r3)
-        return self.c5(self.cca(torch.cat((d1, d2, d3, d4), dim=1))) + x
+        return torch.cat((d1, d2, d3, d4), dim=1)
+
+    def forward(self, x):
+        return self.c5(self.cca(self.distill(x))) + x
 
 
 class IMDNTrunk(nn.Module):

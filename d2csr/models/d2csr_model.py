@@ -36,6 +36,10 @@ starts from the stage-1 weights that stage 1's validation scored (``params_ema``
 divergence stage also logs ``trip_grad_ratio`` = |grad(alpha T_D)| / |grad(L2)| and ``trip_active``
 (``train: log_grad_ratio``). ``val: amp:
 bf16 | fp16 | ~`` runs validation and ``d2csr/test.py`` under ``torch.autocast`` (weights stay fp32).
+``val: tile`` tests large images (DRealSR's) whole within memory: ``auto`` (default) runs an image untiled when
+that surely fits in the memory available and in exact tiles (:func:`d2csr.tiling.tiled_forward`, tiles of 128 LR
+pixels) otherwise; ``N`` always tiles (N LR pixels), ``0`` never. Tiled equals untiled up to float rounding, so
+the metrics are the same.
 """
 import hashlib
 import os.path as osp
@@ -56,6 +60,8 @@ from d2csr.losses.d2csr_losses import build_divergence_loss
 from d2csr.losses.perceptual import build_perceptual_loss, perceptual_terms
 from d2csr.models.train_step import StepGuard, takes_found_inf
 from d2csr.options_check import validate_options
+from d2csr.memory import bytes_per_pixel, surely_fits
+from d2csr.tiling import tiled_forward
 from d2csr.utils.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
 from d2csr.convert import check_channel_order
@@ -75,6 +81,15 @@ def _plain(value):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    return value
+
+
+def val_tile_option(value):
+    """``val: tile``: ``'auto'`` or an integer >= 0 (``ValueError`` naming the option otherwise)."""
+    if value is None or value == 'auto':
+        return 'auto'
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f'val:tile must be auto, 0 (never tile) or a tile size in LR pixels, got {value!r}')
     return value
 
 
@@ -101,6 +116,8 @@ class D2CModel(SRModel):
         if opt.get('tf32') is not None:  # top-level option; false: full fp32 convolutions on the GPU
             set_tf32(opt['tf32'])
         self.val_amp = amp_dtype((opt.get('val') or {}).get('amp'), 'val:amp')
+        self.val_tile = val_tile_option((opt.get('val') or {}).get('tile', 'auto'))
+        self._whole_per_pixel = None  # bytes per LR pixel of the untiled forward (val: tile: auto), when needed
         super().__init__(opt)
 
     @staticmethod
@@ -626,13 +643,29 @@ class D2CModel(SRModel):
 
     # ----------------------------------------------------------------------------------------------
     # inference and validation
+    def validation_tile(self, bare):
+        """LR pixels per tile for ``self.lq`` (``0``: untiled), from ``val: tile``; ``auto``: untiled when the
+        plain forward surely fits in the memory available (:func:`d2csr.memory.surely_fits`), else 128."""
+        if self.val_tile != 'auto':
+            return self.val_tile
+        if self._whole_per_pixel is None:
+            self._whole_per_pixel = bytes_per_pixel(bare, {torch.bfloat16: 'bf16', torch.float16: 'fp16'}.get(
+                self.val_amp))
+        h, w = self.lq.shape[-2:]
+        return 0 if surely_fits(self._whole_per_pixel * self.lq.shape[0], h, w, bare.upscale, self.lq.device) else 128
+
     def test(self):
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
         net.eval()
         bare = self.get_bare_model(net)
+        tile = self.validation_tile(bare)
         with torch.no_grad(), autocast(self.lq.device, self.val_amp):  # val: amp (outputs come back fp32)
-            self.branches = bare.forward_branches(self.lq)
-            self.output, self.weights = bare.fuse(self.branches)
+            if tile:  # exact tiles: the same outputs up to float rounding, in bounded memory
+                out = tiled_forward(bare, self.lq, tile=tile, return_branches=True, return_weights=True)
+                self.branches, self.output, self.weights = out.branches, out.sr, out.weights
+            else:
+                self.branches = bare.forward_branches(self.lq)
+                self.output, self.weights = bare.fuse(self.branches)
         self.metric_floats = float_outputs(self.opt, self.output, getattr(self, 'gt', None))  # the paper's metrics
         if net is self.net_g and self.is_train:
             self.set_train_mode()
