@@ -75,6 +75,43 @@ def test_triplet_term_carries_gradient():
         assert b.grad is not None and b.grad.abs().sum() > 0
 
 
+def test_margins_change_no_gradient_while_every_hinge_is_on():
+    """What the evidence's margins run rests on: with every pair's hinge on, the authors' margins and 1000x them
+    give the same gradient to the bit (the loss differs by a constant); where a hinge is off for the small
+    margins and on for the large ones, the gradients differ."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 16, 16)
+    shift = 0.3 * torch.rand(2, 3, 1, 1)
+    on = [target + shift + 0.01 * torch.randn_like(target) for _ in range(4)]  # close to each other, far from HR
+    authors, large = [5e-5, 2e-5], [5e-2, 2e-2]
+
+    def grads(branches, margins):
+        leaves = [b.clone().requires_grad_() for b in branches]
+        loss = DivergenceLoss(alpha=1.0, margins=margins)
+        value = loss.triplet(leaves, target)
+        value.backward()
+        return value.detach(), [b.grad for b in leaves], float(loss.active_share(leaves, target))
+
+    v_small, g_small, active_small = grads(on, authors)
+    v_large, g_large, _ = grads(on, large)
+    assert active_small == 1.0 and v_large > v_small
+    assert all(torch.equal(a, b) for a, b in zip(g_small, g_large))
+    # residuals in separate places (each branch is noise in its own quadrant, right elsewhere): every hinge is off
+    # at the authors' margins (no gradient) and on at margins above the largest gap (a gradient): there the
+    # margins do matter
+    off = []
+    for k in range(4):
+        branch = target.clone()
+        branch[..., 8 * (k // 2):8 * (k // 2) + 8, 8 * (k % 2):8 * (k % 2) + 8] = torch.rand(2, 3, 8, 8)
+        off.append(branch)
+    gaps = DivergenceLoss(alpha=1.0, margins=[0.0, 0.0]).pair_hinges(torch.stack(off), target)
+    wide = float(-gaps[~torch.eye(4, dtype=torch.bool)].min()) + 0.01
+    _, g_small, active_small = grads(off, authors)
+    _, g_wide, active_wide = grads(off, [wide, wide])
+    assert active_small == 0.0 and active_wide == 1.0
+    assert all(not g.any() for g in g_small) and all(g.abs().sum() > 0 for g in g_wide)
+
+
 def test_alpha_zero_gives_plain_sum_of_mse():
     torch.manual_seed(0)
     target = torch.rand(1, 3, 8, 8)
