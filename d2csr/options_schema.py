@@ -180,7 +180,8 @@ _VAL_COMMON = {
 VAL = {
     'SRModel': _VAL_COMMON,
     'D2CModel': dict(_VAL_COMMON, amp=key(('str', 'bool', 'none'), note='bf16, fp16 or ~ (fp32)'),
-                     save_panels=key('bool'), panel_max_side=key('int', minimum=16)),
+                     save_panels=key('bool'), panel_max_side=key('int', minimum=16),
+                     tile=key(('auto', 'int', 'none'), minimum=0, note='auto, 0 (never tile) or a tile size in LR pixels')),
 }
 # keys a builder reads itself besides its class's constructor arguments
 EXTRA_LOSS_KEYS = {'perceptual_opt': ('pretrained', 'pretrained_path')}  # d2csr.losses.perceptual
@@ -339,7 +340,10 @@ def lookup(registry, name):
 
 
 def registered_names(registry):
-    return [name for name, _ in registry]
+    """BasicSR's names in ``registry`` and d2csr's (which BasicSR's lookup finds only through d2csr's ``get``)."""
+    from d2csr.utils.registry import names_resolved_by
+
+    return names_resolved_by(registry)
 
 
 def check_registered(section, where, registry, kind, problems, **kwargs):

@@ -43,3 +43,17 @@ def test_the_schema_catches_what_the_shipped_files_would_hide():
                      'path:resume is not an option (did you mean resume_state?)'):
         assert expected in problems, expected
     assert 'milestones is missing' not in problems  # said with the misspelt key
+
+
+def test_misspelt_d2csr_type_names_get_a_suggestion():
+    """d2csr's names are not in BasicSR's registry tables (d2csr.utils.registry), but "did you mean" knows them."""
+    opt = yaml.safe_load((Path(__file__).resolve().parents[1] / 'options' / 'train_D2C_div_x4.yml').read_text())
+    opt['is_train'] = True
+    opt['model_type'] = 'D2CModle'
+    opt['network_g']['type'] = 'D2CRS'
+    opt['datasets']['train']['type'] = 'RealSRDatset'
+    problems = '\n'.join(schema_problems(opt))
+    for expected in ("model_type 'D2CModle' is not a registered model (did you mean D2CModel?)",
+                     "network_g:type 'D2CRS' is not a registered architecture (did you mean D2CSR?)",
+                     "datasets:train:type 'RealSRDatset' is not a registered data set (did you mean RealSRDataset?)"):
+        assert expected in problems, (expected, problems)

@@ -64,6 +64,7 @@ from d2csr.memory import bytes_per_pixel, surely_fits
 from d2csr.tiling import tiled_forward
 from d2csr.utils.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
+from d2csr.utils.errors import TrainingStopped
 from d2csr.convert import check_channel_order
 from d2csr.evaluation import (fusion_metrics, mean_fusion, oracle_fusion,  # noqa: F401  (oracle_fusion: old path)
                               weight_mad)
@@ -472,14 +473,14 @@ class D2CModel(SRModel):
             self.guard.reported_skips = value
 
     def check_numerics(self):
-        """Sync point of the NaN/Inf guard: raises ``FloatingPointError`` (``stop``) or logs (``skip``)."""
+        """Sync point of the NaN/Inf guard: raises ``TrainingStopped`` (``stop``) or logs (``skip``)."""
         if self.is_train and getattr(self, 'guard', None) is not None:
             self.guard.report()
 
     def _on_bad_steps(self, count, first_iter, flags, values, ranks=None):
         """Called by the guard when it finds bad steps: ``nan_policy: stop`` raises, ``skip`` warns.
 
-        ``train: nan_policy: stop`` (default) raises ``FloatingPointError`` naming the iteration and the loss
+        ``train: nan_policy: stop`` (default) raises ``TrainingStopped`` (a ``FloatingPointError``) naming the iteration and the loss
         terms; the optimizer did not step there (nor after it), so the weights and the last saved checkpoint
         stay as they were; ``skip`` counts the step (``nan_skips`` in the log) and goes on. Distributed,
         ``ranks`` (``{rank: (flags, values)}``) gives every process's flags and loss values: the message names
@@ -514,7 +515,7 @@ class D2CModel(SRModel):
                     'Lower the learning rate or check the data, then resume with --auto_resume; or set '
                     'train:nan_policy: skip to skip such steps.')
         logger.error(message)
-        raise FloatingPointError(message)
+        raise TrainingStopped(message)
 
     def get_current_log(self):
         """The loss values (device tensors until now: one host copy here, at BasicSR's ``print_freq``), averaged

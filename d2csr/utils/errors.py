@@ -21,6 +21,11 @@ class ResumeError(UserError, ValueError):
     """A training state or its network cannot be resumed from; the message says which file and what to do."""
 
 
+class TrainingStopped(UserError, FloatingPointError):
+    """Training stopped on purpose: a non-finite loss or gradient under ``train: nan_policy: stop``. The message
+    names the iteration and the loss terms, says that the last checkpoint is intact and what to do."""
+
+
 def user_error_message(error):
     """``error: <message>``; under a launcher with several processes ``error (rank N): <message>``."""
     world = os.environ.get('WORLD_SIZE', os.environ.get('SLURM_NTASKS', '1'))

@@ -147,6 +147,13 @@ def registered_names():
     return {guest.name: sorted(guest.keys()) for guest in REGISTRIES}
 
 
+def names_resolved_by(host):
+    """Every name one of BasicSR's registry objects ``host`` resolves: its own entries and d2csr's short names
+    (for "did you mean" suggestions)."""
+    guest = getattr(host.get, '__d2csr_guest__', None)
+    return sorted({name for name, _ in host} | set(guest.keys() if guest is not None else ()))
+
+
 def _type_names(opt):
     """Every string under a ``type`` / ``model_type`` key of the nested options ``opt``."""
     stack, found = [opt], []
