@@ -1005,4 +1005,4 @@ def test_r3_a_wrong_param_key_lists_the_entries_present(tmp_path, script):
     ckpt = _run_folder(tmp_path / 'exp', net, {'train.yml': dict(type='D2CSR', num_feat=8, num_group=1, num_block=1,
                                                                   squeeze_factor=4, upscale=2)})
     message = run(ckpt, 'params_ema')
-    assert "has no 'params_ema' entry (it has ['params'])" in message and 'does not fit' not in message
+    assert "has no 'params_ema' entry (it has ['params']" in message and 'does not fit' not in message
