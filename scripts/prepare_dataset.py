@@ -38,10 +38,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
-
-import d2csr  # noqa: E402,F401  (basicsr compatibility shim)
-from d2csr.data.pair_index import DataError  # noqa: E402
-from d2csr.data.prepare import prepare  # noqa: E402
+# torch and d2csr are imported in main(), after the arguments: --help answers at once
 
 
 def parse_args(argv=None):
@@ -89,6 +86,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from d2csr.data.pair_index import DataError
+    from d2csr.data.prepare import prepare
+
     kwargs = {}
     if args.layout == 'realsr' and args.cameras:
         kwargs['cameras'] = args.cameras
