@@ -4,7 +4,7 @@ r"""Prepare real-world SR data the BasicSR way: aligned sub-image pairs in OUT/H
 The option files in options/ read the data sets as downloaded (datasets/README.md); this script makes the
 optional prepared copies (faster loading, LMDB). Examples::
 
-    # RealSR x4 training set -> sub-images for 96 px LR patches (gt_size 384) + LMDBs
+    # RealSR x4 training set -> sub-images for a 96 px LR training patch (gt_size 384) + LMDBs
     python scripts/prepare_dataset.py realsr --root datasets/RealSR_V3 --scale 4 \
         --out datasets/RealSR_x4/train_sub --lmdb
     # RealSR x4 test set -> whole aligned pairs (a test split is never cropped unless --crop-size is given)
