@@ -46,26 +46,24 @@ import weakref
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# torch, BasicSR and d2csr are imported where they are used, after the arguments: --help answers at once
 
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-from torch.utils import _pytree as pytree  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-import d2csr  # noqa: E402,F401  (BasicSR shim, registries)
-from basicsr.archs.rcan_arch import RCAN  # noqa: E402
-from d2csr.archs import D2CSR  # noqa: E402
-from d2csr.losses.d2csr_losses import ConvergenceLoss, DivergenceLoss  # noqa: E402
-
-DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+DTYPES = ('fp32', 'bf16', 'fp16')  # the precisions of --dtype / --train-dtype (torch_dtype: their torch types)
 CLOCK = [time.perf_counter]  # --clock cpu: time.thread_time
-CL = torch.channels_last
+
+
+def torch_dtype(name):
+    """The torch dtype of a ``--dtype`` name (``'fp32'``, ``'bf16'``, ``'fp16'``)."""
+    import torch
+
+    return {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[name]
 
 
 # --------------------------------------------------------------------------------------------------
 # measuring tools
 def synchronize(device):
+    import torch
+
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
@@ -77,34 +75,44 @@ def load_average():
         return None
 
 
-class PeakTensorMemory(TorchDispatchMode):
-    """Peak bytes of tensors allocated while active (tensors that existed before are not counted)."""
+def peak_tensor_memory():
+    """A ``TorchDispatchMode`` whose ``peak`` is the most bytes of tensors allocated while it is active (tensors
+    that existed before are not counted). The class is made here, on first use, as torch is imported after the
+    arguments."""
+    import torch
+    from torch.utils import _pytree as pytree
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    def __init__(self):
-        super().__init__()
-        self.live, self.current, self.peak = {}, 0, 0
+    class PeakTensorMemory(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live, self.current, self.peak = {}, 0, 0
 
-    def _free(self, key):
-        self.current -= self.live.pop(key, 0)
+        def _free(self, key):
+            self.current -= self.live.pop(key, 0)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor) and t.layout == torch.strided}
-        for t in pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
-                if key and key not in self.live and key not in inputs:
-                    self.live[key] = storage.nbytes()
-                    self.current += storage.nbytes()
-                    self.peak = max(self.peak, self.current)
-                    weakref.finalize(storage, self._free, key)
-        return out
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor) and t.layout == torch.strided}
+            for t in pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                    storage = t.untyped_storage()
+                    key = storage.data_ptr()
+                    if key and key not in self.live and key not in inputs:
+                        self.live[key] = storage.nbytes()
+                        self.current += storage.nbytes()
+                        self.peak = max(self.peak, self.current)
+                        weakref.finalize(storage, self._free, key)
+            return out
+
+    return PeakTensorMemory()
 
 
 def peak_memory(fn, device):
     """Peak bytes of tensor memory ``fn()`` allocates beyond what already exists."""
+    import torch
+
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()
@@ -113,12 +121,14 @@ def peak_memory(fn, device):
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    with PeakTensorMemory() as tracker:
+    with peak_tensor_memory() as tracker:
         fn()
         return tracker.peak
 
 
 def count_flops(fn):
+    from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
@@ -149,10 +159,12 @@ def time_rows(fns, device, warmup, repeats, rounds=2, clock=time.perf_counter):
 
 def conv_limit(batch, size, channels, device, dtype, warmup, repeats):
     """GFLOP/s of one ``channels``-channel 3x3 conv in ``dtype`` (input and weights), NCHW and channels-last."""
+    import torch
+
     x = torch.randn(batch, channels, size, size, device=device, dtype=dtype)
     conv = torch.nn.Conv2d(channels, channels, 3, 1, 1).to(device, dtype)
-    conv_cl = torch.nn.Conv2d(channels, channels, 3, 1, 1).to(device, dtype).to(memory_format=CL)
-    x_cl = x.contiguous(memory_format=CL)
+    conv_cl = torch.nn.Conv2d(channels, channels, 3, 1, 1).to(device, dtype).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     flops = 2 * channels * channels * 9 * size * size * batch
 
     def run(m, inp):
@@ -171,6 +183,8 @@ def conv_limit(batch, size, channels, device, dtype, warmup, repeats):
 # the models and what one call of each row does
 def rcan_like(d2c_params, num_feat, squeeze_factor, scale):
     """BasicSR RCAN (``num_group``, ``num_block``) whose parameter count is closest to ``d2c_params``."""
+    from basicsr.archs.rcan_arch import RCAN
+
 
     def params(g, b):
         return sum(p.numel() for p in RCAN(3, 3, num_feat, g, b, squeeze_factor, scale).parameters())
@@ -185,6 +199,8 @@ def rcan_like(d2c_params, num_feat, squeeze_factor, scale):
 
 def d2c_inference(net, dtype, device):
     """One inference call of ``net`` (fp32, or under ``torch.autocast`` for bf16 / fp16; output fp32)."""
+    import torch
+
     autocast = dtype != torch.float32
 
     def run(x):
@@ -195,6 +211,8 @@ def d2c_inference(net, dtype, device):
 
 
 def d2c_train_step(net, div_loss, conv_loss):
+    import torch
+
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
 
     def step(lq, gt):
@@ -210,21 +228,28 @@ def d2c_train_step(net, div_loss, conv_loss):
 
 
 def plain_inference(net, channels_last, dtype, device):
+    import torch
+
     autocast = dtype != torch.float32
 
     def run(x):
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            return net(x.contiguous(memory_format=CL) if channels_last else x)
+            return net(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
 
     return run
 
 
 def plain_train_step(net, channels_last):
+    import torch
+
+
+    from torch.nn import functional as F
+
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
 
     def step(lq, gt):
         optimizer.zero_grad(set_to_none=True)
-        loss = F.mse_loss(net(lq.contiguous(memory_format=CL) if channels_last else lq), gt)
+        loss = F.mse_loss(net(lq.contiguous(memory_format=torch.channels_last) if channels_last else lq), gt)
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -234,6 +259,11 @@ def plain_train_step(net, channels_last):
 
 # --------------------------------------------------------------------------------------------------
 def run_benchmark(args):
+    import torch
+
+    from d2csr.archs import D2CSR
+    from d2csr.losses.d2csr_losses import ConvergenceLoss, DivergenceLoss
+
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('bench_d2c: --device cuda but torch.cuda.is_available() is False; use --device cpu')
@@ -257,7 +287,7 @@ def run_benchmark(args):
     squeeze = net_opt.get('squeeze_factor', 16)
 
     load_before = load_average()
-    limits = {name: conv_limit(args.batch, args.size, 64, device, DTYPES[name], args.warmup, args.repeats)
+    limits = {name: conv_limit(args.batch, args.size, 64, device, torch_dtype(name), args.warmup, args.repeats)
               for name in dtypes}
 
     # models: one D2C-SR as built (channels-last), the same weights in NCHW, and a comparable RCAN
@@ -266,7 +296,7 @@ def run_benchmark(args):
     d2c_nchw.load_state_dict(d2c.state_dict())
     d2c_params = sum(p.numel() for p in d2c.parameters())
     rcan, (rcan_groups, rcan_blocks) = rcan_like(d2c_params, num_feat, squeeze, args.scale)
-    rcan = rcan.to(device).to(memory_format=CL)
+    rcan = rcan.to(device).to(memory_format=torch.channels_last)
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     lq = torch.rand(args.train_batch, 3, args.train_patch, args.train_patch, device=device)
     gt = torch.rand(args.train_batch, 3, args.train_patch * args.scale, args.train_patch * args.scale, device=device)
@@ -285,8 +315,8 @@ def run_benchmark(args):
     def infer_fn(name):
         mname, dname = rows[name]
         if mname == 'rcan':
-            return plain_inference(rcan, True, DTYPES[dname], device)
-        return d2c_inference(models[mname], DTYPES[dname], device)
+            return plain_inference(rcan, True, torch_dtype(dname), device)
+        return d2c_inference(models[mname], torch_dtype(dname), device)
 
     # the two layouts compute the same function (fp32; the tests check it everywhere)
     with torch.inference_mode():
@@ -434,7 +464,9 @@ def model_from_options(path, device, workdir, net_opt=None, amp=None, compile_mo
                        compile_backend=None):
     """A :class:`~d2csr.models.D2CModel` built in this process from an option file, as ``d2csr/train.py``
     builds it (no data sets, no launcher). The convergence stage gets a fresh stage-1 checkpoint."""
+    import torch
     from basicsr.models import build_model
+
     from d2csr.utils.yaml_io import load_options
 
     root = Path(__file__).resolve().parents[1]
@@ -490,6 +522,8 @@ def model_step(model, lq, gt, log_lines=False):
 
 def hand_written_step(net, lq, gt, div_loss, dtype):
     """The bare stage-1 step: ``net(lq, mode='branches')``, ``DivergenceLoss.terms``, fused Adam, no guard."""
+    import torch
+
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)
     alpha = torch.full((), 2e-5, device=lq.device)
     autocast = dtype != torch.float32
@@ -510,6 +544,7 @@ def profile_steps(step, device, steps):
     On CUDA: the GPU kernels' (and copies') summed duration and count; on CPU: the count of top-level
     ``aten::`` ops (each a dispatch from Python or the autograd engine) and no kernel time.
     """
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
@@ -539,6 +574,11 @@ def run_step_rows(args, device):
     paper's x4 schedule."""
     import tempfile
 
+    import torch
+
+    from d2csr.archs import D2CSR
+    from d2csr.losses.d2csr_losses import DivergenceLoss
+
     net_opt = dict(SMOKE_NET) if args.smoke else {}
     batch, patch, scale = args.train_batch, args.train_patch, 4
     lq = torch.rand(batch, 3, patch, patch, device=device)
@@ -547,7 +587,7 @@ def run_step_rows(args, device):
     print_freq = None
     for dtype_name in args.train_dtype.split(','):
         dtype_name = dtype_name.strip()
-        dtype = DTYPES[dtype_name]
+        dtype = torch_dtype(dtype_name)
         label = 'tf32' if dtype == torch.float32 and device.type == 'cuda' else dtype_name
         limits[label] = conv_limit(batch, patch, 64, device, dtype, args.warmup, max(args.train_repeats, 1))
         amp = None if dtype == torch.float32 else dtype_name
@@ -561,7 +601,7 @@ def run_step_rows(args, device):
                     model = model_from_options(path, device, Path(workdir) / 'log_line', net_opt, amp,
                                                args.train_compile, args.optim, args.compile_backend)
                     fns[f'{stage}_log_line_{label}'] = (model, model_step(model, lq, gt, log_lines=True))
-            net = D2CSR(**dict(net_opt, upscale=scale)).to(device).to(memory_format=CL)
+            net = D2CSR(**dict(net_opt, upscale=scale)).to(device).to(memory_format=torch.channels_last)
             div_loss = DivergenceLoss(alpha=2e-5, margins=[5e-5, 2e-5]).to(device)
             fns[f'hand_written_{label}'] = (net, hand_written_step(net, lq, gt, div_loss, dtype))
             print_freq = fns[f'divergence_{label}'][0].opt['logger']['print_freq']
@@ -658,6 +698,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import torch
+
+    import d2csr  # noqa: F401  (BasicSR shim, registries)
+
     device = torch.device(args.device)
     if device.type == 'cuda':
         if not torch.cuda.is_available():

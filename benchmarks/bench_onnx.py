@@ -31,12 +31,7 @@ import sys
 import tempfile
 import time
 
-import torch
-
-import d2csr  # noqa: F401
-from d2csr.archs import D2CSR
-from d2csr.integrations.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, require_onnx
-from d2csr.loading import load_network
+# torch and d2csr are imported where they are used, after the arguments: --help answers at once
 
 
 def parse_size(text):
@@ -45,6 +40,11 @@ def parse_size(text):
 
 
 def build_model(args):
+    import torch
+
+    from d2csr.archs import D2CSR
+    from d2csr.loading import load_network
+
     if args.model:
         net, opts, _ = load_network(args.model, args.opt)
         return net, opts, args.model
@@ -69,7 +69,7 @@ def session_for(path, ort, device, threads):
     return ort.InferenceSession(str(path), options, providers=providers)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default=None, help='checkpoint to export (default: the paper-size D2C-SR, random)')
     parser.add_argument('-opt', default=None, help='options file of --model (default: beside it, else inferred)')
@@ -81,11 +81,19 @@ def main(argv=None):
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--fp16', action='store_true', help='GPU: fp16 export and PyTorch under fp16 autocast')
     parser.add_argument('--smoke', action='store_true', help='a tiny network, one 24x20 size, one round')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.smoke:
         args.sizes, args.repeats, args.warmup = ['24x20'], 1, 1
     if args.fp16 and args.device != 'cuda':
         raise SystemExit('error: --fp16 is for --device cuda (ONNX Runtime\'s CPU provider has few fp16 kernels)')
+    import torch
+
+    from d2csr.integrations.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, require_onnx
+
     _, ort = require_onnx()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -27,15 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import d2csr  # noqa: E402,F401  (BasicSR shim, registries)
-from basicsr.archs import build_network  # noqa: E402
-from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
-from basicsr.models import build_model  # noqa: E402
-from d2csr.metrics import calculate_lpips  # noqa: E402
+# numpy, torch, BasicSR and d2csr are imported where they are used, after the arguments: --help answers at once
 
 PERCEP_OPT = {'type': 'PerceptualLoss', 'layer_weights': {'relu5_4': 1.0}, 'vgg_type': 'vgg19', 'criterion': 'l2',
               'perceptual_weight': 0.006, 'pretrained': False}
@@ -58,6 +50,9 @@ def model_options(stage, network, percep, tmp):
         opt['train']['divergence_opt'] = {'type': 'DivergenceLoss', 'alpha': 2e-5, 'margins': [5e-5, 2e-5],
                                           'theta': 0.8, 'depth': 2, 'width': 2}
     else:
+        import torch
+        from basicsr.archs import build_network
+
         opt['train']['convergence_opt'] = {'type': 'ConvergenceLoss'}
         path = os.path.join(tmp, 'stage1.pth')
         torch.save({'params': build_network(dict(network)).state_dict()}, path)
@@ -69,6 +64,9 @@ def model_options(stage, network, percep, tmp):
 
 def time_training(args, network):
     """``{(stage, percep): [(wall seconds, CPU seconds) per iteration, ...]}``, rows alternating."""
+    import torch
+    from basicsr.models import build_model
+
     g = torch.Generator().manual_seed(0)
     data = {'lq': torch.rand(args.batch, 3, args.patch, args.patch, generator=g),
             'gt': torch.rand(args.batch, 3, 4 * args.patch, 4 * args.patch, generator=g)}
@@ -91,6 +89,11 @@ def time_training(args, network):
 
 
 def time_validation(args):
+    import numpy as np
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+
+    from d2csr.metrics import calculate_lpips
+
     rng = np.random.default_rng(0)
     hr = rng.integers(0, 256, (args.val_size, args.val_size, 3), dtype=np.uint8)
     sr = np.clip(hr.astype(np.int16) + rng.integers(-20, 21, hr.shape), 0, 255).astype(np.uint8)
@@ -107,7 +110,7 @@ def time_validation(args):
     return times
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--feat', type=int, default=64, help='num_feat of D2CSR (paper: 64)')
     parser.add_argument('--batch', type=int, default=4, help='training batch (paper: 4)')
@@ -116,7 +119,15 @@ def main(argv=None):
     parser.add_argument('--val-size', type=int, default=512, help='HR side of the validation image pair')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s)')
     parser.add_argument('--smoke', action='store_true', help='tiny network and sizes, one iteration')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    import d2csr  # noqa: F401  (BasicSR shim, registries)
+
     if args.smoke:
         args.feat, args.batch, args.patch, args.iters, args.val_size = 8, 1, 8, 1, 64
     if args.threads:

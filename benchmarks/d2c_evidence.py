@@ -1,4 +1,4 @@
-"""Evidence that D2C works: the paper's claims reproduced in small on real photographs.
+r"""Evidence that D2C works: the paper's claims reproduced in small on real photographs.
 
 Trains, with BasicSR's pipeline through ``d2csr/train.py``, on an x4 data set built from scikit-image's
 photographs (10 training photos, 2 held-out ones; blur, downsampling, noise, JPEG; fixed seeds):
@@ -27,12 +27,14 @@ plots go to ``docs/evidence_gpu/``).
 
 ``--plan fusion`` runs only the small D2C and item 6 (for a GPU run with a larger budget); ``--plan alpha`` only
 the small D2C and item 4 (``--alphas`` sets the swept values);
-``--device cuda`` trains and evaluates on the GPU (``num_gpu: 1``, 4 data workers). The GPU plan (estimated at
-3-4 minutes on an H200: four ``d2csr/train.py`` starts of about 10 s, stage 1 of the 32-feature model launch-bound
-at about 25 ms per step, stage 2 about 12 ms; 20x the committed CPU run's stage 1, 16x its fusion study)::
+``--device cuda`` trains and evaluates on the GPU (``num_gpu: 1``, 4 data workers). The GPU run of the fusion
+study in ``docs/evidence_gpu.md``::
 
-    python benchmarks/d2c_evidence.py --device cuda --plan fusion --iters 1000 --conv-iters 48 \
+    python benchmarks/d2c_evidence.py --device cuda --plan fusion --iters 600 --conv-iters 30 \
         --fusion-budgets 4,16,64 --out docs/evidence_gpu.md
+
+Each report names the command that wrote it, its run time and device; the figures are in the reports
+(``docs/evidence.md``: the committed CPU run; ``docs/evidence_gpu.md``: the GPU fusion study).
 
 ``--quick`` runs a reduced plan in a few minutes; ``--iters`` sets the stage-1 length, ``--conv-iters`` the
 stage-2 length (default a quarter of it).
@@ -49,30 +51,20 @@ import time
 from collections import OrderedDict
 
 import numpy as np
-import torch
 import yaml
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, ROOT)
-
-import d2csr  # noqa: E402,F401
-from basicsr.archs import build_network  # noqa: E402
-from d2csr.loading import load_model  # noqa: E402
-from d2csr.data.photo_pairs import build_photo_pairs, photo_pair_paths  # noqa: E402
-from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL, diversity_of_pairs, evaluate_pairs, read_rgb  # noqa: E402
-from d2csr.options import AUTHORS_ALPHA, DIVERGENCE_ALPHA, DIVERGENCE_MARGINS, train_options  # noqa: E402
-from d2csr.utils import pythonpath_env, subprocess_device  # noqa: E402
-from d2csr.losses import DivergenceLoss  # noqa: E402
-from basicsr.utils import img2tensor  # noqa: E402
+# torch, BasicSR and d2csr are imported where they are used, after the arguments: --help answers at once
 
 SCALE = 4
-PAPER_ALPHA = AUTHORS_ALPHA  # the authors' diver_w (the paper gives no value)
-SHIPPED_ALPHA = DIVERGENCE_ALPHA  # what options/train_D2C_div_*.yml ship
 MARGIN_FACTOR = 1000  # the margins run: the authors' margins times this
 SMALL = dict(type='D2CSR', num_feat=32, num_group=2, num_block=1, squeeze_factor=8, upscale=SCALE, depth=2, width=2)
 
 
 def count_params(net_opt):
+    from basicsr.archs import build_network
+
     return sum(p.numel() for p in build_network(net_opt).parameters())
 
 
@@ -91,6 +83,11 @@ class Plan:
     divergence-option overrides (margins, schedule)."""
 
     def __init__(self, quick, iters, bicubic_skip, conv_iters=None, fusion_budgets=None, kind='full', alphas=None):
+        from d2csr.options import AUTHORS_ALPHA, DIVERGENCE_ALPHA, DIVERGENCE_MARGINS
+
+        self.authors_alpha = AUTHORS_ALPHA  # the authors' diver_w (the paper gives no value)
+        self.shipped_alpha = DIVERGENCE_ALPHA  # what options/train_D2C_div_*.yml ship
+        self.margins = DIVERGENCE_MARGINS  # the authors' (root level, deeper levels)
         self.iters = iters
         self.kind = kind
         self.curve_points = 2 if quick else 4
@@ -107,7 +104,7 @@ class Plan:
         ])
         d2c_params = count_params(self.base)
         self.runs = OrderedDict()
-        self.add('d2c', self.base, SHIPPED_ALPHA)
+        self.add('d2c', self.base, self.shipped_alpha)
         self.alphas, self.trees, self.variants = [], [], []
         if kind == 'fusion':
             return
@@ -115,25 +112,26 @@ class Plan:
             self.add('rcan', rcan_like(d2c_params, self.base), 0.0, stage2=False)
         self.add('d2c_alpha0', self.base, 0.0)
         if kind == 'full':
-            self.add('d2c_no_deep_res', dict(self.base, deep_residual=False), SHIPPED_ALPHA)
+            self.add('d2c_no_deep_res', dict(self.base, deep_residual=False), self.shipped_alpha)
         default = [] if quick else [2e-4, 2e-3, 5e-3, 1e-2, 5e-2, 1e-1]
-        self.alphas = sorted({0.0, PAPER_ALPHA, SHIPPED_ALPHA, *(default if alphas is None else alphas)})
+        self.alphas = sorted({0.0, self.authors_alpha, self.shipped_alpha, *(default if alphas is None else alphas)})
         for alpha in self.alphas:
-            if alpha not in (0.0, SHIPPED_ALPHA):
+            if alpha not in (0.0, self.shipped_alpha):
                 self.add(self.alpha_tag(alpha), self.base, alpha)
         # the margins: the authors' times MARGIN_FACTOR; the schedule: on and off as the authors' adjust_diver
         # (first window at epochs 1000-1199 of 20000, on 200 of every 1000, halved every 2000), scaled to iters
-        margins = [m * MARGIN_FACTOR for m in (DIVERGENCE_MARGINS[0], DIVERGENCE_MARGINS[1])]
-        self.add('d2c_margins_x1000', self.base, SHIPPED_ALPHA,
+        margins = [m * MARGIN_FACTOR for m in self.margins[:2]]
+        self.add('d2c_margins_x1000', self.base, self.shipped_alpha,
                  overrides={'train:divergence_opt:margins': margins})
         per = lambda epochs: max(round(iters * epochs / 20000), 1)  # noqa: E731
         self.windows = dict(start_iter=per(200), period=per(1000), on_iters=per(200), decay_every=per(2000),
                             decay_factor=0.5)
-        self.add('d2c_authors_windows', self.base, SHIPPED_ALPHA,
+        self.add('d2c_authors_windows', self.base, self.shipped_alpha,
                  overrides={'train:divergence_opt:alpha_schedule': dict(self.windows)})
-        self.variants = [('d2c_margins_x1000', f'alpha {SHIPPED_ALPHA:g}, margins x{MARGIN_FACTOR} ({margins[0]:g} / '
+        shipped = self.shipped_alpha
+        self.variants = [('d2c_margins_x1000', f'alpha {shipped:g}, margins x{MARGIN_FACTOR} ({margins[0]:g} / '
                           f'{margins[1]:g})'),
-                         ('d2c_authors_windows', f'alpha {SHIPPED_ALPHA:g}, on and off like the authors\' schedule '
+                         ('d2c_authors_windows', f'alpha {shipped:g}, on and off like the authors\' schedule '
                           f'(iterations: start {self.windows["start_iter"]}, on {self.windows["on_iters"]} of every '
                           f'{self.windows["period"]}, halved every {self.windows["decay_every"]})')]
         if kind != 'full':
@@ -141,20 +139,22 @@ class Plan:
         self.trees = [(1, 2), (2, 2)] if quick else [(1, 1), (1, 2), (1, 3), (2, 2), (3, 2)]
         for depth, width in self.trees:
             if (depth, width) != (2, 2):
-                self.add(f'tree_L{depth}C{width}', dict(self.base, depth=depth, width=width), SHIPPED_ALPHA,
+                self.add(f'tree_L{depth}C{width}', dict(self.base, depth=depth, width=width), self.shipped_alpha,
                          stage2=depth * width > 1)
 
     def add(self, tag, net, alpha, stage2=True, overrides=None):
         self.runs[tag] = dict(net=net, alpha=alpha, stage2=stage2, overrides=overrides or {})
 
     def alpha_tag(self, alpha):
-        return {0.0: 'd2c_alpha0', SHIPPED_ALPHA: 'd2c'}.get(alpha, f'alpha_{alpha:g}')
+        return {0.0: 'd2c_alpha0', self.shipped_alpha: 'd2c'}.get(alpha, f'alpha_{alpha:g}')
 
     def tree_tag(self, depth, width):
         return 'd2c' if (depth, width) == (2, 2) else f'tree_L{depth}C{width}'
 
 
 def options(name, stage, net, alpha, iters, data_root, pretrain=None, ckpt_every=None, device='cpu', overrides=None):
+    from d2csr.options import train_options
+
     gpu = device == 'cuda'  # on a GPU: data loading in 4 worker processes, long epochs (fewer worker restarts)
     return train_options(name, stage, data_root, net, iters, pretrain=pretrain, num_gpu=1 if gpu else 0,
                          num_workers=4 if gpu else 0, enlarge_ratio=1000 if gpu else 100, alpha=alpha,
@@ -195,17 +195,23 @@ def train(opt, opt_dir, log):
 def run_train_script(path, env):
     """``python d2csr/train.py -opt <path>`` in its own process, with ``env`` (the device) added to this one's
     environment; returns the CompletedProcess (output captured)."""
+    from d2csr.utils import pythonpath_env
+
     return subprocess.run([sys.executable, osp.join(ROOT, 'd2csr', 'train.py'), '-opt', path], cwd=os.getcwd(),
                           env=dict(pythonpath_env(ROOT), **env), capture_output=True, text=True)
 
 
 def load_net(net_opt, path, device='cpu'):
+    from d2csr.loading import load_model
+
     return load_model(path, net_opt, param_key='params')[0].to(device)
 
 
 def branch_diversity(net, pairs):
     """:func:`d2csr.evaluation.diversity_of_pairs`: mean over images and branch pairs of ``mean((res_i - res_j)^2)``,
     ``res = |G(I_i) - G(HR)|`` (eq. 2-3)."""
+    from d2csr.evaluation import diversity_of_pairs
+
     return diversity_of_pairs(net, pairs, SCALE, next(net.parameters()).device)
 
 
@@ -215,6 +221,9 @@ def mean_branch_psnr(results):
 
 
 def run_all(plan, data_root, work, prefix, log):
+    from d2csr.data.photo_pairs import photo_pair_paths
+    from d2csr.evaluation import evaluate_pairs
+
     opt_dir = osp.join(work, 'options')
     os.makedirs(opt_dir, exist_ok=True)
     pairs = photo_pair_paths(data_root)
@@ -265,6 +274,9 @@ def run_fusion_budgets(plan, out, data_root, work, prefix, log):
     plan's stage-2 length (lr 5e-4 halved at 70% of that), measured at each budget's checkpoint; once with the
     paper's convergence net and once with the variant. Returns ``{variant: [fusion_point, ...]}``, budget 0
     being the untrained convergence net of stage 1."""
+    from d2csr.data.photo_pairs import photo_pair_paths
+    from d2csr.evaluation import evaluate_pairs
+
     opt_dir = osp.join(work, 'options')
     pairs = photo_pair_paths(data_root)
     device = plan.device
@@ -308,7 +320,7 @@ def alpha_plot(plan, out, fig_dir, plt):
     ax2.plot(xs, mean, marker='^', linestyle='--', color='tab:cyan', label='mean-of-branches PSNR')
     ax2.set_ylabel('PSNR (dB, Y), held-out', color='tab:blue')
     ax2.legend(fontsize=7, loc='lower left')
-    labels = {PAPER_ALPHA: '\n(authors)', SHIPPED_ALPHA: '\n(shipped)'}
+    labels = {plan.authors_alpha: '\n(authors)', plan.shipped_alpha: '\n(shipped)'}
     ax1.set_xticks(xs, [f'{a:g}{labels.get(a, "")}' for a in alphas])
     ax1.set_xlabel('alpha')
     path = osp.join(fig_dir, 'alpha_sweep.png')
@@ -349,6 +361,10 @@ def save_plots(plan, out, pairs, fig_dir, sweeps):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    import torch
+    from basicsr.utils import img2tensor
+
+    from d2csr.evaluation import read_rgb
 
     files = {}
     bicubic = out['d2c']['results']['bicubic']['psnr']
@@ -401,6 +417,8 @@ def save_plots(plan, out, pairs, fig_dir, sweeps):
 
 
 def results_table(out, tags):
+    from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL
+
     rows = (['bicubic'] + sorted({r for t in tags for r in out[t]['results'] if r.startswith('branch')})
             + ['mean', 'fused', 'oracle'])
     label = {'bicubic': BICUBIC_LABEL, 'mean': MEAN_LABEL}
@@ -474,15 +492,16 @@ def alpha_row(out, tag, label):
 
 def alpha_summary(plan, out):
     """One paragraph: the shipped alpha against alpha 0 and the authors' 2e-5 (diversity, fused PSNR, ratio)."""
-    zero, authors, shipped = (out[plan.alpha_tag(a)] for a in (0.0, PAPER_ALPHA, SHIPPED_ALPHA))
+    zero, authors, shipped = (out[plan.alpha_tag(a)] for a in (0.0, plan.authors_alpha, plan.shipped_alpha))
     fused = lambda r: r['results']['fused']['psnr']  # noqa: E731
     ratio = lambda r: r.get('logged', {}).get('trip_grad_ratio', 0.0)  # noqa: E731
     inert = abs(authors['diversity'] / zero['diversity'] - 1) < 0.01 and abs(fused(authors) - fused(zero)) < 0.01
-    return (f'At the authors\' alpha {PAPER_ALPHA:g} the divergence term\'s gradient is {ratio(authors):.2g} of the '
+    return (f'At the authors\' alpha {plan.authors_alpha:g} the divergence term\'s gradient is {ratio(authors):.2g} '
+            'of the '
             f'L2 gradient and the branches are ' + ('those of alpha 0' if inert else 'close to those of alpha 0')
             + f' (diversity {authors["diversity"]:.4f} vs {zero["diversity"]:.4f}, fused {fused(authors):.2f} vs '
             f'{fused(zero):.2f} dB)' + (': that is the paper\'s "w/o divergence loss" ablation' if inert else '')
-            + f'. The shipped alpha {SHIPPED_ALPHA:g} (gradient ratio {ratio(shipped):.2g}) gives '
+            + f'. The shipped alpha {plan.shipped_alpha:g} (gradient ratio {ratio(shipped):.2g}) gives '
             f'{shipped["diversity"] / zero["diversity"]:.2f}x the diversity of alpha 0 and a fused PSNR of '
             f'{fused(shipped):.2f} dB ({fused(shipped) - fused(zero):+.2f} dB)')
 
@@ -498,7 +517,8 @@ def alpha_section(plan, out, files, rel):
              '| alpha | branch diversity | x alpha 0 | mean branch PSNR | mean-of-branches PSNR | fused PSNR | '
              'oracle PSNR | grad ratio | hinge on |', '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
     for a in plan.alphas:
-        label = f'{a:g}' + (' (authors\')' if a == PAPER_ALPHA else ' (shipped)' if a == SHIPPED_ALPHA else '')
+        label = f'{a:g}' + (' (authors\')' if a == plan.authors_alpha else
+                            ' (shipped)' if a == plan.shipped_alpha else '')
         lines.append(alpha_row(out, plan.alpha_tag(a), label))
     for tag, label in plan.variants:
         lines.append(alpha_row(out, tag, label))
@@ -527,6 +547,8 @@ def alpha_section(plan, out, files, rel):
 
 
 def write_report(plan, out, files, md_path, args, minutes, sweeps):
+    from d2csr.evaluation import BICUBIC_LABEL, MEAN_LABEL
+
     fused = {t: r['results']['fused']['psnr'] for t, r in out.items()}
     rel = lambda p: osp.relpath(p, osp.dirname(md_path))  # noqa: E731
     full = plan.kind == 'full'
@@ -557,8 +579,8 @@ def write_report(plan, out, files, md_path, args, minutes, sweeps):
         f'halved at 70%; stage 1: {plan.iters} iterations, stage 2 (convergence net, tree frozen): {plan.conv_iters} '
         'iterations' + (f'; the fusion study continues stage 2 to {budgets} times that.' if sweeps else '.'),
         f'- Small D2C: 32 features, G=2, B=1 (the paper\'s small Table 4 baseline), the shipped divergence term: alpha '
-        f'{SHIPPED_ALPHA:g} (constant; the authors\' {PAPER_ALPHA:g} in the sweep), margins '
-        f'{DIVERGENCE_MARGINS[0]:g} / {DIVERGENCE_MARGINS[1]:g}, theta 0.8. Bicubic skip: '
+        f'{plan.shipped_alpha:g} (constant; the authors\' {plan.authors_alpha:g} in the sweep), margins '
+        f'{plan.margins[0]:g} / {plan.margins[1]:g}, theta 0.8. Bicubic skip: '
         f'{"on" if plan.base.get("bicubic_skip") else "off"}.']
     if full:
         lines.append(f'- Single-branch RCAN: the same blocks in one branch (L=1, C=1, G=4, B={out["rcan"]["net"]["num_block"]}), '
@@ -627,7 +649,7 @@ def parse_budgets(text):
     return budgets
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true', help='reduced plan (a few minutes)')
     parser.add_argument('--plan', choices=('full', 'fusion', 'alpha'), default='full',
@@ -648,7 +670,16 @@ def main(argv=None):
     parser.add_argument('--device', default='auto',
                         help='where the trainings run: auto (the first GPU when there is one, else the CPU), '
                              'cpu, cuda or cuda:N')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    from d2csr.data.photo_pairs import build_photo_pairs
+    from d2csr.utils import subprocess_device
+
     where = subprocess_device(args.device)
     RUN_DEVICE.update(num_gpu=where.num_gpu, env=where.env, description=where.description)
     print(f'Device: {where.description} (num_gpu: {where.num_gpu} in the option files)', flush=True)
@@ -682,7 +713,8 @@ def main(argv=None):
     with open(osp.join(fig_dir, 'results.json'), 'w') as f:
         json.dump({'iters': iters, 'conv_iters': plan.conv_iters, 'alphas': plan.alphas, 'trees': plan.trees,
                    'plan': plan.kind, 'device': RUN_DEVICE['description'], 'minutes': minutes,
-                   'fusion_budgets': plan.fusion_budgets, 'shipped_alpha': SHIPPED_ALPHA, 'authors_alpha': PAPER_ALPHA,
+                   'fusion_budgets': plan.fusion_budgets, 'shipped_alpha': plan.shipped_alpha,
+                   'authors_alpha': plan.authors_alpha,
                    'variants': plan.variants,
                    'fusion': {k: dict(label=plan.fusion_variants[k]['label'], points=v) for k, v in sweeps.items()},
                    'runs': {t: {k: v for k, v in r.items() if k not in ('weights', 'stage1_weights')}

@@ -12,28 +12,36 @@ import argparse
 import os.path as osp
 import sys
 
-import numpy as np
-
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
+# numpy, torch, BasicSR and d2csr are imported in main(), after the arguments: --help answers at once
 
-import d2csr  # noqa: E402,F401
-from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
-from basicsr.utils.matlab_functions import imresize  # noqa: E402
-from d2csr.data.photo_pairs import TRAIN_PHOTOS, VAL_PHOTOS, crop_to_multiple, degrade, load_photo  # noqa: E402
-from d2csr.metrics.paper_metrics import calculate_d2csr_paper_psnr, calculate_d2csr_paper_ssim  # noqa: E402
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--scale', type=int, default=4)
+    parser.add_argument('--photos', nargs='+', default=None,
+                        help='scikit-image photographs by name (default: the demo\'s held-out and training photos, '
+                             'd2csr.data.photo_pairs.VAL_PHOTOS + TRAIN_PHOTOS)')
+    parser.add_argument('--max-side', type=int, default=480, help='centre crop of the HR photo (default 480)')
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--scale', type=int, default=4)
-    parser.add_argument('--photos', nargs='+', default=list(VAL_PHOTOS + TRAIN_PHOTOS))
-    parser.add_argument('--max-side', type=int, default=480, help='centre crop of the HR photo (default 480)')
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
+    import numpy as np
+
+    import d2csr  # noqa: F401  (BasicSR shim)
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+    from basicsr.utils.matlab_functions import imresize
+    from d2csr.data.photo_pairs import TRAIN_PHOTOS, VAL_PHOTOS, crop_to_multiple, degrade, load_photo
+    from d2csr.metrics.paper_metrics import calculate_d2csr_paper_psnr, calculate_d2csr_paper_ssim
+
+    photos = args.photos or list(VAL_PHOTOS + TRAIN_PHOTOS)
     s = args.scale
     rows = []
     print(f'x{s}, SR = bicubic (MATLAB imresize) of a degraded LR; PSNR in dB')
     print(f'{"photo":<22}{"paper":>9}{"paper 8b":>10}{"BasicSR Y":>11}   {"paper":>7}{"paper 8b":>10}{"BasicSR Y":>11}')
-    for index, name in enumerate(args.photos):
+    for index, name in enumerate(photos):
         hr = crop_to_multiple(load_photo(name), s, args.max_side)
         lr = degrade(hr, s, np.random.default_rng([0, s, index, 1]))
         sr = imresize(lr.astype(np.float64) / 255., s)  # float, may leave [0, 1]

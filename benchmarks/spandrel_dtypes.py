@@ -20,16 +20,13 @@ import sys
 import tempfile
 import time
 
-import torch
-
-import d2csr  # noqa: F401
-from d2csr.convert import save_basicsr_checkpoint
-from d2csr.loading import read_network_options
+# torch and d2csr are imported where they are used, after the arguments: --help answers at once
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def photo(size):
+    import torch
     from skimage import data
 
     image = data.astronaut()[100:100 + size, 150:150 + size]
@@ -39,7 +36,11 @@ def photo(size):
 def candidates(args):
     if args.model:
         return [(osp.basename(args.model), args.model)]
+    import torch
     from basicsr.archs import build_network
+
+    from d2csr.convert import save_basicsr_checkpoint
+    from d2csr.loading import read_network_options
 
     found = []
     for yml in sorted(glob.glob(osp.join(ROOT, 'options', 'train_D2C*_div_x4.yml'))):
@@ -53,12 +54,17 @@ def candidates(args):
     return found
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default=None, help='a D2C checkpoint (default: every options file, random weights)')
     parser.add_argument('--size', type=int, default=64, help='side of the photo crop (LR pixels)')
     parser.add_argument('--device', default='cpu')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
 
     from d2csr.integrations.spandrel import _import_spandrel, install
 

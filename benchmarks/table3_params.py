@@ -17,15 +17,9 @@ import argparse
 import os.path as osp
 import sys
 
-import torch
-
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, ROOT)
-
-import d2csr  # noqa: E402,F401  (registers D2CSR, RDN, IMDN, VDSR; BasicSR registers EDSR, MSRResNet, RRDBNet)
-from basicsr.archs import build_network  # noqa: E402
-
-from d2csr.utils.yaml_io import load_options  # noqa: E402
+# torch, BasicSR and d2csr are imported where they are used, after the arguments: --help answers at once
 
 # paper Table 3 (RealSR x4): backbone -> (original params, D2C params, original PSNR, D2C PSNR)
 PAPER = {
@@ -40,6 +34,8 @@ PAPER = {
 
 def network_options(path, scale):
     """``network_g`` of an options file, set to ``scale`` (RRDBNet calls the key ``scale``)."""
+    from d2csr.utils.yaml_io import load_options
+
     opt = load_options(path)['network_g']  # options files are data: d2csr's safe loader
     opt['scale' if opt['type'] == 'RRDBNet' else 'upscale'] = scale
     return opt
@@ -59,6 +55,8 @@ def build_original(opt, scale):
     """The original network at ``scale``, or ``None`` where it has no such scale (MSRResNet x8, RDN x8, ...)."""
     if scale not in ORIGINAL_SCALES.get(opt['type'], SCALES):
         return None
+    from basicsr.archs import build_network
+
     try:
         return build_network(opt)
     except (ValueError, AttributeError, KeyError, AssertionError):  # what the originals raise for a scale
@@ -69,6 +67,11 @@ def table_rows(scale=4):
     """One dict per backbone; ``original`` is ``None`` where BasicSR's original has no x``scale``."""
     if scale not in SCALES:
         raise ValueError(f'scale must be one of {SCALES}, got {scale!r}')
+    import torch
+
+    import d2csr  # noqa: F401  (registers D2CSR, RDN, IMDN, VDSR; BasicSR registers EDSR, MSRResNet, RRDBNet)
+    from basicsr.archs import build_network
+
     rows = []
     for backbone, (paper_orig, paper_d2c, psnr_orig, psnr_d2c) in PAPER.items():
         orig_opt = network_options(osp.join(ROOT, 'options', f'train_{backbone}_x4.yml'), scale)
@@ -103,10 +106,14 @@ def millions(n):
     return f'{n / 1e6:.3g}M'
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--scale', type=int, default=4, choices=SCALES, help='build the networks at this scale')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     rows = table_rows(args.scale)
     print(f'Parameters of the networks built at x{args.scale} from this repository\'s option files, beside '
           'paper Table 3 (RealSR x4)\n')

@@ -21,12 +21,7 @@ import os
 import os.path as osp
 import sys
 
-import yaml
-
-import d2csr  # noqa: F401  (compatibility shims and registries)
-from d2csr.convert import (CHANNEL_ORDER, SOURCE_OFFICIAL, UnsafeCheckpointError, load_official, reconvert_legacy,
-                           save_basicsr_checkpoint)
-from d2csr.utils.checkpoint import CheckpointFormatError, is_zip_checkpoint
+# yaml, torch and d2csr are imported in main(), after the arguments: --help answers at once
 
 WRITE_ERRORS = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is exhausted',
                 errno.EFBIG: 'the file-size limit (ulimit -f) is smaller than the checkpoint',
@@ -57,18 +52,28 @@ def write_error(output, err):
     return f'could not write {output}: {reason}. Nothing was written there; free space or choose another path.'
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('input', help='the authors\' checkpoint (pickle with state_dict_D / state_dict_C), or a '
                         '.pth an older version of this script wrote')
     parser.add_argument('output', help='BasicSR checkpoint to write (.pth)')
     parser.add_argument('-s', '--scale', type=int, default=None, help='expected scale (checked)')
     parser.add_argument('--force', action='store_true', help='overwrite an existing output file')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
     problem = check_output(args.output, args.force)
     if problem:
         sys.exit(f'error: {problem}')
+
+    import yaml
+
+    from d2csr.convert import (CHANNEL_ORDER, SOURCE_OFFICIAL, UnsafeCheckpointError, load_official,
+                               reconvert_legacy, save_basicsr_checkpoint)
+    from d2csr.utils.checkpoint import CheckpointFormatError, is_zip_checkpoint
+
     try:
         legacy = False
         if osp.isfile(args.input):

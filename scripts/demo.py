@@ -21,25 +21,35 @@ import subprocess
 import sys
 import time
 
-import torch
-import yaml
-
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, ROOT)
-
-import d2csr  # noqa: E402,F401
-from d2csr.loading import load_model  # noqa: E402
-from d2csr.data.photo_pairs import build_photo_pairs, photo_pair_paths  # noqa: E402
-from d2csr.evaluation import evaluate_pairs, format_table  # noqa: E402
-from d2csr.options import test_options, train_options  # noqa: E402
-from d2csr.utils import compute_threads, pythonpath_env, subprocess_device, thread_env  # noqa: E402
+# yaml, torch and d2csr are imported where they are used, after the arguments: --help answers at once
 
 SCALE = 4
 NETWORK = dict(type='D2CSR', num_feat=32, num_group=2, num_block=1, squeeze_factor=8, upscale=SCALE, depth=2,
                width=2, deep_residual=True, bicubic_skip=True)
 
 
+def subprocess_device(name):
+    """The device ``--device`` names, for this process and the entry points it starts
+    (:func:`d2csr.utils.subprocess_device`)."""
+    from d2csr.utils import subprocess_device as device_for
+
+    return device_for(name)
+
+
+def build_photo_pairs(root, scale, **kwargs):
+    """The x4 data set from scikit-image's photographs (:func:`d2csr.data.photo_pairs.build_photo_pairs`)."""
+    from d2csr.data.photo_pairs import build_photo_pairs as build
+
+    return build(root, scale, **kwargs)
+
+
 def run(script, opt, opt_dir, threads, env=None):
+    import yaml
+
+    from d2csr.utils import pythonpath_env, thread_env
+
     path = osp.join(opt_dir, f'{opt["name"]}.yml')
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
@@ -54,7 +64,7 @@ def run(script, opt, opt_dir, threads, env=None):
         sys.exit(f'{script}.py failed for {path}; see its log under experiments/ or results/')
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--div-iters', type=int, default=500, help='stage-1 iterations (default 500)')
     parser.add_argument('--conv-iters', type=int, default=150, help='stage-2 iterations (default 150)')
@@ -68,7 +78,18 @@ def main(argv=None):
     parser.add_argument('--amp', choices=('bf16', 'fp16'), default=None,
                         help='train and test under torch.autocast in this type (train: amp / val: amp; default fp32); '
                              'the final table evaluates the weights in fp32')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    from d2csr.data.photo_pairs import photo_pair_paths
+    from d2csr.evaluation import evaluate_pairs, format_table
+    from d2csr.loading import load_model
+    from d2csr.options import test_options, train_options
+    from d2csr.utils import compute_threads
 
     start = time.time()
     threads = args.threads or compute_threads()

@@ -20,13 +20,12 @@ import os
 import os.path as osp
 import sys
 
-import d2csr  # noqa: F401  (compatibility shims and registries)
-from d2csr.convert import UnsafeCheckpointError
-from d2csr.integrations.onnx_export import OPSET, ExportError, export_onnx, require_onnx
-from d2csr.loading import describe_param_key, load_network
+# torch and d2csr are imported in main(), after the arguments: --help answers at once
+
+DEFAULT_OPSET = 17  # d2csr.integrations.onnx_export.OPSET, written out for --help (a test checks they agree)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('model', help='BasicSR checkpoint (net_g_*.pth) or the authors\' MegEngine pickle')
     parser.add_argument('output', help='ONNX file to write (.onnx)')
@@ -36,14 +35,22 @@ def main(argv=None):
                         help='checkpoint entry to load (default: params_ema when present, else params)')
     parser.add_argument('--fp16', action='store_true',
                         help='float16 weights, input and output (for GPUs; checked against the fp32 network)')
-    parser.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (default {OPSET})')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset (default {DEFAULT_OPSET})')
     parser.add_argument('--force', action='store_true', help='overwrite an existing output file')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
     if osp.exists(args.output) and not args.force:
         sys.exit(f'error: {args.output} exists; pass --force to overwrite it')
     if osp.isdir(args.output):
         sys.exit(f'error: {args.output} is a folder; give the .onnx file to write')
+
+    from d2csr.convert import UnsafeCheckpointError
+    from d2csr.integrations.onnx_export import ExportError, export_onnx, require_onnx
+    from d2csr.loading import describe_param_key, load_network
+
     try:
         require_onnx()
         net, network_opt, origin = load_network(args.model, args.opt, param_key=args.param_key)

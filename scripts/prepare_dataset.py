@@ -4,7 +4,7 @@ r"""Prepare real-world SR data the BasicSR way: aligned sub-image pairs in OUT/H
 The option files in options/ read the data sets as downloaded (datasets/README.md); this script makes the
 optional prepared copies (faster loading, LMDB). Examples::
 
-    # RealSR x4 training set -> sub-images for 96 px LR patches (gt_size 384) + LMDBs
+    # RealSR x4 training set -> sub-images for a 96 px LR training patch (gt_size 384) + LMDBs
     python scripts/prepare_dataset.py realsr --root datasets/RealSR_V3 --scale 4 \
         --out datasets/RealSR_x4/train_sub --lmdb
     # RealSR x4 test set -> whole aligned pairs (a test split is never cropped unless --crop-size is given)
@@ -38,10 +38,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
-
-import d2csr  # noqa: E402,F401  (basicsr compatibility shim)
-from d2csr.data.pair_index import DataError  # noqa: E402
-from d2csr.data.prepare import prepare  # noqa: E402
+# torch and d2csr are imported in main(), after the arguments: --help answers at once
 
 
 def parse_args(argv=None):
@@ -89,6 +86,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from d2csr.data.pair_index import DataError
+    from d2csr.data.prepare import prepare
+
     kwargs = {}
     if args.layout == 'realsr' and args.cameras:
         kwargs['cameras'] = args.cameras
