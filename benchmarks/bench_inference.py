@@ -70,6 +70,7 @@ def worker(args):
     mode = {'exact': 'exact', 'whole-lr': 'exact', 'bounded': 'bounded', 'untiled': 'whole'}[args.mode]
     amp = 'fp16' if device.type == 'cuda' else None
     planned, _ = plan_run(net, (1, 3, args.height, args.width), mode=mode, amp=amp, plan_outputs=device.type == 'cpu',
+                          bounded_tile=args.bounded_tile,
                           lr='whole' if args.mode == 'whole-lr' else 'banded')  # the tensors the call holds at its peak
     out_device = 'cpu'
 
@@ -80,7 +81,7 @@ def worker(args):
             if args.mode == 'whole-lr':
                 return tiled_forward(net, x, tile=128, lr='whole', output_device=out_device).sr
             if args.mode == 'bounded':
-                return bounded_forward(net, x, output_device=out_device).sr
+                return bounded_forward(net, x, tile=args.bounded_tile, output_device=out_device).sr
             return net(x).float().cpu()
 
     if device.type == 'cuda':
@@ -104,7 +105,8 @@ def worker(args):
 
 def run(args, mode, height, width):
     cmd = [sys.executable, osp.abspath(__file__), '--worker', '--mode', mode, '--height', str(height), '--width',
-           str(width), '--scale', str(args.scale), '--device', args.device, '--threads', str(args.threads)]
+           str(width), '--scale', str(args.scale), '--device', args.device, '--threads', str(args.threads),
+           '--bounded_tile', str(args.bounded_tile)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return dict(error=(proc.stderr.strip().splitlines() or [f'exit {proc.returncode}'])[-1])
@@ -234,6 +236,9 @@ def main():
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=1, help='intra-op threads (1: steady figures on a busy machine)')
     parser.add_argument('--max_gb', type=float, default=8.0, help='untiled runs only where they need less')
+    parser.add_argument('--bounded_tile', type=int, default=512,
+                        help='bounded mode: tile side in LR pixels (inference\'s --bounded_tile); a size at or below '
+                             'one tile is one tile, so measure the mode on images larger than the tile')
     parser.add_argument('--deviation', action='store_true', help='bounded vs exact PSNR on the held-out photos')
     parser.add_argument('--model_path', default=None, help='--deviation: a trained checkpoint (default: train one)')
     parser.add_argument('--train_iters', type=int, default=200, help='--deviation: training steps without a model')

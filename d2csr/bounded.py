@@ -1,6 +1,6 @@
 """Channel attention with whole-image statistics gathered tile by tile, for bounded-memory inference.
 
-Exact inference (:func:`d2csr.tiling.tiled_forward`) keeps LR feature maps of the whole image: about 1.3 GB per LR
+Exact inference (:func:`d2csr.tiling.tiled_forward`) keeps LR feature maps of the whole image: about 1.3 GiB per LR
 megapixel for the default network. Beyond what a machine has, :func:`d2csr.tiling.bounded_forward` runs the whole
 network on overlapping LR tiles, so that its memory is one tile's plus the output. A tile widened by the network's
 receptive radius computes its centre exactly except for channel attention (RCAN's RCAB, IMDN's contrast-aware

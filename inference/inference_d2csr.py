@@ -11,7 +11,7 @@ Unreadable images (a JPEG cut short included) are skipped and named; the exit st
 skipped. Every output file appears whole or not at all.
 
 Memory: by default (``--memory exact``) the result equals the untiled network's up to float rounding, with the LR
-half in bands and the HR half in tiles of ``--tile`` LR pixels (``0``: no tiling at all): about 1.3 GB per LR
+half in bands and the HR half in tiles of ``--tile`` LR pixels (``0``: no tiling at all): about 1.3 GiB per LR
 megapixel on the CPU in fp32 with the default x4 network. Before each image the peak memory is predicted; an image
 that would not fit in what is free is skipped with the prediction, what is free and the largest size that fits.
 ``--memory bounded`` runs the whole network on overlapping tiles (``--bounded_tile``) with channel attention's
@@ -47,7 +47,7 @@ def parse_args(argv=None):
     parser.add_argument('--tile_pad', type=int, default=None,
                         help='context around each tile in LR pixels (default and minimum: the exact radius)')
     parser.add_argument('--memory', type=str, default='exact', choices=['exact', 'bounded'],
-                        help='exact (default): equal to the untiled network, about 1.3 GB per LR megapixel; bounded: '
+                        help='exact (default): equal to the untiled network, about 1.3 GiB per LR megapixel; bounded: '
                              'memory independent of the image size, approximate (see the inference docs)')
     parser.add_argument('--bounded_tile', type=int, default=512,
                         help='--memory bounded: tile size in LR pixels of the whole network')
