@@ -82,7 +82,8 @@ class Plan:
     """Which runs to make. Each run: a tag, its network options, alpha, whether it has a stage 2 and its
     divergence-option overrides (margins, schedule)."""
 
-    def __init__(self, quick, iters, bicubic_skip, conv_iters=None, fusion_budgets=None, kind='full', alphas=None):
+    def __init__(self, quick, iters, bicubic_skip, conv_iters=None, fusion_budgets=None, kind='full', alphas=None,
+                 num_feat=SMALL['num_feat']):
         from d2csr.options import AUTHORS_ALPHA, DIVERGENCE_ALPHA, DIVERGENCE_MARGINS
 
         self.authors_alpha = AUTHORS_ALPHA  # the authors' diver_w (the paper gives no value)
@@ -94,7 +95,7 @@ class Plan:
         # photographs centre-cropped to these sides (training, held-out): every run is measured on the held-out ones
         self.max_side, self.val_max_side = (256, 128) if quick else (512, 256)
         self.conv_iters = conv_iters or max(iters // 4, 2)
-        self.base = dict(SMALL, bicubic_skip=bicubic_skip)
+        self.base = dict(SMALL, bicubic_skip=bicubic_skip, num_feat=num_feat)
         # item 6: stage 2 of the small D2C continued to these multiples of conv_iters (one run each, checkpoints)
         self.fusion_budgets = sorted(fusion_budgets or ([2, 4] if quick else [4, 16, 64]))
         self.fusion_variants = OrderedDict([
@@ -578,7 +579,9 @@ def write_report(plan, out, files, md_path, args, minutes, sweeps):
         f'- Training: BasicSR pipeline (`d2csr/train.py`), {RUN_DEVICE["description"]}, batch 4 of 32x32 LR patches, Adam 5e-4 '
         f'halved at 70%; stage 1: {plan.iters} iterations, stage 2 (convergence net, tree frozen): {plan.conv_iters} '
         'iterations' + (f'; the fusion study continues stage 2 to {budgets} times that.' if sweeps else '.'),
-        f'- Small D2C: 32 features, G=2, B=1 (the paper\'s small Table 4 baseline), the shipped divergence term: alpha '
+        f'- Small D2C: {plan.base["num_feat"]} features, G=2, B=1'
+        + (' (the paper\'s small Table 4 baseline)' if plan.base['num_feat'] == SMALL['num_feat'] else '')
+        + f', the shipped divergence term: alpha '
         f'{plan.shipped_alpha:g} (constant; the authors\' {plan.authors_alpha:g} in the sweep), margins '
         f'{plan.margins[0]:g} / {plan.margins[1]:g}, theta 0.8. Bicubic skip: '
         f'{"on" if plan.base.get("bicubic_skip") else "off"}.']
@@ -666,6 +669,9 @@ def parse_args(argv=None):
                         help='folder for evidence.md and evidence/, or the report\'s path (X.md; plots in X/)')
     parser.add_argument('--prefix', default='evidence_', help='experiment name prefix under experiments/')
     parser.add_argument('--no-bicubic-skip', dest='bicubic_skip', action='store_false')
+    parser.add_argument('--num-feat', type=int, default=SMALL['num_feat'],
+                        help='features of the small D2C (default 32, the paper\'s small Table 4 baseline; fewer: a '
+                             'smoke run of the whole report in less time)')
     parser.add_argument('--keep', action='store_true', help='keep the experiments/ folders of the runs')
     parser.add_argument('--device', default='auto',
                         help='where the trainings run: auto (the first GPU when there is one, else the CPU), '
@@ -691,7 +697,8 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
 
-    plan = Plan(args.quick, iters, args.bicubic_skip, args.conv_iters, args.fusion_budgets, args.plan, args.alphas)
+    plan = Plan(args.quick, iters, args.bicubic_skip, args.conv_iters, args.fusion_budgets, args.plan, args.alphas,
+                args.num_feat)
     plan.device = where.device.type  # 'cuda': data workers and evaluation on the GPU
     if args.out.endswith('.md'):
         md_path, fig_dir = args.out, args.out[:-len('.md')]

@@ -22,10 +22,12 @@ def test_quick_evidence_run_produces_its_report(tmp_path, monkeypatch, capsys):
     evidence = load_script('benchmarks/d2c_evidence.py')
     monkeypatch.setattr(evidence, 'run_train_script',
                         lambda path, env: run_script(ROOT / 'd2csr' / 'train.py', '-opt', path, env=env))
-    evidence.main(['--quick', '--iters', '6', '--out', str(tmp_path), '--prefix', prefix, '--device', 'cpu'])
+    evidence.main(['--quick', '--iters', '6', '--num-feat', '8', '--out', str(tmp_path), '--prefix', prefix,
+                   '--device', 'cpu'])
     assert 'trained ' + prefix + 'd2c_div (6 iterations' in capsys.readouterr().out
 
     md = (tmp_path / 'evidence.md').read_text()
+    assert '- Small D2C: 8 features, G=2, B=1, the shipped divergence term' in md
     data = json.loads((tmp_path / 'evidence' / 'results.json').read_text())
     runs = data['runs']
     assert data['iters'] == 6
