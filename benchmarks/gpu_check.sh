@@ -14,6 +14,9 @@
 #   infer_tf32/16  inference rows at 1x3x256^2 (TF32, bf16)
 #   train_*        300-iteration d2csr/train.py runs (paper network, batch 4 x 96^2 LR from scikit-image photos):
 #                  TF32, bf16, bf16 + compile
+#   infer_memory   benchmarks/bench_inference.py: peak CUDA memory and time per LR megapixel of each inference
+#                  mode (exact, LR half whole, bounded, untiled), fp16 autocast as inference runs on a GPU
+#   tests_gpu      every other GPU test of the suite (-k cuda)
 # then one table (summary.md, summary.json).
 set -u
 OUT=${OUT:-gpu_out}
@@ -48,6 +51,9 @@ if [ "$MODE" = gpu ]; then
     part train_$run "$([ $run = tf32 ] && echo 45 || echo 45)" $PY d2csr/train.py -opt "$OUT/opts/train_$run.yml"
   done
   part train_compiled 80 $PY d2csr/train.py -opt "$OUT/opts/train_compiled.yml"
+  part infer_memory 90 $PY benchmarks/bench_inference.py --device cuda --sizes 1024x1024 2048x2048 \
+    --modes exact whole-lr bounded untiled --max_gb 60
+  part tests_gpu 90 $PY -m pytest tests -q -p no:cacheprovider -k cuda --deselect tests/test_train_step.py
   if [ "${GPU_CHECK_COMPILED_BENCH:-0}" = 1 ]; then  # compiles both stages: about 2 more minutes
     part bench_compiled 150 $PY benchmarks/bench_d2c.py --device cuda --steps only --train-batch 4 --train-patch 96 \
       --train-dtype bf16 --train-compile reduce-overhead --train-repeats 10 --json
@@ -61,6 +67,7 @@ else
   for run in tf32 bf16 compiled; do
     part train_$run 300 $PY d2csr/train.py -opt "$OUT/opts/train_$run.yml"
   done
+  part infer_memory 300 $PY benchmarks/bench_inference.py --sizes 64x64 96x96 --modes exact bounded --bounded_tile 32
   part bench_compiled 300 $PY benchmarks/bench_d2c.py --smoke --steps only --train-dtype bf16 \
     --train-compile default --compile-backend aot_eager --json
 fi
