@@ -33,29 +33,11 @@ from d2csr.loading import load_model, load_network
 from d2csr.memory import (MODES, MemoryRefused, OutOfMemory, bytes_per_pixel, check_fits, predict_memory,
                           release_large_allocations, surely_fits)
 from d2csr.tiling import BOUNDED_TILE, bounded_forward, tiled_forward
+from d2csr.utils import resolve_device
 from d2csr.utils.image_io import array_from_rgb, image_from_array, image_to_tensor, tensor_to_rgb
 from d2csr.utils.precision import amp_dtype, amp_name, autocast
 
 MEMORY_MODES = ('exact', 'bounded')
-
-
-def resolve_device(device):
-    """``'auto'`` (the GPU when there is one), ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a ``torch.device``;
-    ``ValueError`` for anything else or for a GPU that is not there."""
-    if isinstance(device, torch.device):
-        resolved = device
-    elif device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    else:
-        try:
-            resolved = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f'device {device!r} is not a device; use auto, cpu, cuda or cuda:N') from None
-    if resolved.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {device} asks for a GPU, but none is available (use cpu)')
-    if resolved.type not in ('cpu', 'cuda'):
-        raise ValueError(f'device {device!r}: only cpu and cuda devices are supported')
-    return resolved
 
 
 def default_amp(device, amp='auto'):

@@ -123,10 +123,10 @@ def main(argv=None):
     from d2csr.convert import UnsafeCheckpointError
     from d2csr.memory import MemoryRefused, OutOfMemory
     from d2csr.upscaler import Upscaler
-    from d2csr.utils import resolve_device, set_tf32
+    from d2csr.utils import device_from_flag, set_tf32
     from d2csr.utils.image_io import UnreadableImage, list_images, read_image, write_image
 
-    device = resolve_device(args.device)
+    device = device_from_flag(args.device)
     if args.no_tf32:
         set_tf32(False)
     try:

@@ -46,13 +46,13 @@ def main(argv=None):
     from d2csr.evaluation import format_image_table, write_image_table
     from d2csr.loading import describe_param_key, load_network
     from d2csr.tiling import tiled_forward
-    from d2csr.utils import resolve_device, set_tf32
+    from d2csr.utils import device_from_flag, set_tf32
     from d2csr.utils.atomic import write_bytes_atomic
     from d2csr.utils.image_io import UnreadableImage, image_to_tensor, list_images, read_image
     from d2csr.utils.progress import ImageProgress
     from d2csr.visualize import make_panel
 
-    device = resolve_device(args.device)
+    device = device_from_flag(args.device)
     if args.no_tf32:
         set_tf32(False)
     try:

@@ -5,20 +5,34 @@ import sys
 from collections import namedtuple
 
 
-def resolve_device(name):
-    """``'auto'`` -> the GPU when there is one, else the CPU; other names as given. Exits with a clear
-    message when a GPU is asked for and none is available."""
+def resolve_device(device):
+    """``'auto'`` (the GPU when there is one), ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a ``torch.device`` -> the
+    ``torch.device``; ``ValueError`` naming it for anything else or for a GPU that is not there."""
     import torch
 
-    if name == 'auto':
+    if isinstance(device, torch.device):
+        resolved = device
+    elif device == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    else:
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f'device {device!r} is not a device; use auto, cpu, cuda or cuda:N') from None
+    if resolved.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {device} asks for a GPU, but none is available (use cpu)')
+    if resolved.type not in ('cpu', 'cuda'):
+        raise ValueError(f'device {device!r}: only cpu and cuda devices are supported')
+    return resolved
+
+
+def device_from_flag(name):
+    """:func:`resolve_device` of a script's ``--device``: a name that does not work ends the script with the
+    message (``error: --device ...``)."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        sys.exit(f'error: --device {name!r} is not a device; use auto, cpu, cuda or cuda:N')
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        sys.exit(f'error: --device {name} asks for a GPU, but none is available (use --device cpu)')
-    return device
+        return resolve_device(name)
+    except ValueError as err:
+        sys.exit(f'error: --{err}')
 
 
 def set_tf32(enabled):
@@ -102,13 +116,11 @@ def subprocess_device(name='auto'):
     """
     import torch
 
-    device = resolve_device(name)
+    device = device_from_flag(name)
     if device.type == 'cpu':
         threads = torch.get_num_threads()
         return SubprocessDevice(device, 0, {'CUDA_VISIBLE_DEVICES': ''},
                                 f'cpu ({_cpu_name()}, {threads} thread{"s" if threads != 1 else ""})')
-    if device.type != 'cuda':
-        sys.exit(f'error: --device {name}: only auto, cpu, cuda and cuda:N are supported')
     index = device.index if device.index is not None else 0
     count = torch.cuda.device_count()
     if index >= count:
