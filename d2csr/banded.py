@@ -277,10 +277,7 @@ class BandRunner:
         return self.map(lambda *parts: core(m.conv(m.fuse(torch.cat(parts[:-1], dim=1))), parts[-1]), radius, outs)
 
     def conv(self, conv, y, add=None, bias=True):
-        """``y = conv(y) (+ add)`` in place (``conv`` ``None``: the add alone); ``bias=False`` leaves out
-        the conv's bias."""
-        if conv is None:
-            return y.add_(add)
+        """``y = conv(y) (+ add)`` in place; ``bias=False`` leaves out the conv's bias."""
         b = conv.bias if bias else None
 
         def fn(yb, *ab):
@@ -419,8 +416,7 @@ class _TreeWalk:
             y = runner.module(node, parent, owned=True)
             del parent
             for conv, _ in steps:
-                if conv is not None:
-                    y = runner.conv(conv, y, bias=False)
+                y = runner.conv(conv, y, bias=False)
             y.add_(total)
             del total
         else:
@@ -440,7 +436,7 @@ class _TreeWalk:
         for conv, level in steps:
             ancestor, last = self.take(level)
             if total is None:
-                bias = None if conv is None or conv.bias is None else conv.bias.view(1, -1, 1, 1).to(ancestor.dtype)
+                bias = None if conv.bias is None else conv.bias.view(1, -1, 1, 1).to(ancestor.dtype)
                 if last:
                     total = ancestor if bias is None else ancestor.add_(bias)
                 else:

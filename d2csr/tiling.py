@@ -68,7 +68,7 @@ def network_radius(net):
     factor = feature_factor(net)
     lr = (3 if factor > 1 else conv_radius(net.head)[0])
     trunk = sum(conv_radius(net.nodes[net.level_offset(level)])[0] for level in range(1, net.depth + 1))
-    trunk += sum(conv_radius(conv)[0] for conv, _ in net.residual_steps(0) if conv is not None)
+    trunk += sum(conv_radius(conv)[0] for conv, _ in net.residual_steps(0))
     return math.ceil(lr + trunk / factor) + receptive_radius(net)
 
 

@@ -348,8 +348,8 @@ class D2CSR(nn.Module):
 
     def residual_steps(self, leaf):
         """The multi-branch deep residual structure of ``leaf`` (paper Sec. 3.2) as ``[(conv, ancestor), ...]``:
-        applied in order to the leaf's branch-module output ``y`` as ``y = conv(y) + features[ancestor]``
-        (``conv`` ``None``: the add alone), where ``features[0]`` is the head feature and
+        applied in order to the leaf's branch-module output ``y`` as ``y = conv(y) + features[ancestor]``,
+        where ``features[0]`` is the head feature and
         ``features[depth - 1]`` the leaf's parent. :meth:`leaf_features` and the banded inference of
         :mod:`d2csr.banded` both read the structure from here. One step per level that ``deep_residual`` keeps
         (``self.res_levels``): all, the head's alone (``False``), none (``'no_skip'``).
@@ -422,7 +422,7 @@ class D2CSR(nn.Module):
                 self._descend(level + 1, index * self.width + child, path + [y], features)
             return
         for conv, ancestor in self.residual_steps(index):
-            y = (y if conv is None else conv(y)).add_(path[ancestor])
+            y = conv(y).add_(path[ancestor])
         features.append(y)
 
     def leaf_prediction(self, leaf, feature, x, skip=None):
