@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_flatten
 
 from d2csr.banded import meta_copy
 from d2csr.tiling import BOUNDED_TILE, bounded_forward, check_pad, tiled_run
+from d2csr.utils.precision import amp_dtype
 
 MODES = ('exact', 'bounded', 'whole')  # exact: banded LR half + HR tiles; whole: the plain forward (no tiling)
 MARGIN = 1.10  # measured resident growth / planned tensor bytes: 1.00-1.01 at 1 LR megapixel (bench_inference.py)
@@ -89,12 +90,12 @@ def plan_run(net, shape, mode='exact', tile=128, tile_pad=None, amp=None, return
              return_weights=False, bounded_tile=BOUNDED_TILE, passes=2, band_rows=None, plan_outputs=True, lr='banded'):
     """Peak tensor bytes and steps of one inference call on an input of ``shape`` ``(N, C, h, w)``, from a plan
     on the ``meta`` device. ``mode``: ``'exact'`` (:func:`~d2csr.tiling.tiled_forward` with ``lr``, ``band_rows``),
-    ``'bounded'`` or ``'whole'`` (the plain forward); ``amp``: ``None``, ``'bf16'`` or ``'fp16'`` (the maps then
-    take 2 bytes a value); ``plan_outputs=False``: without the output-side buffers, as for a GPU run whose
-    outputs go to the host."""
+    ``'bounded'`` or ``'whole'`` (the plain forward); ``amp``: ``None``, ``'bf16'`` or ``'fp16'`` (or the dtype;
+    the maps then take 2 bytes a value); ``plan_outputs=False``: without the output-side buffers, as for a GPU
+    run whose outputs go to the host."""
     meta = meta_copy(net)
-    if amp is not None:
-        meta = meta.to({'bf16': torch.bfloat16, 'fp16': torch.float16}[amp])
+    if amp_dtype(amp) is not None:
+        meta = meta.to(amp_dtype(amp))
     x = torch.empty(shape, dtype=next(meta.parameters()).dtype, device='meta')
     steps = 0
     with torch.no_grad(), LiveBytes(external=[x, *meta.parameters(), *meta.buffers()]) as live:

@@ -66,8 +66,7 @@ from d2csr.utils.precision import amp_dtype, autocast
 from d2csr.utils import set_tf32
 from d2csr.utils.errors import TrainingStopped
 from d2csr.convert import check_channel_order
-from d2csr.evaluation import (fusion_metrics, mean_fusion, oracle_fusion,  # noqa: F401  (oracle_fusion: old path)
-                              weight_mad)
+from d2csr.evaluation import fusion_metrics, mean_fusion, weight_mad
 from d2csr.metrics.paper_metrics import float_outputs, float_outputs_for_metrics
 
 STAGES = ('divergence', 'convergence', 'joint')
@@ -480,8 +479,8 @@ class D2CModel(SRModel):
     def _on_bad_steps(self, count, first_iter, flags, values, ranks=None):
         """Called by the guard when it finds bad steps: ``nan_policy: stop`` raises, ``skip`` warns.
 
-        ``train: nan_policy: stop`` (default) raises ``TrainingStopped`` (a ``FloatingPointError``) naming the iteration and the loss
-        terms; the optimizer did not step there (nor after it), so the weights and the last saved checkpoint
+        ``train: nan_policy: stop`` (default) raises ``TrainingStopped`` (a ``FloatingPointError``) naming the
+        iteration and the loss terms; the optimizer did not step there (nor after it), so the weights and the last saved checkpoint
         stay as they were; ``skip`` counts the step (``nan_skips`` in the log) and goes on. Distributed,
         ``ranks`` (``{rank: (flags, values)}``) gives every process's flags and loss values: the message names
         the processes where the loss or gradient was not finite and shows their values, not rank 0's.
@@ -650,8 +649,7 @@ class D2CModel(SRModel):
         if self.val_tile != 'auto':
             return self.val_tile
         if self._whole_per_pixel is None:
-            self._whole_per_pixel = bytes_per_pixel(bare, {torch.bfloat16: 'bf16', torch.float16: 'fp16'}.get(
-                self.val_amp))
+            self._whole_per_pixel = bytes_per_pixel(bare, self.val_amp)
         h, w = self.lq.shape[-2:]
         return 0 if surely_fits(self._whole_per_pixel * self.lq.shape[0], h, w, bare.upscale, self.lq.device) else 128
 
