@@ -181,7 +181,8 @@ VAL = {
     'SRModel': _VAL_COMMON,
     'D2CModel': dict(_VAL_COMMON, amp=key(('str', 'bool', 'none'), note='bf16, fp16 or ~ (fp32)'),
                      save_panels=key('bool'), panel_max_side=key('int', minimum=16),
-                     tile=key(('auto', 'int', 'none'), minimum=0, note='auto, 0 (never tile) or a tile size in LR pixels')),
+                     tile=key(('auto', 'int', 'none'), minimum=0,
+                              note='auto, 0 (never tile) or a tile size in LR pixels')),
 }
 # keys a builder reads itself besides its class's constructor arguments
 EXTRA_LOSS_KEYS = {'perceptual_opt': ('pretrained', 'pretrained_path')}  # d2csr.losses.perceptual

@@ -480,8 +480,8 @@ class D2CModel(SRModel):
         """Called by the guard when it finds bad steps: ``nan_policy: stop`` raises, ``skip`` warns.
 
         ``train: nan_policy: stop`` (default) raises ``TrainingStopped`` (a ``FloatingPointError``) naming the
-        iteration and the loss terms; the optimizer did not step there (nor after it), so the weights and the last saved checkpoint
-        stay as they were; ``skip`` counts the step (``nan_skips`` in the log) and goes on. Distributed,
+        iteration and the loss terms; the optimizer did not step there (nor after it), so the weights and the last
+        saved checkpoint stay as they were; ``skip`` counts the step (``nan_skips`` in the log) and goes on. Distributed,
         ``ranks`` (``{rank: (flags, values)}``) gives every process's flags and loss values: the message names
         the processes where the loss or gradient was not finite and shows their values, not rank 0's.
         """
