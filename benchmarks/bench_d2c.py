@@ -264,9 +264,7 @@ def run_benchmark(args):
     from d2csr.archs import D2CSR
     from d2csr.losses.d2csr_losses import ConvergenceLoss, DivergenceLoss
 
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit('bench_d2c: --device cuda but torch.cuda.is_available() is False; use --device cpu')
+    device = torch.device(args.device)  # checked by main
     dtypes = parse_dtypes(args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -701,11 +699,10 @@ def main(argv=None):
     import torch
 
     import d2csr  # noqa: F401  (BasicSR shim, registries)
+    from d2csr.utils import device_from_flag
 
-    device = torch.device(args.device)
+    device = device_from_flag(args.device)
     if device.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise SystemExit('bench_d2c: --device cuda but torch.cuda.is_available() is False; use --device cpu')
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 rows are TF32
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -93,12 +93,13 @@ def main(argv=None):
     import torch
 
     from d2csr.integrations.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, require_onnx
+    from d2csr.utils import device_from_flag
 
     _, ort = require_onnx()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    device = torch.device(args.device)
+    device = device_from_flag(args.device)
 
     net, opts, origin = build_model(args)
     precision = 'fp16' if args.fp16 else 'fp32'

@@ -67,20 +67,22 @@ def main(argv=None):
     import torch
 
     from d2csr.integrations.spandrel import _import_spandrel, install
+    from d2csr.utils import device_from_flag
 
     try:
         spandrel = _import_spandrel()
     except ImportError as err:
         raise SystemExit(f'error: {err}') from None
     install(ignore_duplicates=True)
-    x = photo(args.size).to(args.device)
-    print(f'spandrel {spandrel.__version__}, torch {torch.__version__}, {args.device}, {torch.get_num_threads()} '
+    device = device_from_flag(args.device)
+    x = photo(args.size).to(device)
+    print(f'spandrel {spandrel.__version__}, torch {torch.__version__}, {device}, {torch.get_num_threads()} '
           f'thread(s), load average {os.getloadavg()[0]:.2f}; input {tuple(x.shape)} (astronaut crop)')
     print(f'{"network":<42}{"dtype":<10}{"finite":<8}{"max |diff|":>12}{"mean |diff|":>13}{"time (s)":>10}')
     with tempfile.TemporaryDirectory() as folder:
         args.folder = folder
         for name, path in candidates(args):
-            model = spandrel.ModelLoader(args.device).load_from_file(path).eval()
+            model = spandrel.ModelLoader(device).load_from_file(path).eval()
             start = time.perf_counter()
             ref = model(x)
             rows = [('float32', ref, time.perf_counter() - start)]

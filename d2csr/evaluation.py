@@ -133,6 +133,19 @@ def psnr_row(lq, branches, sr, gt, scale, psnr_opts=None):
     return {row: values['psnr'] for row, values in rows.items()}
 
 
+def pair_tensors(pairs, scale, device='cpu'):
+    """``(lr, hr)`` tensors ``(1, 3, h, w)`` / ``(1, 3, s*h, s*w)`` in ``[0, 1]`` of each ``(lr_path, hr_path)`` of
+    ``pairs``, HR cropped to ``scale x`` LR size (``ValueError`` when it is smaller)."""
+    for lr_path, hr_path in pairs:
+        lr, hr = read_rgb(lr_path), read_rgb(hr_path)
+        h, w = lr.shape[:2]
+        hr = hr[:h * scale, :w * scale]
+        if hr.shape[:2] != (h * scale, w * scale):
+            raise ValueError(f'HR {hr_path} is smaller than {scale} x LR {lr_path}')
+        yield (img2tensor(lr, bgr2rgb=False).unsqueeze(0).to(device),
+               img2tensor(hr, bgr2rgb=False).unsqueeze(0).to(device))
+
+
 @torch.no_grad()
 def evaluate_pairs(net, pairs, scale, device='cpu'):
     """Mean PSNR / SSIM per row (:func:`fusion_metrics`) over ``pairs``, and the weights' deviation.
@@ -151,14 +164,7 @@ def evaluate_pairs(net, pairs, scale, device='cpu'):
     sums = OrderedDict()
     mad = 0.0
     count = 0
-    for lr_path, hr_path in pairs:
-        lr, hr = read_rgb(lr_path), read_rgb(hr_path)
-        h, w = lr.shape[:2]
-        hr = hr[:h * scale, :w * scale]
-        if hr.shape[:2] != (h * scale, w * scale):
-            raise ValueError(f'HR {hr_path} is smaller than {scale} x LR {lr_path}')
-        lr_t = img2tensor(lr, bgr2rgb=False).unsqueeze(0).to(device)
-        hr_t = img2tensor(hr, bgr2rgb=False).unsqueeze(0).to(device)
+    for lr_t, hr_t in pair_tensors(pairs, scale, device):
         branches = net.forward_branches(lr_t)
         fused, weights = net.fuse(branches)
         rows = fusion_metrics(branches, fused, hr_t, scale, lq=lr_t, ssim=True)
@@ -194,11 +200,7 @@ def diversity_of_pairs(net, pairs, scale, device='cpu'):
     (``(lr_path, hr_path)``; HR cropped to ``scale x`` LR size, as :func:`evaluate_pairs` does)."""
     net.eval()
     values = []
-    for lr_path, hr_path in pairs:
-        lr, hr = read_rgb(lr_path), read_rgb(hr_path)
-        hr = hr[:lr.shape[0] * scale, :lr.shape[1] * scale]
-        lr_t = img2tensor(lr, bgr2rgb=False).unsqueeze(0).to(device)
-        hr_t = img2tensor(hr, bgr2rgb=False).unsqueeze(0).to(device)
+    for lr_t, hr_t in pair_tensors(pairs, scale, device):
         with torch.no_grad():
             values.append(branch_diversity(net.forward_branches(lr_t), hr_t))
     if not values:

@@ -30,7 +30,7 @@ import os.path as osp
 import torch
 
 from d2csr.loading import load_model, load_network
-from d2csr.memory import (MODES, MemoryRefused, OutOfMemory, bytes_per_pixel, check_fits, predict_memory,
+from d2csr.memory import (MemoryRefused, OutOfMemory, bytes_per_pixel, check_fits, predict_memory,
                           release_large_allocations, surely_fits)
 from d2csr.tiling import BOUNDED_TILE, bounded_forward, tiled_forward
 from d2csr.utils import resolve_device
@@ -137,10 +137,11 @@ class Upscaler:
             return 'banded'
         return 'whole'
 
-    def check(self, height, width, channels=3, itemsize=1, return_branches=False, what='this image'):
+    def check(self, height, width, channels=3, itemsize=1, return_branches=False, what='this image', lr=None):
         """Raise :class:`~d2csr.memory.MemoryRefused` when the call would not fit in the memory available now;
-        returns the :class:`~d2csr.memory.Prediction` (``None`` when a quick bound shows it fits)."""
-        if self.mode == 'exact' and self.lr_half(height, width) == 'whole':
+        returns the :class:`~d2csr.memory.Prediction` (``None`` when a quick bound shows it fits). ``lr``: the
+        exact mode's LR half as the call will run it (default: :meth:`lr_half`)."""
+        if self.mode == 'exact' and (lr or self.lr_half(height, width)) == 'whole':
             return None
         if self.mode != 'exact' and self._surely_fits('whole', height, width):
             return None
@@ -195,10 +196,11 @@ class Upscaler:
         """An :class:`~d2csr.utils.image_io.Image` -> ``(sr, branches)``, ``(s*H, s*W, 3)`` float32 RGB arrays in
         ``[0, 1]`` (``branches`` a list with ``return_branches``, else ``None``), after the memory check."""
         h, w = image.rgb.shape[:2]
+        lr = self.lr_half(h, w)  # decided once: the check and the run agree
         if self.check_memory:
             channels = {'gray': 1, 'rgb': 3, 'rgba': 4}[image.mode]
-            self.check(h, w, channels, image.dtype.itemsize, return_branches, what)
-        out = self.forward(image_to_tensor(image), return_branches, progress)
+            self.check(h, w, channels, image.dtype.itemsize, return_branches, what, lr)
+        out = self.forward(image_to_tensor(image), return_branches, progress, lr)
         branches = [tensor_to_rgb(b) for b in out.branches] if return_branches else None
         return tensor_to_rgb(out.sr), branches
 
@@ -230,4 +232,4 @@ def is_out_of_memory(err):
                                    'failed to allocate'))
 
 
-__all__ = ['Upscaler', 'MemoryRefused', 'OutOfMemory', 'MODES', 'resolve_device', 'default_amp']
+__all__ = ['Upscaler', 'MemoryRefused', 'OutOfMemory', 'default_amp']

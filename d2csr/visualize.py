@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 from basicsr.utils import get_root_logger, tensor2img
 
+from d2csr.utils.image_io import write_encoded
 from d2csr.evaluation import format_image_table, mean_fusion, oracle_fusion, psnr_row, weight_mad, write_image_table
 
 LABEL_HEIGHT = 24
@@ -159,7 +160,7 @@ def save_validation_panels(model, dataloader, current_iter):
         panel, row = make_panel(model.lq.cpu(), [b.cpu() for b in model.branches], model.output.cpu(),
                                 model.weights.cpu(), None if gt is None else gt.cpu(), model.opt['scale'],
                                 model._psnr_opts(), val_opt.get('panel_max_side', 480))
-        cv2.imwrite(osp.join(folder, f'{name}_panel.png'), panel)
+        write_encoded(osp.join(folder, f'{name}_panel.png'), panel)
         if row:
             rows.append(row)
             names.append(name)

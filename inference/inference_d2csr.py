@@ -117,14 +117,13 @@ def inference_precision(args, device):
 
 def main(argv=None):
     args = parse_args(argv)  # before torch is imported: --help and argument errors are quick
-    from tqdm import tqdm
-
     import d2csr  # noqa: F401  (compatibility shims and registries)
     from d2csr.convert import UnsafeCheckpointError
     from d2csr.memory import MemoryRefused, OutOfMemory
     from d2csr.upscaler import Upscaler
     from d2csr.utils import device_from_flag, set_tf32
     from d2csr.utils.image_io import UnreadableImage, list_images, read_image, write_image
+    from d2csr.utils.progress import ImageProgress
 
     device = device_from_flag(args.device)
     if args.no_tf32:
@@ -147,33 +146,26 @@ def main(argv=None):
         sys.exit(f'error: cannot create the output folder {args.output!r} ({err.strerror or err}); choose another '
                  '-o (a folder, not a file).')
     skipped = []
+    progress = ImageProgress(paths)  # a bar on a terminal, one line per image in a pipe or log file
 
     def skip(path, reason):
         skipped.append((path, reason))
-        tqdm.write(f'skipped {path}: {reason}')
+        progress.note(f'skipped {path}: {reason}')
 
-    # progress bars only on a terminal; piped or logged output gets one plain line per image instead
-    interactive = sys.stderr.isatty()
-    bar = tqdm(paths, unit='img', disable=not interactive)
-    for index, path in enumerate(bar, 1):
+    for index, path in progress:
         sr_path, branch_paths = outputs[path]
-        bar.set_postfix_str(osp.basename(path))
+        progress.label(osp.basename(path))
         try:
             image = read_image(path)
         except UnreadableImage as err:
             skip(path, str(err))
             continue
         if image.note:
-            tqdm.write(f'{path}: {image.note}')
-        steps = tqdm(total=0, unit='step', leave=False, disable=not interactive)
-
-        def progress(done, total, steps=steps):
-            steps.total = total
-            steps.update(done - steps.n)
-
+            progress.note(f'{path}: {image.note}')
+        steps = progress.inner('step')
         try:
-            sr, branches = upscaler.upscale_image(image, args.save_branches, progress if interactive else None,
-                                                  what=path)
+            sr, branches = upscaler.upscale_image(image, args.save_branches,
+                                                  steps.update_to if progress.interactive else None, what=path)
         except (MemoryRefused, OutOfMemory) as err:
             skip(path, str(err))
             continue
@@ -188,9 +180,9 @@ def main(argv=None):
         except OSError as err:
             skip(path, str(err))
         else:
-            if not interactive:
-                print(f'[{index}/{len(paths)}] {path} -> {osp.basename(sr_path)}', flush=True)
+            progress.done(index, f'{path} -> {osp.basename(sr_path)}')
         del sr, branches, image
+    progress.close()
 
     done = len(paths) - len(skipped)
     print(f'{done} of {len(paths)} images written to {args.output}')

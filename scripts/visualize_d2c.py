@@ -40,15 +40,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
 
-    import cv2
-
     from d2csr.convert import UnsafeCheckpointError
     from d2csr.evaluation import format_image_table, write_image_table
     from d2csr.loading import describe_param_key, load_network
     from d2csr.tiling import tiled_forward
     from d2csr.utils import device_from_flag, set_tf32
-    from d2csr.utils.atomic import write_bytes_atomic
-    from d2csr.utils.image_io import UnreadableImage, image_to_tensor, list_images, read_image
+    from d2csr.utils.image_io import UnreadableImage, image_to_tensor, list_images, read_image, write_encoded
     from d2csr.utils.progress import ImageProgress
     from d2csr.visualize import make_panel
 
@@ -93,7 +90,7 @@ def main(argv=None):
         out = tiled_forward(net, lq, tile=args.tile, return_branches=True, return_weights=True, output_device='cpu')
         panel, row = make_panel(lq.cpu(), out.branches, out.sr, out.weights, gt, scale, psnr_opts, args.max_side)
         panel_path = osp.join(args.output, f'{name}_panel.png')
-        write_bytes_atomic(panel_path, cv2.imencode('.png', panel)[1].tobytes())
+        write_encoded(panel_path, panel)
         progress.done(index, f'{path} -> {osp.basename(panel_path)}')
         if row:
             rows.append(row)

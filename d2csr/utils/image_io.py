@@ -252,13 +252,20 @@ def write_image(path, rgb, like):
         dtype = np.dtype(np.uint8)
     out = array_from_rgb(rgb, like, 'BGR', dtype)
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if dtype == np.uint8 and ext in ('.jpg', '.jpeg') else []
+    write_encoded(path, out, params)
+
+
+def write_encoded(path, array, params=()):
+    """Encode ``array`` (an OpenCV image: BGR / BGRA / gray) in the format of ``path``'s extension and write it
+    whole or not at all (:func:`~d2csr.utils.atomic.write_bytes_atomic`). Raises ``OSError`` naming the file when
+    it cannot be encoded or written."""
+    ext = osp.splitext(path)[1].lower()
     try:
-        ok, buf = cv2.imencode(ext, out, params)
+        ok, buf = cv2.imencode(ext, array, list(params))
     except cv2.error:
         ok = False
     if not ok:
         raise OSError(f'could not encode {path!r} as {ext or "(no extension)"} (check the extension)')
-    del out
     try:
         write_bytes_atomic(path, buf)
     except OSError as err:
