@@ -11,11 +11,9 @@ are the files in ``options/``; these dicts follow their structure::
 import copy
 import os.path as osp
 
-from d2csr.losses.d2csr_losses import AUTHORS_ALPHA, DIVERGENCE_ALPHA  # noqa: F401  (re-exported)
-
 # The divergence term as options/train_D2C_div_*.yml ship it (tests/test_divergence_acts.py checks that they agree):
-# alpha chosen by the sweep in docs/evidence.md (d2csr.losses), the authors' margins.
-DIVERGENCE_MARGINS = (5e-5, 2e-5)  # the authors' margins: root level (cousins) first, then 2e-5 for deeper levels
+# alpha chosen by the sweep in docs/evidence.md, the authors' margins (both defined in d2csr.losses).
+from d2csr.losses.d2csr_losses import AUTHORS_ALPHA, DIVERGENCE_ALPHA, DIVERGENCE_MARGINS  # noqa: F401  (re-exported)
 
 
 def set_option(opt, key, value):

@@ -16,7 +16,6 @@ lists every problem at once, each naming the option (``train:optim_g:lr``) and t
 The loss's tree shape is checked where the loss is built (:func:`d2csr.losses.build_divergence_loss`), also at
 start. Problems raise :class:`~d2csr.utils.errors.OptionsError` (a ``ValueError``).
 """
-import inspect
 import math
 import os.path as osp
 import sys
@@ -25,7 +24,8 @@ from d2csr.archs.branch_modules import branch_module_options
 from d2csr.archs.infer_options import NO_TRACE_OPTIONS
 from d2csr.data.eval_check import data_root_problems
 from d2csr.loading import saved_network_options
-from d2csr.options_schema import schema_problems
+from d2csr.losses.d2csr_losses import DivergenceWeightSchedule
+from d2csr.options_schema import lookup, schema_problems, signature_keys
 from d2csr.utils.errors import OptionsError, user_error_message
 
 
@@ -33,14 +33,11 @@ def _arch_defaults(arch_type):
     """``{name: default}`` of a registered architecture's constructor (``None`` when it takes ``**kwargs``)."""
     from basicsr.utils.registry import ARCH_REGISTRY
 
-    try:
-        arch = ARCH_REGISTRY.get(arch_type)
-    except KeyError:
+    arch = lookup(ARCH_REGISTRY, arch_type)  # quietly: BasicSR's get prints a line before its KeyError
+    if arch is None:
         return None
-    params = inspect.signature(arch.__init__).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return None
-    return {k: p.default for k, p in params.items() if k != 'self'}
+    named, _, takes_any = signature_keys(arch)
+    return None if takes_any else named
 
 
 def _number(value):
@@ -72,7 +69,7 @@ def _check_datasets(opt, problems):
         gt_size = dataset.get('gt_size') if isinstance(dataset, dict) else None
         if not isinstance(dataset, dict) or dataset.get('phase', str(name).split('_')[0]) != 'train' or not _number(gt_size):
             continue  # not a number: the schema says so
-        if not isinstance(gt_size, int) or gt_size <= 0 or gt_size % scale:
+        if isinstance(gt_size, int) and not isinstance(gt_size, bool) and gt_size > 0 and gt_size % scale:
             problems.append(f'datasets:{name}:gt_size must be a positive multiple of scale {scale} (the LR patch '
                             f'is gt_size / scale), got {gt_size!r}.')
 
@@ -97,9 +94,9 @@ def _check_divergence(train, problems):
         if any(_bad_number(m) for m in values):
             problems.append(f'train:divergence_opt:margins must be finite numbers >= 0, got {margins!r}.')
     schedule = div.get('alpha_schedule')
-    for key in ('start_iter', 'period', 'on_iters', 'decay_every', 'decay_factor', 'iters_per_epoch', 'start_epoch',
-                'every_epochs', 'on_epochs', 'decay_epochs'):
-        if isinstance(schedule, dict) and _bad_number(schedule.get(key)):
+    keys = DivergenceWeightSchedule.ITER_KEYS + ('decay_factor', ) + DivergenceWeightSchedule.EPOCH_KEYS
+    for key in keys if isinstance(schedule, dict) else ():
+        if _bad_number(schedule.get(key)):
             problems.append(f'train:divergence_opt:alpha_schedule:{key} must be a finite number >= 0, got '
                             f'{schedule[key]!r}.')
     # depth / width against network_g: checked where the loss is built (d2csr.losses.build_divergence_loss)
@@ -264,8 +261,6 @@ def read_entry_options(is_train, argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, _ = parser.parse_known_args(argv)
     if not args.opt or any(arg in ('-h', '--help') for arg in argv) or not osp.isfile(args.opt):
-        return args.opt, None, []
-    if not args.opt or not osp.isfile(args.opt):
         return args.opt, None, []
     try:
         opt = load_options(args.opt, require_mapping=False)  # data only: no !!python tags, no alias bombs

@@ -12,6 +12,9 @@ from d2csr.utils.registry import LOSS_REGISTRY  # d2csr's names, not BasicSR's t
 # never trained with a gradient and with one changes nothing.
 DIVERGENCE_ALPHA = 0.02
 AUTHORS_ALPHA = 2e-5
+# the authors' margins (root level: cousins, then deeper levels: siblings); every hinge stays on (measured), so
+# they change no gradient
+DIVERGENCE_MARGINS = (5e-5, 2e-5)
 
 # BT.601 luma coefficients on [0, 1] RGB (BasicSR's rgb2ycbcr without the offset, which G removes anyway).
 _Y_COEFFS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
@@ -117,7 +120,7 @@ class DivergenceLoss(nn.Module):
         loss_weight (float): scales the whole loss.
     """
 
-    def __init__(self, alpha=DIVERGENCE_ALPHA, margins=(5e-5, 2e-5), theta=0.8, gray='y', norm='image', depth=2,
+    def __init__(self, alpha=DIVERGENCE_ALPHA, margins=DIVERGENCE_MARGINS, theta=0.8, gray='y', norm='image', depth=2,
                  width=2, alpha_schedule=None, loss_weight=1.0, eps=1e-8):
         super().__init__()
         if gray not in ('y', 'mean'):

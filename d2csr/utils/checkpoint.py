@@ -334,7 +334,7 @@ def read_network_weights(load_path, param_key='params', logger=None):
         ckpt = torch.load(load_path, map_location='cpu', weights_only=True)
     except Exception as error:  # noqa: BLE001  (truncated archive, objects weights_only refuses)
         raise ValueError(f'{load_path} could not be loaded as a weights-only PyTorch checkpoint '
-                         f'({type(error).__name__}: {str(error).splitlines()[0][:200]}); it is truncated or not '
+                         f'({error_summary(error, 200)}); it is truncated or not '
                          'a network checkpoint.') from None
     if not isinstance(ckpt, dict):
         raise ValueError(f'{load_path} holds a {type(ckpt).__name__}, not a network checkpoint.')

@@ -2,7 +2,7 @@
 
 An exception class that also derives from :class:`UserError` carries a message that names the thing and says
 what to do: ``d2csr/train.py`` and ``d2csr/test.py`` print that message (``error: ...``) and exit with status 1,
-without a traceback (:func:`exit_on_user_error`). Any other exception is a bug and keeps its traceback.
+without a traceback (``d2csr.pipeline.run_entry_point``, ``d2csr.options_check.check_entry_options``). Any other exception is a bug and keeps its traceback.
 The classes stay ``ValueError`` / ``FileNotFoundError`` subclasses, so code that catches those still does.
 """
 import os
@@ -31,12 +31,3 @@ def user_error_message(error):
     world = os.environ.get('WORLD_SIZE', os.environ.get('SLURM_NTASKS', '1'))
     rank = os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0'))
     return f'error{f" (rank {rank})" if world not in ("", "1") else ""}: {error}'
-
-
-def exit_on_user_error(function, *args, **kwargs):
-    """``function(*args, **kwargs)``; a :class:`UserError` ends the process with its message (no traceback) and
-    exit status 1."""
-    try:
-        return function(*args, **kwargs)
-    except UserError as error:
-        sys.exit(user_error_message(error))
