@@ -762,6 +762,24 @@ def test_21_lmdbs_are_checked_before_training(photo_lmdbs, tmp_path, capsys):
                               io_backend={'type': 'lmdb'}))
 
 
+def test_21_an_lmdb_check_accepts_what_d2csrs_data_set_accepts(tmp_path):
+    """d2csr's PairedFolderDataset on LMDBs crops an HR a few pixels larger than scale x LR (and says so); the LMDB
+    check before training must not refuse what the data set itself accepted."""
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    rng = np.random.default_rng(0)
+    for side, size in (('HR', 162), ('LR', 40)):  # 162 = 4 x 40 + 2: cropped to 160 by the data set
+        (tmp_path / side).mkdir()
+        for name in ('a', 'b'):
+            cv2.imwrite(str(tmp_path / side / f'{name}.png'), rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        make_lmdb_from_imgs(str(tmp_path / side), str(tmp_path / f'{side}.lmdb'), ['a.png', 'b.png'], ['a', 'b'])
+    dataset = build_dataset(dict(name='lmdb_cropped', type='PairedFolderDataset', dataroot_gt=str(tmp_path / 'HR.lmdb'),
+                                 dataroot_lq=str(tmp_path / 'LR.lmdb'), io_backend={'type': 'lmdb'}, phase='train',
+                                 scale=4, gt_size=64, use_hflip=False, use_rot=False))
+    check_eval_dataset(dataset, 4, gt_size=64)  # before training, as the entry points run it: no DataError
+    assert dataset[0]['gt'].shape[-2:] == (64, 64)
+
+
 def test_21_an_lmdb_problem_stops_the_train_entry_point_before_the_first_batch(photo_data, photo_lmdbs, tmp_path):
     from conftest import run_entry, unique_name
 

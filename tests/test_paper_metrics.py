@@ -132,3 +132,29 @@ def test_d2c_validation_gives_them_the_float_output(photo_data, tmp_path):
     assert reported['ssim_paper'] == pytest.approx(authors_ssim(sr, hr), abs=1e-7)
     rounded = np.round(np.clip(sr, 0, 1) * 255) / 255
     assert abs(reported['psnr_paper'] - authors_psnr(rounded, hr, 4)) > 1e-4  # not the 8-bit image
+
+
+def test_stage1_validation_gives_them_the_mean_of_the_branches(photo_data, tmp_path, monkeypatch):
+    """While stage 1 trains, validation scores the mean of the branches (``*_mean_of_branches``): the float
+    metrics score that image too, not the untrained convergence net's fused output."""
+    metrics = {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True},
+               'psnr_paper': {'type': 'calculate_d2csr_paper_psnr', 'crop_border': 4}}
+    network = dict(TINY_NET, bicubic_skip=True, mean_shift='none')
+    opt = tiny_options(photo_data, 'paper_metric_mean', network=network, **{'val:metrics': metrics})
+    opt.update(is_train=False, dist=False, rank=0, world_size=1)
+    del opt['datasets']['train'], opt['train']
+    opt['path'].update(visualization=str(tmp_path))
+    model = build_model(opt)
+    monkeypatch.setattr(model, 'scores_mean_of_branches', lambda: True)  # as in a stage-1 training run
+    val_opt = dict(opt['datasets']['val'], phase='val', scale=4)
+    loader = build_dataloader(build_dataset(val_opt), val_opt, num_gpu=0, dist=False, sampler=None)
+    model.validation(loader, current_iter=0, tb_logger=None, save_img=False)
+    data = next(iter(loader))
+    with torch.no_grad():
+        branches = model.net_g.forward_branches(data['lq'])
+        mean = (sum(b.double() for b in branches) / len(branches)).numpy()[0][::-1]
+        fused = model.net_g(data['lq']).double().numpy()[0][::-1]
+    hr = data['gt'].double().numpy()[0][::-1]
+    reported = model.metric_results['psnr_paper_mean_of_branches']
+    assert reported == pytest.approx(authors_psnr(mean, hr, 4), abs=1e-4)
+    assert abs(reported - authors_psnr(fused, hr, 4)) > 1e-3  # not the fused output

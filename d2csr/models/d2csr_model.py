@@ -665,7 +665,8 @@ class D2CModel(SRModel):
             else:
                 self.branches = bare.forward_branches(self.lq)
                 self.output, self.weights = bare.fuse(self.branches)
-        self.metric_floats = float_outputs(self.opt, self.output, getattr(self, 'gt', None))  # the paper's metrics
+        scored = mean_fusion(self.branches) if getattr(self, '_score_mean', False) else self.output  # as the 8-bit
+        self.metric_floats = float_outputs(self.opt, scored, getattr(self, 'gt', None))  # the paper's metrics
         if net is self.net_g and self.is_train:
             self.set_train_mode()
         if getattr(self, '_branch_stats', None) is not None and hasattr(self, 'gt'):
