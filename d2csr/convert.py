@@ -283,23 +283,19 @@ def official_to_d2csr(state_d, state_c):
     for name, value in out.items():
         m = re.fullmatch(r'(nodes\.\d+\.\d+)\.residual_group\.(\d+)\.(weight|bias)', name)
         fixed[f'{m.group(1)}.conv.{m.group(3)}' if m else name] = value
-    if state_c is not None:
-        for name, value in state_c.items():
-            m = re.fullmatch(r'fusion_final\.(\d+)\.conv\.weight', name)
-            if not m:
-                raise CheckpointFormatError(f'unexpected parameter {name!r} in state_dict_C: the authors\' '
-                                            'convergence net has only fusion_final.<i>.conv.weight')
-            fixed[f'fusion.fusion.{2 * int(m.group(1))}.weight'] = value
+    for name, value in state_c.items():
+        m = re.fullmatch(r'fusion_final\.(\d+)\.conv\.weight', name)
+        if not m:
+            raise CheckpointFormatError(f'unexpected parameter {name!r} in state_dict_C: the authors\' '
+                                        'convergence net has only fusion_final.<i>.conv.weight')
+        fixed[f'fusion.fusion.{2 * int(m.group(1))}.weight'] = value
     result = OrderedDict()
     for name, value in fixed.items():
         tensor = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
         if name.endswith('.bias'):
             tensor = tensor.reshape(-1)
         result[name] = tensor
-    if state_c is None:  # the colour swap needs the convergence net's first conv
-        raise CheckpointFormatError('state_dict_C (the convergence net) is needed to convert the authors\' BGR '
-                                    'weights to RGB')
-    return swap_red_blue(result)
+    return swap_red_blue(result)  # (load_official has checked that state_dict_C is there)
 
 
 def d2csr_to_official(net):

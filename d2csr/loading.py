@@ -52,7 +52,7 @@ def _select_params(ckpt, path, param_key=None):
     for key in PARAM_KEYS:
         if key in ckpt:
             return ckpt[key], key
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+    if _is_state_dict(ckpt):
         return ckpt, None
     raise CheckpointFormatError(f'{path} has no "params" or "params_ema" entry (it has {sorted(map(str, ckpt))}); '
                                 'is it a BasicSR network checkpoint (net_g_*.pth)?')

@@ -245,7 +245,8 @@ def drealsr_pairs(root, scale, split='train'):
 def orient_by_size(pairs, scale):
     """Swap ``gt_path`` and ``lq_path`` of every pair whose "LR" file is at least ``scale`` times its "HR" file
     in both sides (read from the headers; unreadable files are left for the size check to name); such a pair
-    gets ``'swapped': True``. Returns ``pairs``."""
+    gets ``'swapped': True``. The sizes read are kept (``gt_shape`` / ``lq_shape``), so the size check does not
+    read the headers again. Returns ``pairs``."""
     for pair in pairs:
         try:
             gt_hw, lq_hw = header_size(pair['gt_path']), header_size(pair['lq_path'])
@@ -254,6 +255,9 @@ def orient_by_size(pairs, scale):
         if gt_hw and lq_hw and lq_hw[0] >= gt_hw[0] * scale and lq_hw[1] >= gt_hw[1] * scale:
             pair['gt_path'], pair['lq_path'] = pair['lq_path'], pair['gt_path']
             pair['swapped'] = True
+            gt_hw, lq_hw = lq_hw, gt_hw
+        if gt_hw and lq_hw:
+            pair['gt_shape'], pair['lq_shape'] = gt_hw, lq_hw
     return pairs
 
 
