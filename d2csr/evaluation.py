@@ -190,7 +190,8 @@ def branch_diversity(branches, target):
     """
     gray = DivergenceLoss(depth=1, width=1, margins=0.0).to(target.device)  # only its normalized_gray
     with torch.no_grad():
-        res = [(gray.normalized_gray(b.float()) - gray.normalized_gray(target.float())).abs() for b in branches]
+        hr_gray = gray.normalized_gray(target.float())
+        res = [(gray.normalized_gray(b.float()) - hr_gray).abs() for b in branches]
         pairs = [((res[i] - res[j])**2).mean().item() for i in range(len(res)) for j in range(i + 1, len(res))]
     return float(np.mean(pairs)) if pairs else 0.0
 
